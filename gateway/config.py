@@ -1,0 +1,258 @@
+"""The gateway's configuration: backends, models, meters, routing, store, keys.
+
+A config comes from a YAML file (``nudge-gateway serve --config gateway.yaml``) or is built
+from ``--backend URL`` flags. Unknown keys are errors (a typo must not silently do nothing),
+and every error names the field and its position in the file (see ``yamlfile``).
+
+Policies (the nudges) live in their own file, referenced by ``policy.path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from gateway.yamlfile import YamlFileError, load_model, read_yaml
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- meters
+
+
+class NvmlMeterConfig(Strict):
+    """Read the GPUs of this backend with NVML; the gateway must run on the GPU node."""
+
+    type: Literal["nvml"]
+    gpus: list[int] = Field(default_factory=lambda: [0], description="NVML device indices the backend uses")
+    interval_s: float = Field(0.1, gt=0, le=10, description="power sampling period")
+
+
+class DcgmMeterConfig(Strict):
+    """Scrape a dcgm-exporter (or the simulator's /dcgm/metrics) for the energy counter."""
+
+    type: Literal["dcgm"]
+    url: str = Field(description="full URL of the exporter's metrics page")
+    select: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="label filter, e.g. {gpu: ['0','1']} or {pod: ['vllm-large-0']}; empty = every GPU",
+    )
+    interval_s: float = Field(0.1, gt=0, le=10)
+
+
+class EstimateMeterConfig(Strict):
+    """No meter: energy is estimated from tokens, model size and batch (labelled 'estimated')."""
+
+    type: Literal["estimate"] = "estimate"
+    interval_s: float = Field(0.5, gt=0, le=10)
+
+
+MeterConfig = Annotated[
+    Union[NvmlMeterConfig, DcgmMeterConfig, EstimateMeterConfig], Field(discriminator="type")
+]
+
+
+# ---------------------------------------------------------------- backends and models
+
+
+_URL = re.compile(r"^https?://[^\s/]+(:\d+)?(/.*)?$")
+
+
+class BackendConfig(Strict):
+    name: str = Field(min_length=1)
+    url: str = Field(description="base URL of the vLLM server, without /v1")
+    models: list[str] = Field(default_factory=list, description="served model names; empty = discover from /v1/models")
+    api_key: str | None = Field(None, description="bearer token the backend expects (vLLM --api-key)")
+    gpus: int = Field(1, ge=1, description="GPUs the server uses (tensor parallel size)")
+    gpu: str = Field("h200", description="GPU type, for estimates and display")
+    vllm_version: str | None = Field(None, description="known vLLM version; else read from /version")
+    meter: MeterConfig = Field(default_factory=EstimateMeterConfig)
+    grid_g_per_kwh: float = Field(475.0, ge=0, description="grid carbon intensity (CodeCarbon world average)")
+    pue: float = Field(1.0, ge=1.0, description="data-centre power usage effectiveness")
+    usd_per_gpu_hour: float | None = Field(None, ge=0)
+    usd_per_kwh: float | None = Field(None, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if v.endswith("/v1"):
+            v = v[:-3]
+        if not _URL.match(v):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8001")
+        return v
+
+
+Reasoning = Literal["hybrid", "always", "effort", "opt_in", "none"]
+
+# What each family does about thinking (see FACTS.md): hybrid = thinks unless switched off
+# (Qwen3: chat_template_kwargs.enable_thinking=false); opt_in = off unless switched on
+# (Granite, DeepSeek-V3.1); effort = only reasoning_effort, cannot be switched off (gpt-oss);
+# always = always thinks (DeepSeek-R1 and distills, QwQ).
+FAMILY_REASONING: dict[str, Reasoning] = {
+    "qwen3": "hybrid",
+    "granite": "opt_in",
+    "deepseek_v3": "opt_in",
+    "gpt_oss": "effort",
+    "deepseek_r1": "always",
+    "qwq": "always",
+}
+
+
+def guess_family(model_name: str) -> str | None:
+    n = model_name.lower()
+    for needle, family in (
+        ("qwq", "qwq"),
+        ("deepseek-r1", "deepseek_r1"),
+        ("r1-distill", "deepseek_r1"),
+        ("deepseek-v3", "deepseek_v3"),
+        ("gpt-oss", "gpt_oss"),
+        ("granite", "granite"),
+        ("qwen3", "qwen3"),
+        ("llama", "llama"),
+        ("mistral", "mistral"),
+        ("gemma", "gemma"),
+        ("phi", "phi"),
+    ):
+        if needle in n:
+            return family
+    return None
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
+
+
+def guess_params_b(model_name: str) -> float | None:
+    """'Qwen/Qwen3-32B' -> 32.0; MoE names like '30B-A3B' give the total."""
+    m = _SIZE.search(model_name)
+    return float(m.group(1)) if m else None
+
+
+class ModelConfig(Strict):
+    params_b: float | None = Field(None, gt=0, description="parameter count in billions (total)")
+    family: str | None = None
+    tier: str | None = Field(None, description="tier name; default: from size order")
+    reasoning: Reasoning | None = Field(None, description="default: from family")
+    max_model_len: int | None = Field(None, gt=0, description="default: from the backend's /v1/models")
+
+
+# ---------------------------------------------------------------- the rest
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    default_max_tokens: int = Field(1024, gt=0, description="sent upstream when the client sends none")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(900.0, gt=0, description="overall deadline of one upstream request")
+    health_interval_s: float = Field(2.0, gt=0)
+    load_interval_s: float = Field(1.0, gt=0, description="how often queue depth is read from /metrics")
+
+
+class RoutingConfig(Strict):
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="smallest tier whose predicted adequacy clears this wins; default: the model's"
+    )
+    aliases: dict[str, str] = Field(
+        default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},
+        description="client-facing model names: 'auto' routes, 'tier:NAME' picks a tier, else a model name",
+    )
+    spill: Literal["up", "wait"] = Field("up", description="what a saturated tier does: send up a tier, or queue")
+    saturated_waiting: int = Field(8, ge=1, description="vllm:num_requests_waiting at which a backend is saturated")
+
+
+class LedgerConfig(Strict):
+    path: str = Field("nudge-usage.db", description="SQLite file; ':memory:' keeps nothing")
+    batch_size: int = Field(256, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0)
+
+
+class ApiKeyConfig(Strict):
+    """A client key. Only its SHA-256 is stored: ``sha256:<hex>`` (see ``nudge-gateway hash-key``)."""
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    name: str | None = None
+    team: str = "default"
+    policy: str | None = Field(None, description="policy section for this key; default: the team's, else default")
+
+
+class KeysConfig(Strict):
+    required: bool = Field(False, description="refuse requests without a known key (401)")
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+
+class PolicyRef(Strict):
+    path: str | None = Field(None, description="policy YAML; default: the shipped policies/default.yaml")
+    watch_interval_s: float = Field(1.0, gt=0)
+
+
+class BudgetStoreConfig(Strict):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "nudge:budget:"
+
+
+class Config(Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: list[BackendConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    keys: KeysConfig = Field(default_factory=KeysConfig)
+    policy: PolicyRef = Field(default_factory=PolicyRef)
+    budgets: BudgetStoreConfig = Field(default_factory=BudgetStoreConfig)
+
+    @model_validator(mode="after")
+    def _unique_backend_names(self) -> "Config":
+        seen: set[str] = set()
+        for b in self.backends:
+            if b.name in seen:
+                raise ValueError(f"backend name {b.name!r} is used twice")
+            seen.add(b.name)
+        return self
+
+    # The config file's directory, so relative paths (policy, ledger) resolve next to it.
+    _base_dir: str = PrivateAttr(".")
+
+    def resolve(self, path: str) -> str:
+        if path == ":memory:" or Path(path).is_absolute():
+            return path
+        return str(Path(self._base_dir) / path)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises YamlFileError naming file:line:col per problem."""
+    doc = read_yaml(path)
+    config = load_model(Config, doc)
+    config._base_dir = str(Path(path).resolve().parent)
+    return config
+
+
+def config_from_backends(urls: list[str], **server: object) -> Config:
+    """The config for ``serve --backend URL ...``: models are discovered from each backend."""
+    backends = [BackendConfig(name=f"backend{i}", url=url) for i, url in enumerate(urls)]
+    return Config(backends=backends, server=ServerConfig(**server))
+
+
+def hash_key(api_key: str) -> str:
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
+
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "ModelConfig",
+    "YamlFileError",
+    "config_from_backends",
+    "guess_family",
+    "guess_params_b",
+    "hash_key",
+    "load_config",
+]

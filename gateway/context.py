@@ -1,0 +1,106 @@
+"""The one object that travels with a request through the gateway.
+
+``api`` creates it from the HTTP request, ``policy`` fills in what the policy decided,
+``routing`` where the request goes, ``proxy`` what happened upstream, and ``telemetry`` /
+``energy`` read it at the end. Each stage writes only its own fields; nothing flows back up.
+
+It is a plain slotted object: it is created for every request and touched per streamed
+chunk (``gen_tokens_seen``), so it must stay cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Nudge:
+    """A nudge shown to the caller: header ``x-gateway-nudge`` and the ``nudges`` array."""
+
+    id: str  # e.g. "large_model", "reasoning_on", "budget_soft_limit"
+    level: str  # "info" | "warn"
+    message: str
+    saving_hint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "level": self.level, "message": self.message, "saving_hint": self.saving_hint}
+
+
+@dataclass(slots=True)
+class EnergyReport:
+    """What the caller is told about energy: provisional at response time, final in the ledger."""
+
+    joules: float
+    source: str  # "measured-provisional" | "measured" | "estimated"
+    co2e_g: float
+    usd: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "joules": round(self.joules, 3),
+            "wh": round(self.joules / 3600.0, 6),
+            "co2e_g": round(self.co2e_g, 4),
+            "source": self.source,
+        }
+        if self.usd is not None:
+            out["usd"] = round(self.usd, 6)
+        return out
+
+
+@dataclass(slots=True)
+class RequestContext:
+    # --- api: born from the HTTP request
+    request_id: str
+    endpoint: str  # "chat" | "completions" | "embeddings"
+    body: dict[str, Any]  # the client's JSON; policy and routing edit the copy sent upstream
+    stream: bool = False
+    include_usage: bool = False  # the client asked for the streaming usage chunk
+    received_wall: float = field(default_factory=time.time)
+    received: float = field(default_factory=time.monotonic)
+    headers: dict[str, str] = field(default_factory=dict)  # request headers, lower-case names
+    api_key_hash: str | None = None
+    key_name: str | None = None
+    team: str = "default"
+
+    # --- policy
+    policy_version: str | None = None
+    policy_section: str | None = None
+    reasoning: bool = False  # reasoning will run for this request
+    nudges: list[Nudge] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # e.g. "reasoning:off", "max_tokens:cap"
+    response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
+
+    # --- routing
+    requested_model: str = ""
+    model: str = ""  # the routed model, as the backend knows it
+    route_reason: str = ""
+    adequacy: float | None = None
+    prompt_tokens_est: int = 0
+    counterfactual_model: str | None = None  # what it would have run on without right-sizing
+
+    # --- proxy
+    backend: str | None = None
+    attempts: int = 0
+    upstream_request_id: str | None = None
+    sent: float | None = None  # monotonic time the upstream request was sent
+    first_byte: float | None = None  # first upstream body byte relayed to the client
+    finished: float | None = None
+    gen_tokens_seen: int = 0  # streamed token-bearing events so far (read by the energy sampler)
+    reasoning_tokens_seen: int = 0
+    status: int = 0
+    outcome: str = "pending"  # ok | client_error | upstream_error | client_disconnect | refused
+    error_code: str | None = None
+    usage: dict[str, Any] | None = None
+    reasoning_text_chars: int = 0
+
+    # --- energy / telemetry
+    energy: EnergyReport | None = None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.finished is None else self.finished - self.received
+
+    def nudge(self, nudge: Nudge) -> None:
+        self.nudges.append(nudge)
