@@ -199,7 +199,17 @@ class BudgetStoreConfig(Strict):
     prefix: str = "nudge:budget:"
 
 
+class FeaturesConfig(Strict):
+    """Switch whole stages off (the overhead benchmark measures what each costs)."""
+
+    routing: bool = Field(True, description="learned right-sizing for 'auto'; off = 'auto' means the largest tier")
+    policy: bool = Field(True, description="nudge policies, keys, budgets")
+    energy: bool = Field(True, description="per-request energy measurement and attribution")
+    ledger: bool = Field(True, description="one SQLite row per request")
+
+
 class Config(Strict):
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(default_factory=dict)

@@ -1,0 +1,258 @@
+"""The OpenAI-compatible endpoints, and the path every generation request takes.
+
+``generate`` reads top to bottom as the request flows:
+
+    parse -> policy.admit -> router.route -> policy.shape -> proxy.open -> relay -> finish
+
+``finish`` runs once the usage is known (end of a unary answer, or the usage chunk of a
+stream): it asks the energy service for the request's joules and policy for its feedback,
+and returns what goes back to the caller. The request is recorded in telemetry whatever
+happened. A client that goes away cancels the work, which closes the upstream connection
+so vLLM aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Callable
+
+import orjson
+
+from gateway.api.http import JSON, Request, encode_headers
+from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.proxy import sse
+from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def header_safe(text: str) -> str:
+    """Header values are latin-1: spell out the few symbols our messages use, drop the rest."""
+    text = text.replace("₂", "2").replace("≥", ">=").replace("≤", "<=").replace("→", "->").replace("—", "-")
+    return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
+
+
+class OpenAIEndpoints:
+    def __init__(self, gateway) -> None:
+        self.gw = gateway  # gateway.app.Gateway: the parts, wired
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def chat(self, request: Request) -> None:
+        await self.generate(request, "chat", "/v1/chat/completions", check_chat)
+
+    async def completions(self, request: Request) -> None:
+        await self.generate(request, "completions", "/v1/completions", check_completion)
+
+    async def embeddings(self, request: Request) -> None:
+        await self.generate(request, "embeddings", "/v1/embeddings", check_embedding)
+
+    async def models(self, request: Request) -> None:
+        now = int(time.time())
+        data = [m.card(now) for m in sorted(self.gw.catalog.models.values(), key=lambda m: (m.rank, m.name))]
+        for alias, target in self.gw.config.routing.aliases.items():
+            data.append({"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target})
+        await request.json(200, {"object": "list", "data": data})
+
+    # ------------------------------------------------------------------ the request path
+
+    async def generate(self, request: Request, endpoint: str, path: str, check: Callable[[dict], None]) -> None:
+        ctx: RequestContext | None = None
+        gw = self.gw
+        gw.metrics.inflight.inc()
+        try:
+            raw = await request.body(gw.config.server.max_body_bytes)
+            body = parse_json_object(raw)
+            check(body)
+            options = body.get("stream_options") or {}
+            ctx = RequestContext(
+                request_id=uuid.uuid4().hex,
+                endpoint=endpoint,
+                body=body,
+                stream=bool(body.get("stream")),
+                include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
+                headers=request.headers,
+                requested_model=body.get("model") or "",
+            )
+            await self._until_disconnect(request, ctx, path)
+        except GatewayError as err:
+            if ctx is not None:
+                ctx.status, ctx.error_code = err.status, err.code
+                if ctx.outcome == "pending":
+                    ctx.outcome = "refused" if err.status < 500 else "upstream_error"
+            if not request.started:
+                headers = {"x-request-id": ctx.request_id} if ctx is not None else {}
+                if ctx is not None:
+                    headers.update(self._route_headers(ctx))
+                await request.error(err, headers)
+        except asyncio.CancelledError:
+            if ctx is not None:
+                ctx.outcome = "client_disconnect"
+            raise
+        finally:
+            gw.metrics.inflight.dec()
+            if ctx is not None:
+                if ctx.finished is None:
+                    ctx.finished = time.monotonic()
+                if ctx.status == 0:
+                    ctx.status = 499 if ctx.outcome == "client_disconnect" else 500
+                awaiting = gw.energy is not None and ctx.upstream_request_id is not None
+                if awaiting and ctx.energy is None:  # stopped before finish(): still account its energy
+                    ctx.energy = gw.energy.end(ctx)
+                gw.recorder.finished(ctx, awaiting_energy=awaiting)
+
+    async def _until_disconnect(self, request: Request, ctx: RequestContext, path: str) -> None:
+        """Serve the request, cancelling it as soon as the client goes away (as vLLM does)."""
+        work = asyncio.ensure_future(self._serve(request, ctx, path))
+        watch = asyncio.ensure_future(request.wait_disconnect())
+        try:
+            done, _ = await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            watch.cancel()
+            raise
+        if work in done:
+            watch.cancel()
+            work.result()
+            return
+        ctx.outcome = "client_disconnect"
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+
+    async def _serve(self, request: Request, ctx: RequestContext, path: str) -> None:
+        gw = self.gw
+        policy = gw.policy
+        plan = await policy.admit(ctx) if policy is not None else None
+        requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
+
+        started = time.perf_counter()
+        if ctx.endpoint == "embeddings":
+            route = gw.router.route_embedding(ctx, requested)
+        else:
+            route = gw.router.route(
+                ctx,
+                requested,
+                max_tier=plan.max_tier if plan is not None else None,
+                reasoning=plan.reasoning if plan is not None else "reasoning_effort" in ctx.body,
+            )
+        gw.metrics.route_seconds.observe(time.perf_counter() - started)
+        ctx.model = route.model.name
+        ctx.route_reason = route.reason
+        ctx.adequacy = route.adequacy
+        ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
+        gw.metrics.routes.labels(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
+
+        if policy is not None and ctx.endpoint != "embeddings":
+            policy.shape(ctx, plan, route)
+        body = self._upstream_body(ctx)
+        upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body))
+        try:
+            if upstream.status >= 400:
+                raise await upstream_error(upstream)
+            if ctx.stream:
+                await self._relay(request, ctx, upstream)
+            else:
+                await self._unary(request, ctx, upstream)
+        finally:
+            Proxy.done(upstream)
+
+    def _upstream_body(self, ctx: RequestContext) -> dict[str, Any]:
+        body = ctx.body
+        body["model"] = ctx.model
+        if ctx.endpoint == "embeddings":
+            return body
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            # vLLM would otherwise generate up to the whole remaining context.
+            body["max_tokens"] = self.gw.config.server.default_max_tokens
+            ctx.actions.append("max_tokens:default")
+        if ctx.stream:
+            # Always ask for the usage chunk: the gateway needs the token counts.
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return body
+
+    # ------------------------------------------------------------------ answers
+
+    def _route_headers(self, ctx: RequestContext) -> dict[str, str]:
+        headers = {}
+        if ctx.model:
+            headers["x-gateway-routed-model"] = ctx.model
+            headers["x-gateway-route-reason"] = header_safe(ctx.route_reason)
+            if ctx.adequacy is not None:
+                headers["x-gateway-adequacy"] = f"{ctx.adequacy:.3f}"
+        for name, value in ctx.response_headers.items():
+            headers[name] = header_safe(value)
+        if ctx.nudges:
+            headers["x-gateway-nudge"] = header_safe(" | ".join(n.message for n in ctx.nudges))
+        return headers
+
+    def _headers(self, ctx: RequestContext) -> dict[str, str]:
+        headers = {"x-request-id": ctx.request_id, **self._route_headers(ctx)}
+        if ctx.energy is not None:
+            headers["x-gateway-energy-j"] = f"{ctx.energy.joules:.3f}"
+            headers["x-gateway-energy-source"] = ctx.energy.source
+        return headers
+
+    async def _relay(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
+        ctx.status = 200
+        await request.start(200, _SSE_HEADERS + encode_headers(self._headers(ctx)))
+        await relay_stream(ctx, upstream, request.send, self.finish)
+        if ctx.outcome == "pending":
+            ctx.outcome = "ok"
+
+    async def _unary(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
+        try:
+            payload = await upstream.read_json()
+        except (ValueError, OSError, asyncio.TimeoutError) as exc:
+            raise GatewayError(502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response")
+        except Exception as exc:  # aiohttp payload errors: the backend died mid-body
+            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response")
+        ctx.first_byte = time.monotonic()
+        if not isinstance(payload, dict):
+            raise GatewayError(502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response")
+        ctx.usage = payload.get("usage")
+        if ctx.endpoint == "chat":
+            reasoning = []
+            for choice in payload.get("choices") or ():
+                message = choice.get("message")
+                if isinstance(message, dict):
+                    sse.both_reasoning_names(message)
+                    if message.get("reasoning"):
+                        reasoning.append(message["reasoning"])
+            if reasoning:
+                ctx.reasoning_text_chars = sum(len(r) for r in reasoning)
+                ctx.reasoning_tokens_seen = await self.gw.proxy.count_tokens(upstream.backend, ctx.model, reasoning)
+        extra = await self.finish(ctx)
+        if ctx.usage is not None:
+            payload["usage"] = ctx.usage
+        if extra.get("nudges"):
+            payload["nudges"] = extra["nudges"]
+        ctx.status = 200
+        ctx.outcome = "ok"
+        await request.respond(200, orjson.dumps(payload), JSON, self._headers(ctx))
+
+    async def finish(self, ctx: RequestContext) -> dict[str, Any]:
+        """Usage is known: account energy, let policy give feedback, say what to add to the answer."""
+        gw = self.gw
+        ctx.finished = time.monotonic()
+        usage = ctx.usage
+        if isinstance(usage, dict) and ctx.endpoint == "chat":
+            details = usage.get("completion_tokens_details") or {}
+            details["reasoning_tokens"] = ctx.reasoning_tokens_seen
+            usage["completion_tokens_details"] = details
+        if gw.energy is not None and ctx.upstream_request_id is not None:
+            ctx.energy = gw.energy.end(ctx)
+        if gw.policy is not None:
+            await gw.policy.feedback(ctx)
+        if isinstance(usage, dict) and ctx.energy is not None:
+            usage["energy"] = ctx.energy.as_dict()
+        return {"nudges": [n.as_dict() for n in ctx.nudges]} if ctx.nudges else {}

@@ -1,0 +1,173 @@
+"""Build the gateway from a Config: create the parts, wire them, start and stop them.
+
+The ``Gateway`` object is the ASGI application. It owns every part (no module-level
+state), so two gateways can live in one process (the tests do that).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from gateway.api.health import HealthEndpoints
+from gateway.api.http import Receive, Router, Scope, Send
+from gateway.api.openai import OpenAIEndpoints
+from gateway.config import Config
+from gateway.context import RequestContext
+from gateway.proxy.backends import BackendPool
+from gateway.proxy.forward import Proxy
+from gateway.routing.catalog import Catalog
+from gateway.routing.router import Router as ModelRouter
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.recorder import Recorder
+
+log = logging.getLogger("gateway")
+
+
+def _session() -> aiohttp.ClientSession:
+    # No connection limit (vLLM queues without limit; the gateway must not add a second
+    # queue in front of it); keep-alive so a request costs no new TCP handshake.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+
+
+class _EnergyHooks:
+    """Tell the energy service when an upstream attempt starts and when it failed."""
+
+    def __init__(self, energy) -> None:
+        self.energy = energy
+
+    def sent(self, ctx: RequestContext) -> None:
+        self.energy.begin(ctx)
+
+    def failed(self, ctx: RequestContext) -> None:
+        self.energy.abandon(ctx)
+
+
+class Gateway:
+    def __init__(self, config: Config):
+        self.config = config
+        features = config.features
+        server = config.server
+        self.metrics = Metrics()
+        self.pool = BackendPool(
+            config.backends, _session, server.health_interval_s, server.load_interval_s, metrics=self.metrics
+        )
+        self.catalog = Catalog(config.models, self.pool)
+
+        adequacy = None
+        if features.routing:
+            from gateway.routing.adequacy import AdequacyModel
+
+            adequacy = AdequacyModel.load()
+        self.router = ModelRouter(self.catalog, self.pool, config.routing, adequacy)
+
+        self.ledger = None
+        if features.ledger:
+            from gateway.telemetry.ledger import Ledger
+
+            lc = config.ledger
+            self.ledger = Ledger(config.resolve(lc.path), batch_size=lc.batch_size, flush_interval_s=lc.flush_interval_s)
+        self.recorder = Recorder(self.metrics, self.ledger)
+
+        self.energy = None
+        if features.energy:
+            from gateway.energy.service import EnergyService
+
+            self.energy = EnergyService(config.backends, self.catalog.params_b, self.metrics, self.recorder.final)
+        self.proxy = Proxy(
+            _session,
+            server.connect_timeout_s,
+            server.request_timeout_s,
+            metrics=self.metrics,
+            hooks=_EnergyHooks(self.energy) if self.energy is not None else None,
+        )
+
+        self.policy = None
+        self.policy_store = None
+        self.budgets = None
+        if features.policy:
+            self._build_policy()
+
+        self.routes = self._routes()
+
+    def _build_policy(self) -> None:
+        from gateway.policy.budgets import make_budget_store
+        from gateway.policy.nudges import PolicyEngine
+        from gateway.policy.store import PolicyStore, default_policy_path
+
+        ref = self.config.policy
+        path = self.config.resolve(ref.path) if ref.path else default_policy_path()
+        self.policy_store = PolicyStore(path, self.metrics, watch_interval_s=ref.watch_interval_s)
+        self.budgets = make_budget_store(self.config.budgets)
+        self.policy = PolicyEngine(self.policy_store, self.config.keys, self.budgets, self.metrics)
+
+    def _routes(self) -> Router:
+        api = OpenAIEndpoints(self)
+        health = HealthEndpoints(self)
+        routes = Router()
+        routes.add("/v1/chat/completions", api.chat, ("POST",))
+        routes.add("/v1/completions", api.completions, ("POST",))
+        routes.add("/v1/embeddings", api.embeddings, ("POST",))
+        routes.add("/v1/models", api.models)
+        routes.add("/healthz", health.healthz)
+        routes.add("/readyz", health.readyz)
+        routes.add("/metrics", health.metrics)
+        if self.ledger is not None:
+            from gateway.api.usage import UsageEndpoint
+
+            routes.add("/v1/usage", UsageEndpoint(self.ledger))
+        return routes
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        await self.proxy.start()
+        await self.pool.start()
+        self.catalog.rebuild()
+        if self.policy_store is not None:
+            await self.policy_store.start()
+        if self.energy is not None:
+            self.energy.start()
+        log.info(
+            "gateway ready: %d backend(s), models %s",
+            len(self.pool.backends),
+            ", ".join(f"{m.name} ({m.tier})" for m in self.catalog.models.values()) or "none yet",
+        )
+
+    async def shutdown(self) -> None:
+        await self.pool.stop()
+        await self.proxy.stop()
+        if self.policy_store is not None:
+            await self.policy_store.stop()
+        if self.budgets is not None:
+            await self.budgets.close()
+        if self.energy is not None:
+            self.energy.stop()  # finalises pending requests into the ledger
+        if self.ledger is not None:
+            self.ledger.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.routes(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: dict[str, Any] = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,210 @@
+"""``nudge-gateway``: serve | demo | sim | check | report | hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from gateway import __version__
+
+
+def _serve_app(gateway, host: str, port: int, log_level: str) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(
+        gateway,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.config import YamlFileError, config_from_backends, load_config
+
+    if bool(args.config) == bool(args.backend):
+        print("serve: give either --config FILE or one or more --backend URL", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config) if args.config else config_from_backends(args.backend)
+    except YamlFileError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # pydantic errors from --backend values
+        print(f"invalid backend: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    _logging(args.log_level)
+    return _serve_app(Gateway(config), host, port, args.log_level)
+
+
+# ---------------------------------------------------------------------- demo
+
+DEMO_MODELS = [
+    # name, params (B), reasoning family of the simulator
+    ("Qwen/Qwen3-1.7B", 1.7, "qwen3"),
+    ("meta-llama/Llama-3.1-8B-Instruct", 8.0, "none"),
+    ("Qwen/Qwen3-32B", 32.0, "qwen3"),
+]
+
+SNIPPET = """
+Nudge Gateway demo is running on {url}/v1 in front of {n} simulated vLLM servers:
+{models}
+Paste this into Python (pip install openai):
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{url}/v1", api_key="demo")
+    r = client.chat.completions.create(
+        model="auto",  # the gateway picks the smallest adequate model
+        messages=[{{"role": "user", "content": "What is the capital of France?"}}],
+    )
+    print(r.choices[0].message.content)
+    print(r.model, r.usage.model_extra.get("energy"))
+
+Or: curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+Metrics: {url}/metrics    Usage ledger: {url}/v1/usage    Ctrl-C stops everything.
+"""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.config import BackendConfig, Config, DcgmMeterConfig, LedgerConfig, ServerConfig
+    from gateway.sim.process import start_sim
+
+    _logging(args.log_level)
+    sims = []
+    try:
+        for i, (name, params, reasoning) in enumerate(DEMO_MODELS):
+            sims.append(
+                start_sim(
+                    ["--model", name, "--params-b", str(params), "--reasoning", reasoning,
+                     "--speed", args.speed, "--seed", str(i)]
+                )
+            )
+        backends = [
+            BackendConfig(
+                name=f"sim-{name.split('/')[-1].lower()}",
+                url=sim.url,
+                meter=DcgmMeterConfig(type="dcgm", url=f"{sim.url}/dcgm/metrics"),
+            )
+            for (name, _, _), sim in zip(DEMO_MODELS, sims)
+        ]
+        ledger = args.ledger or str(Path(tempfile.gettempdir()) / "nudge-demo-usage.db")
+        config = Config(
+            backends=backends,
+            server=ServerConfig(host=args.host, port=args.port),
+            ledger=LedgerConfig(path=ledger),
+        )
+        url = f"http://{args.host}:{args.port}"
+        models = "\n".join(f"  - {name} ({params:g}B) at {sim.url}" for (name, params, _), sim in zip(DEMO_MODELS, sims))
+        print(SNIPPET.format(url=url, n=len(sims), models=models), flush=True)
+        return _serve_app(Gateway(config), args.host, args.port, args.log_level)
+    finally:
+        for sim in sims:
+            sim.stop()
+
+
+# ---------------------------------------------------------------------- small commands
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.__main__ import run
+
+    return run(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.policy.check import run
+
+    return run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gateway.telemetry.report import run
+
+    return run(args)
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from gateway.config import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    print(hash_key(key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nudge-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nudge-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", help="gateway YAML config")
+    p.add_argument("--backend", action="append", help="vLLM base URL (repeatable); models are discovered")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-level", default=os.environ.get("NUDGE_LOG_LEVEL", "info"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="simulated vLLM backends + the gateway, ready for the openai SDK")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--speed", default="realistic", help="realistic | instant | a speed-up factor")
+    p.add_argument("--ledger", help="SQLite usage ledger (default: in the temp directory)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sim", help="one simulated vLLM server")
+    from gateway.sim.__main__ import add_arguments as sim_arguments
+
+    sim_arguments(p)
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("check", help="validate a policy file")
+    from gateway.policy.check import add_arguments as check_arguments
+
+    check_arguments(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="energy and usage report from the ledger")
+    from gateway.telemetry.report import add_arguments as report_arguments
+
+    report_arguments(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("hash-key", help="print the sha256:... form of an API key for the config")
+    p.add_argument("key", nargs="?", help="the key (read from stdin if omitted)")
+    p.set_defaults(func=cmd_hash_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

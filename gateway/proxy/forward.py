@@ -1,0 +1,294 @@
+"""Send a request to a vLLM backend, failing over before the first byte, and relay the answer.
+
+Rules (FACTS.md, vLLM's own behaviour):
+- every attempt gets a fresh ``X-Request-Id`` (vLLM uses it as its request id);
+- a backend that refuses the connection or answers 5xx before any byte reached the client
+  is skipped and the next healthy backend serving the model is tried; never after;
+- closing the upstream response (client gone, deadline) closes its connection, which is
+  how vLLM learns to abort the request and stop spending GPU time on it;
+- streamed events are forwarded as they arrive, one ASGI send per upstream read, without
+  buffering more than one incomplete event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Protocol
+
+import aiohttp
+import orjson
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, normalise
+from gateway.proxy import sse
+from gateway.proxy.backends import Backend
+
+log = logging.getLogger("gateway.proxy")
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+class AttemptHooks(Protocol):
+    def sent(self, ctx: RequestContext) -> None: ...  # an attempt is about to go to ctx.backend
+    def failed(self, ctx: RequestContext) -> None: ...  # that attempt failed before any answer
+
+
+class Upstream:
+    """An open upstream response: status, and either a body to read or a stream to relay."""
+
+    __slots__ = ("response", "backend", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, backend: Backend):
+        self.response = response
+        self.backend = backend
+        self.status = response.status
+
+    def close(self) -> None:
+        # Closing (not releasing) drops the TCP connection, which makes vLLM abort the request.
+        self.response.close()
+
+    async def read_json(self) -> Any:
+        raw = await self.response.read()
+        self.response.release()
+        return orjson.loads(raw) if raw else None
+
+
+async def upstream_error(upstream: Upstream) -> GatewayError:
+    """An upstream error answer in OpenAI's shape, with its status."""
+    try:
+        raw = await upstream.response.read()
+        payload: Any = orjson.loads(raw) if raw else None
+    except (ValueError, aiohttp.ClientError, asyncio.TimeoutError):
+        payload = None
+    finally:
+        upstream.response.release()
+    err = normalise(upstream.status, payload)["error"]
+    return GatewayError(upstream.status, err["message"], code=err["code"], param=err["param"], type=err["type"])
+
+
+class Proxy:
+    def __init__(
+        self,
+        session_factory: Callable[[], aiohttp.ClientSession],
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        metrics=None,
+        hooks: AttemptHooks | None = None,
+    ):
+        self._session_factory = session_factory
+        self.session: aiohttp.ClientSession | None = None
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
+        self.metrics = metrics
+        self.hooks = hooks
+
+    async def start(self) -> None:
+        self.session = self._session_factory()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _count(self, backend: Backend, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_attempts.labels(backend.name, result).inc()
+
+    async def open(self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes) -> Upstream:
+        """POST ``body`` to the first backend that answers; fail over on refusal or 5xx.
+
+        Returns the open response (2xx or 4xx). Raises GatewayError 502/503 when every
+        backend failed, with ``retry-after`` so clients back off.
+        """
+        assert self.session is not None
+        if not backends:
+            raise GatewayError(
+                503, f"No healthy backend serves {ctx.model!r} right now.", code="backend_unavailable",
+                headers={"retry-after": "2"},
+            )
+        last: GatewayError | None = None
+        for backend in backends:
+            ctx.attempts += 1
+            ctx.backend = backend.name
+            ctx.upstream_request_id = f"{ctx.request_id}-{ctx.attempts}"
+            headers = {**_JSON_HEADERS, "x-request-id": ctx.upstream_request_id, **backend.auth_headers()}
+            ctx.sent = time.monotonic()
+            if self.hooks is not None:
+                self.hooks.sent(ctx)
+            backend.inflight += 1
+            try:
+                response = await self.session.post(
+                    f"{backend.url}{path}", data=body, headers=headers, timeout=self.timeout
+                )
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+                backend.inflight -= 1
+                if self.hooks is not None:
+                    self.hooks.failed(ctx)
+                backend.mark_down(f"{exc.__class__.__name__}: {exc}")
+                self._count(backend, "connect_error")
+                last = GatewayError(
+                    503, f"Backend {backend.name} could not be reached.", code="backend_unreachable",
+                    headers={"retry-after": "1"},
+                )
+                continue
+            except BaseException:
+                backend.inflight -= 1
+                raise
+            upstream = Upstream(response, backend)
+            if response.status >= 500:
+                last = await upstream_error(upstream)
+                backend.inflight -= 1
+                if self.hooks is not None:
+                    self.hooks.failed(ctx)
+                self._count(backend, f"http_{response.status}")
+                if response.status == 503:
+                    backend.mark_down("answered 503")
+                last.headers.setdefault("retry-after", "1")
+                continue
+            self._count(backend, "ok" if response.status < 400 else f"http_{response.status}")
+            return upstream
+        assert last is not None
+        if last.code == "backend_unreachable":  # nobody answered at all
+            last.status, last.message = 503, f"No backend serving {ctx.model!r} could be reached."
+        elif last.status != 503:
+            last.status = 502  # a backend answered 5xx: the gateway got a bad answer
+        last.type = "server_error"
+        raise last
+
+    async def count_tokens(self, backend: Backend, model: str, texts: list[str]) -> int:
+        """Exact token count from the backend's /tokenize (vLLM reports no reasoning_tokens).
+
+        Falls back to ~4 characters per token if the backend cannot tokenize.
+        """
+        assert self.session is not None
+        total = 0
+        timeout = aiohttp.ClientTimeout(total=5)
+        for text in texts:
+            payload = orjson.dumps({"model": model, "prompt": text, "add_special_tokens": False})
+            try:
+                async with self.session.post(
+                    f"{backend.url}/tokenize", data=payload, headers={**_JSON_HEADERS, **backend.auth_headers()},
+                    timeout=timeout,
+                ) as response:
+                    if response.status == 200:
+                        total += int(orjson.loads(await response.read()).get("count", 0))
+                        continue
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                pass
+            total += len(text) // 4
+        return total
+
+    @staticmethod
+    def done(upstream: Upstream) -> None:
+        upstream.backend.inflight -= 1
+
+
+async def relay_stream(
+    ctx: RequestContext,
+    upstream: Upstream,
+    send: Callable[[dict], Awaitable[None]],
+    finish: Callable[[RequestContext], Awaitable[dict[str, Any]]],
+) -> None:
+    """Forward an upstream SSE stream to the client, event by event.
+
+    The gateway always asks upstream for the usage chunk. The last chunk that carries a
+    ``finish_reason`` is held back until the usage chunk arrives, so that ``finish`` (which
+    computes energy and nudges once usage is known) can attach ``nudges`` to it. The usage
+    chunk itself is forwarded, enriched with what ``finish`` returned under ``usage``, only
+    if the client asked for it.
+    """
+    splitter = sse.EventSplitter()
+    held: bytes | None = None  # the latest finish chunk, waiting for usage
+    finished = False
+    content = upstream.response.content
+    try:
+        while True:
+            data = await content.readany()
+            if not data:
+                break
+            out: list[bytes] = []
+            for event in splitter.feed(data):
+                if sse.is_done(event):
+                    if not finished:
+                        out.extend(await _finish_events(ctx, held, None, finish))
+                        held, finished = None, True
+                    out.append(sse.DONE)
+                elif sse.is_usage(event):
+                    out.extend(await _finish_events(ctx, held, event, finish))
+                    held, finished = None, True
+                elif sse.is_error(event):
+                    ctx.outcome = "upstream_error"
+                    if held is not None:
+                        out.append(held)
+                        held = None
+                    out.append(_normalised_error_event(event))
+                elif sse.is_comment(event):
+                    out.append(event)
+                else:
+                    ctx.gen_tokens_seen += 1
+                    if sse.has_reasoning(event):
+                        ctx.reasoning_tokens_seen += 1
+                        event = sse.normalise_reasoning_event(event)
+                    if sse.has_finish(event):
+                        if held is not None:
+                            out.append(held)
+                        held = event
+                        continue
+                    if ctx.first_byte is None:
+                        ctx.first_byte = time.monotonic()
+                    out.append(event)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        if not finished:
+            # The stream ended without [DONE]: the backend died mid-stream.
+            raise aiohttp.ClientPayloadError("upstream closed the stream before [DONE]")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        ctx.outcome = "upstream_error"
+        tail = [held] if held is not None else []
+        err = GatewayError(502, f"The backend failed mid-stream: {exc}", code="backend_stream_error")
+        tail += [sse.encode(err.body()), sse.DONE]
+        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": True})
+    finally:
+        upstream.close()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _finish_events(
+    ctx: RequestContext,
+    held: bytes | None,
+    usage_event: bytes | None,
+    finish: Callable[[RequestContext], Awaitable[dict[str, Any]]],
+) -> list[bytes]:
+    if usage_event is not None:
+        usage_chunk = sse.decode(usage_event)
+        ctx.usage = usage_chunk.get("usage")
+    else:
+        usage_chunk = None
+    extra = await finish(ctx)
+    out: list[bytes] = []
+    if held is not None:
+        if extra.get("nudges"):
+            chunk = sse.decode(held)
+            chunk["nudges"] = extra["nudges"]
+            held = sse.encode(chunk)
+        out.append(held)
+    if usage_chunk is not None and ctx.include_usage:
+        usage_chunk["usage"] = ctx.usage
+        if extra.get("nudges"):
+            usage_chunk["nudges"] = extra["nudges"]
+        out.append(sse.encode(usage_chunk))
+    return out
+
+
+def _normalised_error_event(event: bytes) -> bytes:
+    try:
+        payload = sse.decode(event)
+    except ValueError:
+        return event
+    status = payload.get("error", {}).get("code") if isinstance(payload.get("error"), dict) else None
+    return sse.encode(normalise(status if isinstance(status, int) else 500, payload))
+
+
+def fresh_request_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,125 @@
+"""The models the gateway can route to, grouped into tiers by size.
+
+Facts come from the config (``models:``) first, then from what the backends report
+(``/v1/models``: served names, ``max_model_len``), then from the model name itself
+("Qwen3-32B" -> 32B, family qwen3). Tiers are ordered by size; unless the config names
+them, two sizes are ``small`` and ``large``, three are ``small``, ``medium``, ``large``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.config import FAMILY_REASONING, ModelConfig, guess_family, guess_params_b
+from gateway.proxy.backends import BackendPool
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    name: str
+    params_b: float | None
+    family: str | None
+    reasoning: str  # hybrid | opt_in | effort | always | none
+    max_model_len: int | None
+    tier: str = ""
+    rank: int = 0  # position of its tier, 0 = smallest
+    backends: list[str] = field(default_factory=list)
+
+    def card(self, created: int) -> dict:
+        """An OpenAI model card, enriched like vLLM's (max_model_len) plus our facts."""
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "max_model_len": self.max_model_len,
+            "params_b": self.params_b,
+            "family": self.family,
+            "tier": self.tier,
+            "reasoning": self.reasoning,
+            "backends": list(self.backends),
+        }
+
+
+def _tier_names(count: int) -> list[str]:
+    if count == 1:
+        return ["large"]
+    if count == 2:
+        return ["small", "large"]
+    middle = ["medium"] if count == 3 else [f"medium{i}" for i in range(1, count - 1)]
+    return ["small", *middle, "large"]
+
+
+class Catalog:
+    def __init__(self, models: dict[str, ModelConfig], pool: BackendPool):
+        self.config = models
+        self.pool = pool
+        self.models: dict[str, ModelInfo] = {}
+        self.tiers: list[str] = []  # smallest first
+        self.rebuild()
+        pool.on_change(self.rebuild)
+
+    def rebuild(self) -> None:
+        """Recompute from config and every backend that ever reported its models."""
+        found: dict[str, ModelInfo] = {}
+        for backend in self.pool.backends:
+            for served in backend.models.values():
+                info = found.get(served.name)
+                if info is None:
+                    info = found[served.name] = self._describe(served.name, served.max_model_len, served.root)
+                info.backends.append(backend.name)
+                if info.max_model_len is None:
+                    info.max_model_len = served.max_model_len
+        self._assign_tiers(found)
+        self.models = found
+
+    def _describe(self, name: str, max_model_len: int | None, root: str | None) -> ModelInfo:
+        cfg = self.config.get(name) or ModelConfig()
+        params = cfg.params_b or guess_params_b(name) or (guess_params_b(root) if root else None)
+        family = cfg.family or guess_family(name) or (guess_family(root) if root else None)
+        reasoning = cfg.reasoning or FAMILY_REASONING.get(family or "", "none")
+        return ModelInfo(
+            name=name,
+            params_b=params,
+            family=family,
+            reasoning=reasoning,
+            max_model_len=cfg.max_model_len or max_model_len,
+            tier=cfg.tier or "",
+        )
+
+    def _assign_tiers(self, found: dict[str, ModelInfo]) -> None:
+        # A model of unknown size sorts as large: better too big than inadequate.
+        def size(m: ModelInfo) -> float:
+            return m.params_b if m.params_b is not None else float("inf")
+
+        named: dict[str, float] = {}
+        for m in found.values():
+            if m.tier:
+                named[m.tier] = min(named.get(m.tier, float("inf")), size(m))
+        sizes = sorted({size(m) for m in found.values() if not m.tier})
+        auto = dict(zip(sizes, _tier_names(len(sizes)))) if not named else {}
+        for m in found.values():
+            if not m.tier:
+                if named:  # configured tiers exist: join the configured tier of the nearest size
+                    m.tier = min(named, key=lambda t: abs(named[t] - size(m)) if size(m) != float("inf") else -named[t])
+                else:
+                    m.tier = auto[size(m)]
+                named.setdefault(m.tier, size(m))
+        self.tiers = sorted(named, key=lambda t: named[t])
+        for m in found.values():
+            m.rank = self.tiers.index(m.tier)
+
+    def get(self, name: str) -> ModelInfo | None:
+        return self.models.get(name)
+
+    def in_tier(self, tier: str) -> list[ModelInfo]:
+        return sorted((m for m in self.models.values() if m.tier == tier), key=lambda m: m.params_b or 0.0)
+
+    def params_b(self, name: str) -> float | None:
+        info = self.models.get(name)
+        return info.params_b if info else None
+
+    def largest(self) -> ModelInfo | None:
+        if not self.models:
+            return None
+        return max(self.models.values(), key=lambda m: (m.rank, m.params_b or 0.0))

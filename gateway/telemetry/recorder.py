@@ -1,0 +1,49 @@
+"""Record a finished request: Prometheus metrics now, the ledger row once energy is final.
+
+The energy of a request is final only when the meter has moved past its end (a few hundred
+milliseconds later), so a request whose energy is being measured reaches the ledger through
+``final`` (called by the energy service, from its thread); any other request is written
+when it finishes.
+"""
+
+from __future__ import annotations
+
+from gateway.context import RequestContext
+from gateway.telemetry.metrics import Metrics
+
+
+class Recorder:
+    def __init__(self, metrics: Metrics, ledger=None):
+        self.metrics = metrics
+        self.ledger = ledger
+
+    def finished(self, ctx: RequestContext, awaiting_energy: bool) -> None:
+        m = self.metrics
+        model = ctx.model or "-"
+        key = ctx.key_name or "anonymous"
+        requested = ctx.requested_model if ctx.model else "-"  # never label with unvalidated input
+        m.requests.labels(model, requested or "-", ctx.endpoint, str(ctx.status), key, ctx.team).inc()
+        if ctx.finished is not None:
+            m.request_duration.labels(model, ctx.endpoint, "true" if ctx.stream else "false").observe(
+                ctx.finished - ctx.received
+            )
+        if ctx.stream and ctx.first_byte is not None:
+            m.time_to_first_token.labels(model).observe(ctx.first_byte - ctx.received)
+        usage = ctx.usage
+        if usage:
+            m.tokens.labels(model, "prompt", ctx.team).inc(usage.get("prompt_tokens") or 0)
+            m.tokens.labels(model, "completion", ctx.team).inc(usage.get("completion_tokens") or 0)
+            if ctx.reasoning_tokens_seen:
+                m.tokens.labels(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens_seen)
+        if ctx.model and ctx.endpoint == "chat" and ctx.status == 200:
+            m.reasoning.labels(model, "on" if ctx.reasoning_tokens_seen else "off").inc()
+        if not awaiting_energy:
+            self._write(ctx)
+
+    def final(self, ctx: RequestContext) -> None:
+        """The energy service calls this (from its thread) once a request's energy is final."""
+        self._write(ctx)
+
+    def _write(self, ctx: RequestContext) -> None:
+        if self.ledger is not None:
+            self.ledger.write(self.ledger.row_from_context(ctx))
