@@ -28,8 +28,9 @@ log = logging.getLogger("gateway")
 
 def _session() -> aiohttp.ClientSession:
     # No connection limit (vLLM queues without limit; the gateway must not add a second
-    # queue in front of it); keep-alive so a request costs no new TCP handshake.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    # queue in front of it); keep-alive so a request costs no new TCP handshake, for less
+    # time than vLLM's uvicorn keeps an idle connection (5 s), so we never reuse one it closed.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4, enable_cleanup_closed=True)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
 
 

@@ -153,7 +153,7 @@ class OpenAIEndpoints:
         if policy is not None and ctx.endpoint != "embeddings":
             policy.shape(ctx, plan, route)
         body = self._upstream_body(ctx)
-        upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body))
+        upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
         try:
             if upstream.status >= 400:
                 raise await upstream_error(upstream)

@@ -39,12 +39,13 @@ class AttemptHooks(Protocol):
 class Upstream:
     """An open upstream response: status, and either a body to read or a stream to relay."""
 
-    __slots__ = ("response", "backend", "status")
+    __slots__ = ("response", "backend", "status", "first")
 
     def __init__(self, response: aiohttp.ClientResponse, backend: Backend):
         self.response = response
         self.backend = backend
         self.status = response.status
+        self.first = b""  # a stream's first bytes, read before committing to this backend
 
     def close(self) -> None:
         # Closing (not releasing) drops the TCP connection, which makes vLLM abort the request.
@@ -95,9 +96,14 @@ class Proxy:
         if self.metrics is not None:
             self.metrics.upstream_attempts.labels(backend.name, result).inc()
 
-    async def open(self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes) -> Upstream:
+    async def open(
+        self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes, stream: bool = False
+    ) -> Upstream:
         """POST ``body`` to the first backend that answers; fail over on refusal or 5xx.
 
+        Nothing has reached the client until this returns, so any failure up to here is
+        safe to retry elsewhere: a refused connection, a 5xx, a connection that dies while
+        vLLM generates a unary answer, or a stream that dies before its first event.
         Returns the open response (2xx or 4xx). Raises GatewayError 502/503 when every
         backend failed, with ``retry-after`` so clients back off.
         """
@@ -121,11 +127,19 @@ class Proxy:
                 response = await self.session.post(
                     f"{backend.url}{path}", data=body, headers=headers, timeout=self.timeout
                 )
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+                first = b""
+                if stream and response.status == 200:
+                    first = await response.content.readany()
+                    if not first:
+                        response.close()
+                        raise aiohttp.ServerDisconnectedError("stream closed before its first event")
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, OSError) as exc:
                 backend.inflight -= 1
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
-                backend.mark_down(f"{exc.__class__.__name__}: {exc}")
+                if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+                    backend.mark_down(f"{exc.__class__.__name__}: {exc}")  # nobody listening
+                # else it dropped the connection mid-way: try elsewhere, let /health judge it
                 self._count(backend, "connect_error")
                 last = GatewayError(
                     503, f"Backend {backend.name} could not be reached.", code="backend_unreachable",
@@ -136,6 +150,7 @@ class Proxy:
                 backend.inflight -= 1
                 raise
             upstream = Upstream(response, backend)
+            upstream.first = first
             if response.status >= 500:
                 last = await upstream_error(upstream)
                 backend.inflight -= 1
@@ -202,11 +217,13 @@ async def relay_stream(
     held: bytes | None = None  # the latest finish chunk, waiting for usage
     finished = False
     content = upstream.response.content
+    data = upstream.first
     try:
         while True:
-            data = await content.readany()
             if not data:
-                break
+                data = await content.readany()
+                if not data:
+                    break
             out: list[bytes] = []
             for event in splitter.feed(data):
                 if sse.is_done(event):
@@ -240,6 +257,7 @@ async def relay_stream(
                     out.append(event)
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            data = b""
         if not finished:
             # The stream ended without [DONE]: the backend died mid-stream.
             raise aiohttp.ClientPayloadError("upstream closed the stream before [DONE]")
