@@ -71,6 +71,7 @@ class RequestContext:
     nudges: list[Nudge] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # e.g. "reasoning:off", "max_tokens:cap"
     response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
+    policy_plan: Any = None  # the policy's Plan from admit(); feedback() settles its budgets from it
 
     # --- routing
     requested_model: str = ""
