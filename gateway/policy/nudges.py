@@ -210,6 +210,7 @@ class PolicyEngine:
                 reservation, state = await self.budgets.reserve(b.scope, name, b.unit, b.limit, b.period, estimate=estimate)
                 hold = BudgetHold(b, name, state, reservation)
                 if reservation is None:
+                    plan.settled = True  # a refused request is never charged
                     await self._release(plan)
                     self._count("budget", "refuse")
                     self.metrics.budget_exceeded.labels(scope=b.scope, name=name, action="refuse").inc()
@@ -254,11 +255,19 @@ class PolicyEngine:
                 hold.reservation = None
 
     async def abandon(self, ctx: RequestContext) -> None:
-        """The request ended without an answer (error, disconnect): free its reservations."""
+        """The request ended without feedback() (an error, a disconnect): settle its budgets.
+
+        What it used upstream is charged if known (usage, energy); a request that never
+        reached a backend only gives its reservations back. Safe to call more than once.
+        """
         plan = ctx.policy_plan
-        if isinstance(plan, Plan) and not plan.settled:
-            plan.settled = True
+        if not isinstance(plan, Plan) or plan.settled:
+            return
+        plan.settled = True
+        if ctx.usage is None and ctx.energy is None and ctx.upstream_request_id is None:
             await self._release(plan)
+        elif plan.holds:
+            await self._settle(ctx, plan, _amounts(ctx), warn=False)
 
     # ------------------------------------------------------------ shape
 
@@ -368,10 +377,9 @@ class PolicyEngine:
         prompt = _int(usage.get("prompt_tokens"))
         completion = _int(usage.get("completion_tokens"))
         energy = ctx.energy
-        wh = energy.joules / 3600.0 if energy is not None else 0.0
-        usd = energy.usd if energy is not None and energy.usd is not None else 0.0
+        amounts = _amounts(ctx)
+        wh, usd = amounts["wh"], amounts["usd"]
         if plan.holds:
-            amounts = {"wh": wh, "tokens": _int(usage.get("total_tokens")) or prompt + completion, "requests": 1.0, "usd": usd}
             await self._settle(ctx, plan, amounts)
         facts = plan.route
         values: dict[str, str] | None = None
@@ -408,7 +416,7 @@ class PolicyEngine:
         if p.social_proof.enabled and energy is not None:
             self._social_proof(ctx, plan, wh)
 
-    async def _settle(self, ctx: RequestContext, plan: Plan, amounts: dict[str, float]) -> None:
+    async def _settle(self, ctx: RequestContext, plan: Plan, amounts: dict[str, float], warn: bool = True) -> None:
         for hold in plan.holds:
             b = hold.budget
             amount = amounts[b.unit]
@@ -418,7 +426,7 @@ class PolicyEngine:
             else:
                 state = await self.budgets.charge(b.scope, hold.name, b.unit, amount, b.limit, b.period)
             self.metrics.budget_used.labels(scope=b.scope, name=hold.name, unit=b.unit).set(state.ratio)
-            if b.soft_limit_pct is not None and not hold.hit and state.ratio * 100 >= b.soft_limit_pct:
+            if warn and b.soft_limit_pct is not None and not hold.hit and state.ratio * 100 >= b.soft_limit_pct:
                 self._count("budget", "soft_warn")
                 self._add(ctx, plan, "budget_soft", "warn", _budget_values(hold, state, "warning"))
 
@@ -493,6 +501,19 @@ def _budget_values(hold: BudgetHold, state: BudgetState, action: str) -> dict[st
         "pct": f"{min(state.ratio, 9.99) * 100:.0f}%",
         "resets_in": _duration(state.resets_at - time.time()),
         "action": action,
+    }
+
+
+def _amounts(ctx: RequestContext) -> dict[str, float]:
+    """What a request used, per budget unit (Wh and money from its energy report)."""
+    usage = ctx.usage if isinstance(ctx.usage, dict) else {}
+    tokens = _int(usage.get("total_tokens")) or _int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
+    energy = ctx.energy
+    return {
+        "wh": energy.joules / 3600.0 if energy is not None else 0.0,
+        "tokens": float(tokens),
+        "requests": 1.0,
+        "usd": energy.usd if energy is not None and energy.usd is not None else 0.0,
     }
 
 

@@ -313,7 +313,17 @@ async def test_refusal_releases_reservations_and_abandon_frees_them(env):
     await eng.abandon(first)  # the first request failed upstream
     assert (await budgets.check("team", "physics", "requests", 10, "day")).reserved == 0
     assert (await budgets.check("key", "bob", "requests", 1, "day")).used == 0
-    await eng.admit(make_ctx(BOB))  # admitted again
+    again = make_ctx(BOB)
+    await eng.admit(again)  # admitted again; this one reaches a backend, then the client leaves
+    again.upstream_request_id = "up-1"
+    await eng.abandon(again)
+    await eng.abandon(again)  # idempotent
+    assert (await budgets.check("key", "bob", "requests", 1, "day")).used == 1
+    refused = make_ctx(BOB)
+    with pytest.raises(GatewayError):
+        await eng.admit(refused)
+    await eng.feedback(refused)  # a refused request is never charged, whatever the caller does
+    assert (await budgets.check("team", "physics", "requests", 10, "day")).used == 1
 
 
 async def test_reasoning_off_budget(env):
