@@ -68,6 +68,7 @@ class RouteFacts:
     recommended_adequacy: float | None = None
     params_b: float | None = None
     friction_applied: bool = False  # the router served its pick instead of a named large model
+    smallest: bool = False  # its tier is the smallest served: nothing smaller to suggest
 
     @classmethod
     def of(cls, route: Any) -> "RouteFacts":
@@ -82,12 +83,14 @@ class RouteFacts:
                 m, route.tier, getattr(route, "family", None), getattr(route, "reasoning_kind", None) or "none",
                 getattr(route, "vllm_version", None), getattr(route, "recommended_model", None),
                 getattr(route, "recommended_adequacy", None), getattr(route, "params_b", None), friction,
+                getattr(route, "rank", None) == 0,
             )
         rec = getattr(route, "recommended", None)
         versions = [getattr(b, "vllm_version", None) for b in getattr(route, "backends", None) or ()]
         return cls(
             m.name, m.tier, m.family, m.reasoning or "none", _oldest(versions),
             rec.name if rec is not None else None, getattr(route, "recommended_adequacy", None), m.params_b, friction,
+            getattr(m, "rank", None) == 0,
         )
 
 
@@ -356,7 +359,7 @@ class PolicyEngine:
             header = plan.policy.policy.right_sizing.override_header
             self._add(ctx, plan, "friction", "warn", {"model": facts.model, "requested_model": choice, "header": header, "adequacy": adequacy})
             return
-        if facts.tier not in plan.large_tiers:
+        if facts.tier not in plan.large_tiers or facts.smallest:
             return
         action = "override" if plan.friction == "friction" and plan.override else plan.friction
         self._count("large_model", action)
@@ -390,7 +393,7 @@ class PolicyEngine:
                 values = {
                     "model": ctx.model or (facts.model if facts else ""),
                     "tier": facts.tier if facts else "",
-                    "wh": _num(wh),
+                    "wh": _num(wh) if energy is not None else "?",
                     "co2e_g": _num(energy.co2e_g) if energy is not None else "?",
                     "usd": _usd(usd) if energy is not None and energy.usd is not None else "?",
                     "prompt_tokens": str(prompt),
@@ -403,7 +406,8 @@ class PolicyEngine:
         fb = p.feedback
         if fb.enabled and facts is not None:
             ids = {n.id for n in ctx.nudges}
-            if fb.large_tier and facts.tier in plan.large_tiers and "large_model" not in ids:
+            large = facts.tier in plan.large_tiers and not facts.smallest
+            if fb.large_tier and large and "large_model" not in ids:
                 self._add(ctx, plan, "large_tier", "warn", answer())
             if fb.reasoning and ctx.reasoning and (plan.reasoning or facts.reasoning_kind == "always"):
                 self._add(ctx, plan, "reasoning_on", "warn", answer())

@@ -485,3 +485,22 @@ async def test_per_request_cost_without_budgets(env):
         await eng.feedback(ctx)
     per_request_us = (time.perf_counter() - started) / n * 1e6
     assert per_request_us < 250, per_request_us  # ~15 us here; generous for slow CI machines
+
+
+async def test_no_large_model_nudges_when_nothing_smaller_is_served(env):
+    """A one-tier deployment calls its only tier 'large': there is nothing to steer toward."""
+    only = RouteFacts("Qwen3-32B", "large", "qwen3", "hybrid", None, "Qwen3-32B", 1.0, 32, smallest=True)
+    ctx = make_ctx(BOB, body={"model": "Qwen3-32B"})
+    env.engine.shape(ctx, await env.engine.admit(ctx), only)
+    ctx.model = "Qwen3-32B"
+    finish(ctx)
+    await env.engine.feedback(ctx)
+    assert ctx.nudges == []
+
+
+async def test_unknown_energy_is_not_reported_as_zero(env):
+    ctx = make_ctx(BOB)
+    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    ctx.usage = {"prompt_tokens": 5, "completion_tokens": 2500, "total_tokens": 2505}  # energy stage off
+    await env.engine.feedback(ctx)
+    assert [n.message for n in ctx.nudges] == ["Long answer: 2500 tokens, ? Wh."]
