@@ -20,7 +20,6 @@ counted in ``gateway_nudges_total{nudge,action}`` and listed in ``ctx.actions``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from gateway.errors import GatewayError
 from gateway.policy.budgets import BudgetState, BudgetStore, Reservation
 from gateway.policy.cloud import CloudPrices
 from gateway.policy.keys import Identity, KeyRing
+from gateway.policy.messages import duration, num, pct, render, usd
 from gateway.policy.reasoning import apply_switch, client_reasoning_wish, parse_version
 from gateway.policy.schema import Budget, Template
 from gateway.policy.social import SocialWindow
@@ -210,7 +210,9 @@ class PolicyEngine:
             name = ident.label if b.scope == "key" else ident.team
             if b.on_exceed == "refuse":
                 estimate = _estimate(b.unit, ctx, plan)
-                reservation, state = await self.budgets.reserve(b.scope, name, b.unit, b.limit, b.period, estimate=estimate)
+                reservation, state = await self.budgets.reserve(
+                    b.scope, name, b.unit, b.limit, b.period, estimate=estimate
+                )
                 hold = BudgetHold(b, name, state, reservation)
                 if reservation is None:
                     plan.settled = True  # a refused request is never charged
@@ -243,7 +245,7 @@ class PolicyEngine:
     def _refusal(self, plan: Plan, hold: BudgetHold) -> GatewayError:
         state = hold.state
         values = _budget_values(hold, state, "refused")
-        message = _render(plan.policy.policy.messages.budget_refused.message, values)
+        message = render(plan.policy.policy.messages.budget_refused.message, values)
         if state.exhausted:  # nothing changes before the period resets: tell SDKs not to retry
             headers = {"retry-after": str(state.retry_after_s()), "x-should-retry": "false"}
         else:  # only requests in flight hold the rest of the budget: a retry may fit
@@ -307,7 +309,8 @@ class PolicyEngine:
         body = ctx.body
         default, maximum = plan.policy.max_tokens_caps(facts.tier)
         notes = []
-        reasoning_cap = p.reasoning.max_tokens if ctx.reasoning and (plan.reasoning or facts.reasoning_kind == "always") else None
+        thinks = ctx.reasoning and (plan.reasoning or facts.reasoning_kind == "always")
+        reasoning_cap = p.reasoning.max_tokens if thinks else None
         if reasoning_cap is not None:
             default = reasoning_cap  # thinking needs room: its cap is also its default
             maximum = reasoning_cap if maximum is None else min(maximum, reasoning_cap)
@@ -352,12 +355,13 @@ class PolicyEngine:
         choice = plan.model_choice
         if choice == "auto":
             return
-        adequacy = _pct(facts.recommended_adequacy)
+        adequacy = pct(facts.recommended_adequacy)
         if facts.friction_applied:
             ctx.actions.append("right_size:friction")
             self._count("large_model", "friction")
             header = plan.policy.policy.right_sizing.override_header
-            self._add(ctx, plan, "friction", "warn", {"model": facts.model, "requested_model": choice, "header": header, "adequacy": adequacy})
+            values = {"model": facts.model, "requested_model": choice, "header": header, "adequacy": adequacy}
+            self._add(ctx, plan, "friction", "warn", values)
             return
         if facts.tier not in plan.large_tiers or facts.smallest:
             return
@@ -366,7 +370,8 @@ class PolicyEngine:
         ctx.actions.append(f"right_size:{action}")
         smaller = facts.recommended_model
         if plan.friction != "allow" and smaller and smaller != facts.model:
-            self._add(ctx, plan, "large_model", "warn", {"model": facts.model, "tier": facts.tier, "smaller_model": smaller, "adequacy": adequacy})
+            values = {"model": facts.model, "tier": facts.tier, "smaller_model": smaller, "adequacy": adequacy}
+            self._add(ctx, plan, "large_model", "warn", values)
 
     # ------------------------------------------------------------ feedback
 
@@ -381,7 +386,7 @@ class PolicyEngine:
         completion = _int(usage.get("completion_tokens"))
         energy = ctx.energy
         amounts = _amounts(ctx)
-        wh, usd = amounts["wh"], amounts["usd"]
+        wh = amounts["wh"]
         if plan.holds:
             await self._settle(ctx, plan, amounts)
         facts = plan.route
@@ -393,9 +398,9 @@ class PolicyEngine:
                 values = {
                     "model": ctx.model or (facts.model if facts else ""),
                     "tier": facts.tier if facts else "",
-                    "wh": _num(wh) if energy is not None else "?",
-                    "co2e_g": _num(energy.co2e_g) if energy is not None else "?",
-                    "usd": _usd(usd) if energy is not None and energy.usd is not None else "?",
+                    "wh": num(wh) if energy is not None else "?",
+                    "co2e_g": num(energy.co2e_g) if energy is not None else "?",
+                    "usd": usd(energy.usd) if energy is not None and energy.usd is not None else "?",
                     "prompt_tokens": str(prompt),
                     "completion_tokens": str(completion),
                     "requested_model": plan.model_choice,
@@ -412,9 +417,10 @@ class PolicyEngine:
             if fb.reasoning and ctx.reasoning and (plan.reasoning or facts.reasoning_kind == "always"):
                 self._add(ctx, plan, "reasoning_on", "warn", answer())
             if fb.wh_above is not None and energy is not None and wh > fb.wh_above:
-                self._add(ctx, plan, "energy", "warn", {**answer(), "wh_threshold": _num(fb.wh_above)})
+                self._add(ctx, plan, "energy", "warn", {**answer(), "wh_threshold": num(fb.wh_above)})
             if fb.completion_tokens_above is not None and completion > fb.completion_tokens_above:
-                self._add(ctx, plan, "long_answer", "warn", {**answer(), "tokens_threshold": str(fb.completion_tokens_above)})
+                values = {**answer(), "tokens_threshold": str(fb.completion_tokens_above)}
+                self._add(ctx, plan, "long_answer", "warn", values)
         if p.cost.show and p.cost.cloud_model and usage:
             await self._cloud_comparison(ctx, plan, p.cost.cloud_model, prompt, completion, answer)
         if p.social_proof.enabled and energy is not None:
@@ -440,7 +446,7 @@ class PolicyEngine:
         if cloud_usd is None:
             return  # litellm not installed, or the model is not in its map
         ctx.response_headers["x-gateway-cloud-usd"] = f"{cloud_usd:.6f} ({cloud_model})"
-        self._add(ctx, plan, "cost", "info", {**answer(), "cloud_model": cloud_model, "cloud_usd": _usd(cloud_usd)})
+        self._add(ctx, plan, "cost", "info", {**answer(), "cloud_model": cloud_model, "cloud_usd": usd(cloud_usd)})
 
     def _social_proof(self, ctx: RequestContext, plan: Plan, wh: float) -> None:
         sp = plan.policy.policy.social_proof
@@ -449,17 +455,16 @@ class PolicyEngine:
             return
         key_mean, median = found
         if median > 0 and key_mean >= sp.ratio_above * median:
-            self._add(
-                ctx, plan, "social", "info",
-                {"key_wh": _num(key_mean), "team_median_wh": _num(median), "ratio": f"{key_mean / median:.1f}", "team": ctx.team},
-            )
+            ratio = f"{key_mean / median:.1f}"
+            values = {"key_wh": num(key_mean), "team_median_wh": num(median), "ratio": ratio, "team": ctx.team}
+            self._add(ctx, plan, "social", "info", values)
 
     # ------------------------------------------------------------ helpers
 
     def _add(self, ctx: RequestContext, plan: Plan, nudge_id: str, level: str, values: dict[str, str]) -> None:
         template: Template = getattr(plan.policy.policy.messages, nudge_id)
-        hint = _render(template.hint, values) if template.hint else None
-        ctx.nudge(Nudge(nudge_id, level, _render(template.message, values), hint))
+        hint = render(template.hint, values) if template.hint else None
+        ctx.nudge(Nudge(nudge_id, level, render(template.message, values), hint))
         if nudge_id not in _COUNTED_ELSEWHERE:
             self._count(nudge_id, level)
 
@@ -481,16 +486,9 @@ class PolicyEngine:
 
 
 # Nudges whose decision is already counted under a more specific action.
-_COUNTED_ELSEWHERE = frozenset({"reasoning_refused", "always_thinking", "capped", "stripped", "large_model", "friction", "budget_hard", "budget_soft"})
-
-
-class _Values(dict):
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
-def _render(text: str, values: dict[str, str]) -> str:
-    return text.format_map(_Values(values))
+_COUNTED_ELSEWHERE = frozenset(
+    {"reasoning_refused", "always_thinking", "capped", "stripped", "large_model", "friction", "budget_hard", "budget_soft"}
+)
 
 
 def _budget_values(hold: BudgetHold, state: BudgetState, action: str) -> dict[str, str]:
@@ -500,10 +498,10 @@ def _budget_values(hold: BudgetHold, state: BudgetState, action: str) -> dict[st
         "name": hold.name,
         "unit": _UNIT_NAMES[b.unit],
         "period": {"day": "daily", "week": "weekly", "month": "monthly"}[b.period],
-        "limit": _num(b.limit),
-        "used": _num(state.used),
+        "limit": num(b.limit),
+        "used": num(state.used),
         "pct": f"{min(state.ratio, 9.99) * 100:.0f}%",
-        "resets_in": _duration(state.resets_at - time.time()),
+        "resets_in": duration(state.resets_at - time.time()),
         "action": action,
     }
 
@@ -557,35 +555,3 @@ def _prompt_chars(body: dict[str, Any]) -> int:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
-
-
-def _num(x: float) -> str:
-    """Short, honest rounding: 0.0123, 0.42, 3.14, 42.5, 1234 (no trailing zeros)."""
-    if x == 0:
-        return "0"
-    ax = abs(x)
-    if ax >= 100:
-        return f"{x:.0f}"
-    digits = 1 if ax >= 10 else 2 if ax >= 1 else max(2, 1 - math.floor(math.log10(ax)) + 1)
-    return f"{x:.{digits}f}".rstrip("0").rstrip(".")
-
-
-def _usd(x: float) -> str:
-    if x == 0:
-        return "$0"
-    return f"${x:.2f}" if x >= 1 else ("<$0.000001" if x < 1e-6 else f"${_num(x)}")
-
-
-def _pct(p: float | None) -> str:
-    return "?" if p is None else f"{p * 100:.0f}%"
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d {s % 86400 // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    if s >= 60:
-        return f"{s // 60}m"
-    return f"{s}s"
