@@ -204,6 +204,20 @@ def tfidf_lr_scores(train_texts, train_label, texts) -> np.ndarray:
     return lr.predict_proba(vec.transform(texts))[:, 1]
 
 
+def difficulty_oracle(train: tr.Dataset, ds: tr.Dataset, bins: int = 20) -> np.ndarray:
+    """Not a router: a ceiling for any difficulty-based one. Each question's difficulty is read
+    from how many of the *other* models actually answered it; the pair's gain per difficulty
+    bin is learned on the training rows."""
+    others = [j for j, m in enumerate(ds.models) if m not in (tr.SMALL, tr.LARGE)]
+    s, l = ds.models.index(tr.SMALL), ds.models.index(tr.LARGE)
+    d_tr, d = np.nanmean(train.Y[:, others], 1), np.nanmean(ds.Y[:, others], 1)
+    edges = np.quantile(d_tr, np.linspace(0, 1, bins + 1)[1:-1])
+    k_tr, k = np.searchsorted(edges, d_tr), np.searchsorted(edges, d)
+    gain = train.Y[:, l] - train.Y[:, s]
+    per_bin = np.array([gain[k_tr == j].mean() if (k_tr == j).any() else 0.0 for j in range(bins)])
+    return per_bin[k] + 1e-9 * d  # ties broken by difficulty
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -244,6 +258,7 @@ def pair_report(model: AdequacyModel, ds: tr.Dataset, energy: EnergyModel, train
         tsweep = threshold_sweep(1 - p, ys, yl, E[:, 0], E[:, 1])
         res["tfidf_saved95"] = saved_at(tsweep, yl.mean())
         res["curves"]["TF-IDF + LR"] = tsweep
+        res["difficulty_oracle"] = apgr_curve(difficulty_oracle(train.subset(np.nonzero(tk)[0]), ds), ys, yl)
     rows.append(policy_row("oracle", oracle_pick(Y), Y, E))
     return res
 
@@ -374,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
              f"## Pair: {tr.SMALL} -> {tr.LARGE} ({pair['n']} questions)\n",
              "| router | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|",
              "| random | 0.500 | 50.0% | 80.0% |"]
-    for name, key in (("category-only (ranked by training gain)", "category"), ("TF-IDF + LR", "tfidf"), ("adequacy model", "router")):
+    for name, key in (("category-only (ranked by training gain)", "category"), ("TF-IDF + LR", "tfidf"),
+                      ("**adequacy model**", "router"),
+                      ("*ceiling: difficulty from the other 29 models' answers (not a router)*", "difficulty_oracle")):
         if key in pair:
             c = pair[key]
             lines.append(f"| {name} | {c['apgr']:.3f} | {100 * c['cpt50']:.1f}% | {100 * c['cpt80']:.1f}% |")

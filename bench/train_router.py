@@ -59,7 +59,7 @@ SPLIT_SEED = 20250611
 HELDOUT_FRACTION = 0.25
 CV_FOLDS = 5
 MIN_DF = 3  # a word must appear in this many training prompts to get a weight
-RIDGE_ALPHAS = (1.0, 3.0, 10.0, 30.0)
+RIDGE_ALPHAS = (0.3, 1.0, 3.0, 10.0)
 
 SMALL, LARGE = "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"
 ANCHORS = {
