@@ -365,7 +365,9 @@ class PolicyEngine:
             return
         if facts.tier not in plan.large_tiers or facts.smallest:
             return
-        action = "override" if plan.friction == "friction" and plan.override else plan.friction
+        # under friction without the override header the router should have served its pick;
+        # if it did not (e.g. nothing smaller fits), the client at least gets the warning
+        action = ("override" if plan.override else "warn") if plan.friction == "friction" else plan.friction
         self._count("large_model", action)
         ctx.actions.append(f"right_size:{action}")
         smaller = facts.recommended_model
