@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from gateway.sim.__main__ import run
+    from gateway.sim.cli import run
 
     return run(args)
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sim", help="one simulated vLLM server")
-    from gateway.sim.__main__ import add_arguments as sim_arguments
+    from gateway.sim.cli import add_arguments as sim_arguments
 
     sim_arguments(p)
     p.set_defaults(func=cmd_sim)

@@ -37,14 +37,14 @@ class EnergyReport:
     co2e_g: float
     usd: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, show_cost: bool = True) -> dict[str, Any]:
         out = {
             "joules": round(self.joules, 3),
             "wh": round(self.joules / 3600.0, 6),
             "co2e_g": round(self.co2e_g, 4),
             "source": self.source,
         }
-        if self.usd is not None:
+        if show_cost and self.usd is not None:
             out["usd"] = round(self.usd, 6)
         return out
 

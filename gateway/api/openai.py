@@ -107,6 +107,8 @@ class OpenAIEndpoints:
                 awaiting = gw.energy is not None and ctx.upstream_request_id is not None
                 if awaiting and ctx.energy is None:  # stopped before finish(): still account its energy
                     ctx.energy = gw.energy.end(ctx)
+                if gw.policy is not None:
+                    await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
 
     async def _until_disconnect(self, request: Request, ctx: RequestContext, path: str) -> None:
@@ -137,12 +139,18 @@ class OpenAIEndpoints:
         if ctx.endpoint == "embeddings":
             route = gw.router.route_embedding(ctx, requested)
         else:
-            route = gw.router.route(
-                ctx,
-                requested,
-                max_tier=plan.max_tier if plan is not None else None,
-                reasoning=plan.reasoning if plan is not None else "reasoning_effort" in ctx.body,
-            )
+            if plan is not None:
+                friction = plan.large_tiers if plan.friction == "friction" and not plan.override else frozenset()
+                route = gw.router.route(
+                    ctx,
+                    requested,
+                    max_tier=plan.max_tier,
+                    reasoning=plan.reasoning,
+                    friction_tiers=friction,
+                    avoid_always_thinking=plan.avoid_always_thinking,
+                )
+            else:
+                route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body)
         gw.metrics.route_seconds.observe(time.perf_counter() - started)
         ctx.model = route.model.name
         ctx.route_reason = route.reason
@@ -254,5 +262,6 @@ class OpenAIEndpoints:
         if gw.policy is not None:
             await gw.policy.feedback(ctx)
         if isinstance(usage, dict) and ctx.energy is not None:
-            usage["energy"] = ctx.energy.as_dict()
+            plan = ctx.policy_plan
+            usage["energy"] = ctx.energy.as_dict(show_cost=plan is None or plan.show_cost)
         return {"nudges": [n.as_dict() for n in ctx.nudges]} if ctx.nudges else {}

@@ -34,8 +34,12 @@ _RECENT_S = 2.0
 
 
 def default_policy_path() -> Path:
-    """The shipped ``policies/default.yaml`` (next to the package in a checkout)."""
-    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+    """The shipped ``policies/default.yaml``.
+
+    ``gateway/policy/default.yaml`` is a link to it in the repository, and a copy of it in
+    an installed wheel, so the default policy travels with the package.
+    """
+    return Path(__file__).with_name("default.yaml")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.proxy.backends import Backend, BackendPool
 from gateway.routing.adequacy import AdequacyModel
 from gateway.routing.catalog import Catalog, ModelInfo
-from gateway.routing.features import extract, request_text
+from gateway.routing.features import from_request, request_text
 
 # A prompt estimated within this share of a model's context is not sent to it: the estimate
 # (characters / 4) can be off, and an answer needs room.
@@ -36,6 +36,7 @@ class Route:
     recommended: ModelInfo | None = None  # what auto routing picks for this request
     recommended_adequacy: float | None = None
     counterfactual: ModelInfo | None = None  # what it would have run on without right-sizing
+    friction_applied: bool = False  # a named large model was replaced by the router's pick
 
     @property
     def tier(self) -> str:
@@ -81,8 +82,22 @@ class Router:
     # ------------------------------------------------------------------ decision
 
     def route(
-        self, ctx: RequestContext, requested: str, *, max_tier: str | None = None, reasoning: bool = False
+        self,
+        ctx: RequestContext,
+        requested: str,
+        *,
+        max_tier: str | None = None,
+        reasoning: bool = False,
+        friction_tiers: frozenset[str] = frozenset(),
+        avoid_always_thinking: bool = False,
     ) -> Route:
+        """Decide where ``requested`` goes.
+
+        ``max_tier``: route no higher (a budget downgrade). ``friction_tiers``: a model named
+        explicitly in one of these tiers is replaced by the router's own pick (the policy's
+        friction, when the client sent no override). ``avoid_always_thinking``: without
+        reasoning, move off a model that always thinks to a similar-size one that need not.
+        """
         kind, name = self.resolve(requested)
         body = ctx.body
         text = request_text(body)
@@ -101,9 +116,10 @@ class Router:
                 param="messages",
                 code="context_length_exceeded",
             )
-        probs = self._predict(text, body, reasoning, fits)
+        probs = self._predict(body, reasoning, fits)
         recommended, rec_p, why = self._smallest_adequate(fits, probs, ceiling, reasoning)
         largest = max(fits, key=lambda m: (m.rank, m.params_b or 0))
+        friction = False
 
         if kind == "auto":
             model, p, reason = recommended, rec_p, why
@@ -131,8 +147,29 @@ class Router:
             p, reason, counterfactual = probs.get(model.tier), "model asked for by name", model
             if ceiling is not None and model.rank > ceiling:
                 model, p, reason = recommended, rec_p, f"budget limits to tier {max_tier}; {why}"
-        backends = self._backends(model)
-        return Route(model, backends, reason, p, recommended, rec_p, counterfactual)
+            elif model.tier in friction_tiers and recommended.rank < model.rank:
+                model, p, friction = recommended, rec_p, True
+                reason = f"friction: {name} needs the override header; {why}"
+        if avoid_always_thinking and not reasoning and model.reasoning == "always":
+            quiet = self._similar_quiet(model, fits)
+            if quiet is not None:
+                reason = f"{model.name} always thinks; {quiet.name} is a similar size and need not"
+                model, p = quiet, probs.get(quiet.tier)
+        return Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
+
+    def _similar_quiet(self, model: ModelInfo, fits: list[ModelInfo]) -> ModelInfo | None:
+        """A healthy model that need not think, within 2.5x of ``model``'s size, nearest first."""
+        size = model.params_b or 0.0
+        candidates = [
+            m
+            for m in fits
+            if m.reasoning != "always"
+            and self.pool.serving(m.name)
+            and (not size or not m.params_b or 1 / 2.5 <= m.params_b / size <= 2.5)
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda m: abs((m.params_b or size) - size))
 
     def route_embedding(self, ctx: RequestContext, requested: str) -> Route:
         """Embeddings go to the model named, wherever it is served; nothing to right-size."""
@@ -143,19 +180,13 @@ class Router:
         assert model is not None
         return Route(model, self._backends(model), "model asked for by name", counterfactual=model)
 
-    def _predict(self, text: str, body: dict, reasoning: bool, fits: list[ModelInfo]) -> dict[str, float]:
+    def _predict(self, body: dict, reasoning: bool, fits: list[ModelInfo]) -> dict[str, float]:
         """Predicted adequacy per tier (vs the largest fitting tier)."""
         tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
         if self.adequacy is None or len(tiers) == 1:
             return {t: 1.0 for t in tiers}
         sizes = [max(m.params_b or 0.0 for m in fits if m.tier == t) or 1e3 for t in tiers]
-        features = extract(
-            text,
-            max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-            has_tools=bool(body.get("tools") or body.get("functions")),
-            has_schema=_has_schema(body),
-            reasoning=reasoning,
-        )
+        features = from_request(body, reasoning=reasoning)
         return dict(zip(tiers, self.adequacy.predict(features, sizes)))
 
     def _smallest_adequate(
@@ -210,11 +241,6 @@ def _prefer_reasoning_fit(models: list[ModelInfo], reasoning: bool) -> ModelInfo
         return (thinkers or models)[0]
     quiet = [m for m in models if m.reasoning != "always"]
     return (quiet or models)[0]
-
-
-def _has_schema(body: dict) -> bool:
-    fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object") or "guided_json" in body
 
 
 def _unknown(name: str) -> GatewayError:
