@@ -96,15 +96,19 @@ class Catalog:
         for m in found.values():
             if m.tier:
                 named[m.tier] = min(named.get(m.tier, float("inf")), size(m))
+        configured = dict(named)
         sizes = sorted({size(m) for m in found.values() if not m.tier})
-        auto = dict(zip(sizes, _tier_names(len(sizes)))) if not named else {}
+        auto = dict(zip(sizes, _tier_names(len(sizes))))
         for m in found.values():
             if not m.tier:
-                if named:  # configured tiers exist: join the configured tier of the nearest size
-                    m.tier = min(named, key=lambda t: abs(named[t] - size(m)) if size(m) != float("inf") else -named[t])
+                if configured:  # join the configured tier of the nearest size (unknown size: the largest)
+                    m.tier = min(
+                        configured,
+                        key=lambda t: abs(configured[t] - size(m)) if size(m) != float("inf") else -configured[t],
+                    )
                 else:
                     m.tier = auto[size(m)]
-                named.setdefault(m.tier, size(m))
+                named[m.tier] = min(named.get(m.tier, float("inf")), size(m))
         self.tiers = sorted(named, key=lambda t: named[t])
         for m in found.values():
             m.rank = self.tiers.index(m.tier)
