@@ -109,7 +109,7 @@ class Metrics:
         self.energy = Counter(
             "gateway_energy_joules",
             "Energy measured per backend, split into attributed (our requests), idle and other (clients we don't see)",
-            ["backend", "kind"],
+            ["backend", "kind", "source"],  # source: measured | estimated (no meter, or it failed)
             registry=r,
         )
         self.model_energy = Counter(

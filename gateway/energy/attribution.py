@@ -1,0 +1,533 @@
+"""Split each interval's measured energy between the requests that ran on the backend.
+
+The sampler hands a backend's ``Book`` one ``Interval`` per tick: ``[t0, t1)``, the energy the
+meter measured in it, and the backend's own token counters over it (``vllm:prompt_tokens_total``,
+``vllm:generation_tokens_total``, ``vllm:num_requests_running``). The book knows our requests on
+that backend and how far each got (``ctx.gen_tokens_seen``, ``ctx.first_byte``).
+
+**Work.** Every token processed in the interval is weighed by the joules the token-cost model
+predicts for it (``coefficients.TokenCosts``): a generated token costs the step's weight
+streaming shared by the batch the backend reports, plus its own compute, plus reading its KV
+cache (more for a long context); a prompt token costs its share of a compute-bound prefill.
+With an 8B model a prompt token weighs ~5 % of a generated one at batch 8 and ~24 % at batch
+64 (the step is shared by more sequences); the model is fitted on ML.ENERGY v3 and the H200
+probe in FACTS.md (see coefficients.py). The measured energy is then split in proportion:
+
+    E_request = E x work_request / (work_ours + work_others)
+
+**Others.** The denominator comes from the backend's counters, so tokens we did not see (other
+gateway replicas, direct clients, our own non-streaming requests until they end) are "other"
+work and take their share. Others' tokens are the backend's count minus ours, kept as a running
+balance with a high-water mark so that a token counted by the backend one tick before our proxy
+relays it is not charged twice (``_Balance``).
+
+**Idle.** An interval in which nothing ran is idle energy: reported for the backend, never
+charged to a request (``amortise_idle`` spreads it over the next busy interval instead). An
+interval with sequences running but no token counted yet (a long prefill) carries its energy
+into the next interval that has work.
+
+**Prefill.** vLLM counts a prompt when its prefill ends, but the energy was spent before: a
+streaming request's prompt is placed over ``[first_byte - d, first_byte]``, d its predicted
+prefill time, into intervals that are kept open ``horizon_s`` for that.
+
+**Non-streaming requests** only know their totals at the end: their work was "other" while they
+ran; at the end they claim their share back from the other energy of the intervals of their
+lifetime (prompt at the start, generated tokens spread evenly), at each interval's price, up to
+what is there. Streaming requests settle the same way any difference between what they were
+seen to do and the usage the backend reported.
+
+**Conservation.** Every joule of every interval lands in exactly one of attributed, idle and
+other (claims move other to attributed), so ``attributed + idle + other + carried = measured``.
+
+A request is final once every interval up to its end is closed and its claims are settled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gateway.context import RequestContext
+from gateway.energy.coefficients import DEFAULT_BATCH, DEFAULT_CONTEXT, TokenCosts, context_sum
+
+log = logging.getLogger("gateway.energy")
+
+
+@dataclass(slots=True)
+class Interval:
+    t0: float
+    t1: float
+    joules: float  # energy of the backend's GPUs in [t0, t1)
+    measured: bool = True  # False: the joules are an estimate (no meter, or it failed)
+    prompt_tokens: float | None = 0.0  # the backend's own counters over the interval; None = unknown
+    gen_tokens: float | None = 0.0
+    running: float = 0.0  # most sequences running at either end
+    batch: float = 0.0  # mean sequences running
+    watts: float | None = None
+
+
+class Track:
+    """One upstream attempt of one of our requests, as the book sees it."""
+
+    __slots__ = (
+        "ctx", "owner", "stream", "skip_events", "sent", "finished", "ended", "drained", "final", "forced", "usage",
+        "gen_seen", "prompt_placed", "placed_at", "joules", "est_joules", "gpu_s", "p_closed", "g_closed",
+    )  # fmt: skip
+
+    def __init__(self, ctx: RequestContext, sent: float) -> None:
+        self.ctx = ctx
+        self.owner: object = None  # whatever the service ties the attempt to
+        self.stream = ctx.stream
+        self.skip_events = 1 if ctx.endpoint == "chat" else 0  # vLLM's first chat event is the role
+        self.sent = sent
+        self.finished: float | None = None
+        self.ended = False  # end() seen
+        self.drained = False  # the progress up to the end is in an interval
+        self.final = False
+        self.forced = False  # made final at shutdown, before every interval up to its end was measured
+        self.usage: dict | None = None
+        self.gen_seen = 0  # generated tokens accounted so far
+        self.prompt_placed: float | None = None  # prompt tokens placed at the first byte
+        self.placed_at = 0.0  # when the prompt finished (first byte)
+        self.joules = 0.0  # measured energy attributed
+        self.est_joules = 0.0  # estimated energy (intervals without a meter or counters)
+        self.gpu_s = 0.0  # share of the backend's GPU time
+        self.p_closed = 0.0  # tokens in closed intervals (for provisional estimates)
+        self.g_closed = 0.0
+
+    def prompt_tokens(self) -> int:
+        usage = self.usage if self.usage is not None else self.ctx.usage
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            return usage["prompt_tokens"]
+        return max(0, self.ctx.prompt_tokens_est or 0)
+
+    def gen_tokens_now(self) -> int:
+        return max(0, self.ctx.gen_tokens_seen - self.skip_events)
+
+
+@dataclass(slots=True)
+class _Share:
+    work: float = 0.0  # modelled joules
+    prompt: float = 0.0
+    gen: float = 0.0
+
+
+@dataclass(slots=True)
+class _Open:
+    iv: Interval
+    ours: dict[Track, _Share] = field(default_factory=dict)
+    ctx_sum: float = 0.0  # contexts of our generated tokens (for the others' average)
+
+    def add(self, track: Track, work: float, prompt: float = 0.0, gen: float = 0.0, ctx_sum: float = 0.0) -> None:
+        share = self.ours.get(track)
+        if share is None:
+            share = self.ours[track] = _Share()
+        share.work += work
+        share.prompt += prompt
+        share.gen += gen
+        self.ctx_sum += ctx_sum
+
+
+@dataclass(slots=True)
+class Closed:
+    """What a closed interval keeps for later claims and for the 'other' metric."""
+
+    t0: float
+    t1: float
+    joules: float
+    batch: float
+    known: bool  # the backend's counters were read: the split is a measurement
+    measured: bool
+    price: float = 0.0  # joules per modelled joule of work (0: nothing was split)
+    other_left: float = 0.0  # 'other' energy nobody has claimed yet
+    published: bool = False
+
+
+class _Balance:
+    """Others' tokens: the backend's count minus ours, released at new highs only."""
+
+    __slots__ = ("backend", "ours", "high")
+
+    def __init__(self) -> None:
+        self.backend = 0.0
+        self.ours = 0.0
+        self.high = 0.0
+
+    def step(self, backend: float, ours: float) -> float:
+        self.backend += backend
+        self.ours += ours
+        excess = self.backend - self.ours
+        others = max(0.0, excess - self.high)
+        self.high = max(self.high, excess)
+        return others
+
+    def relabel(self, tokens: float) -> None:
+        """``tokens`` counted as others' were ours (negative: we counted some twice)."""
+        self.ours += tokens
+        self.high -= tokens
+
+
+Tally = dict[tuple[str, str], float]  # (kind, source) -> joules, for the energy metric
+
+
+class Book:
+    """The attribution state of one backend. Used by one thread (its sampler)."""
+
+    def __init__(
+        self,
+        costs: Callable[[], TokenCosts],
+        gpus: int = 1,
+        *,
+        horizon_s: float = 2.0,
+        ring: int = 16384,
+        amortise_idle: bool = False,
+        max_carry_s: float = 10.0,
+        max_age_s: float = 3600.0,
+    ) -> None:
+        self.costs = costs
+        self.gpus = gpus
+        self.horizon_s = horizon_s
+        self.amortise_idle = amortise_idle
+        self.max_carry_s = max_carry_s
+        self.max_age_s = max_age_s
+        self.tracks: list[Track] = []
+        self._open: deque[_Open] = deque()
+        self._ring: deque[Closed] = deque(maxlen=ring)
+        self._unpublished: deque[Closed] = deque()
+        self._prompt = _Balance()
+        self._gen = _Balance()
+        self._carry = 0.0
+        self._carry_since: float | None = None
+        self._idle_pool = 0.0
+        self.closed_until = -math.inf
+        self.measured_now = True  # the latest interval was measured
+        self.batch_now = DEFAULT_BATCH
+        self.watts_now: float | None = None
+        self._k_num = 0.0  # measured / modelled, decayed: prices pending work in provisional values
+        self._k_den = 0.0
+        # conservation books (joules)
+        self.total_j = 0.0  # every interval's energy, measured or estimated
+        self.attributed_j = 0.0
+        self.idle_j = 0.0
+        self.other_j = 0.0
+        self.tally: Tally = {}
+
+    # ------------------------------------------------------------------ requests
+
+    def begin(self, ctx: RequestContext, sent: float) -> Track:
+        track = Track(ctx, sent)
+        self.tracks.append(track)
+        return track
+
+    def end(self, track: Track, finished: float, usage: dict | None) -> None:
+        track.ended = True
+        track.finished = max(finished, track.sent)
+        track.usage = usage if isinstance(usage, dict) else None
+
+    @property
+    def k(self) -> float:
+        return self._k_num / self._k_den if self._k_den > 0 else 1.0
+
+    @property
+    def carried_j(self) -> float:
+        return self._carry + self._idle_pool
+
+    def provisional(self, track: Track) -> tuple[float, bool]:
+        """(joules so far plus an estimate of what is still open, estimated?)."""
+        costs = self.costs()
+        prompt = track.prompt_tokens()
+        usage = track.usage if track.usage is not None else track.ctx.usage
+        gen = track.gen_tokens_now()
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            gen = usage["completion_tokens"]
+        pending_p = max(0.0, prompt - track.p_closed)
+        pending_g = max(0.0, gen - track.g_closed)
+        work = costs.prefill(pending_p) + costs.decode(self.batch_now, prompt + gen) * pending_g
+        estimated = track.est_joules > 0 or not self.measured_now
+        return track.joules + track.est_joules + self.k * work, estimated
+
+    # ------------------------------------------------------------------ intervals
+
+    def push(self, iv: Interval) -> list[Track]:
+        """Take the next interval; returns the tracks that became final."""
+        costs = self.costs()
+        op = _Open(iv)
+        self._open.append(op)
+        self.measured_now = iv.measured
+        self.batch_now = iv.batch or self.batch_now
+        self.watts_now = iv.watts
+        batch = max(1.0, iv.batch)
+        for track in self.tracks:
+            if track.drained or track.final:
+                continue
+            ctx = track.ctx
+            if track.stream:
+                if track.prompt_placed is None and ctx.first_byte is not None:
+                    self._place_prompt(track, min(ctx.first_byte, iv.t1), costs)
+                seen = track.gen_tokens_now()
+                if seen > track.gen_seen:
+                    prompt = track.prompt_placed or 0.0
+                    ctx_sum = context_sum(int(prompt), track.gen_seen, seen)
+                    op.add(track, costs.decode_run(batch, seen - track.gen_seen, ctx_sum), gen=seen - track.gen_seen,
+                           ctx_sum=ctx_sum)  # fmt: skip
+                    track.gen_seen = seen
+            if track.ended:
+                track.drained = True
+            elif iv.t1 - track.sent > self.max_age_s:
+                log.warning("request %s never ended; closing its energy account", ctx.request_id)
+                self.end(track, iv.t1, None)
+                track.drained = True
+        while self._open and self._open[0].iv.t1 <= iv.t1 - self.horizon_s:
+            self._close(self._open.popleft())
+        return self._finalise(force=False)
+
+    def flush(self) -> list[Track]:
+        """Close everything (shutdown): carried energy becomes other; ended requests become final."""
+        for track in self.tracks:
+            if track.ended:
+                track.drained = True  # what it did after the last interval is not measured
+        while self._open:
+            self._close(self._open.popleft())
+        if self._carry or self._idle_pool:
+            self._book_other(self._carry + self._idle_pool, known=True, measured=self.measured_now)
+            self._carry = self._idle_pool = 0.0
+        final = self._finalise(force=True)
+        for rec in self._unpublished:
+            self._publish(rec)
+        self._unpublished.clear()
+        return final
+
+    def _place_prompt(self, track: Track, first_byte: float, costs: TokenCosts) -> None:
+        """Spread the prompt over the open intervals before its first byte (its prefill)."""
+        prompt = float(track.prompt_tokens())
+        track.prompt_placed = prompt
+        track.placed_at = first_byte
+        if prompt <= 0:
+            return
+        d = min(first_byte - track.sent, costs.prefill_seconds(prompt, self.watts_now))
+        start = max(first_byte - max(d, 0.0), self._open[0].iv.t0)
+        parts = []
+        if first_byte > start:
+            for op in self._open:
+                overlap = min(op.iv.t1, first_byte) - max(op.iv.t0, start)
+                if overlap > 0:
+                    parts.append((op, overlap / (first_byte - start)))
+        if not parts:
+            parts = [(self._open[-1], 1.0)]
+        position = 0.0
+        for op, fraction in parts:
+            tokens = prompt * fraction
+            op.add(track, costs.prefill(tokens, position), prompt=tokens)
+            position += tokens
+
+    def _close(self, op: _Open) -> None:
+        iv = op.iv
+        costs = self.costs()
+        energy = iv.joules
+        self.total_j += energy
+        ours_p = sum(s.prompt for s in op.ours.values())
+        ours_g = sum(s.gen for s in op.ours.values())
+        for track, share in op.ours.items():
+            track.p_closed += share.prompt
+            track.g_closed += share.gen
+        self.closed_until = iv.t1
+        rec = Closed(iv.t0, iv.t1, energy, max(1.0, iv.batch), iv.prompt_tokens is not None, iv.measured)
+
+        if iv.prompt_tokens is None or iv.gen_tokens is None:
+            # Counters unknown: no way to split. Our work is estimated, the energy is other.
+            for track, share in op.ours.items():
+                track.est_joules += share.work
+            self._book_other(energy, known=False, measured=iv.measured, rec=rec)
+            self._append(rec)
+            return
+
+        others_p = self._prompt.step(iv.prompt_tokens, ours_p)
+        others_g = self._gen.step(iv.gen_tokens, ours_g)
+        context = op.ctx_sum / ours_g if ours_g else DEFAULT_CONTEXT
+        others_work = costs.prefill(1.0, DEFAULT_CONTEXT / 2) * others_p + costs.decode(rec.batch, context) * others_g
+        ours_work = sum(s.work for s in op.ours.values())
+        total = ours_work + others_work
+        source = "measured" if iv.measured else "estimated"
+
+        if total <= 0:
+            if iv.running > 0:  # busy, nothing counted yet: the work shows up later
+                self._carry += energy
+                if self._carry_since is None:
+                    self._carry_since = iv.t0
+                elif iv.t1 - self._carry_since > self.max_carry_s:
+                    self._book_other(self._carry, known=True, measured=iv.measured, rec=rec)
+                    self._carry, self._carry_since = 0.0, None
+            elif self.amortise_idle:
+                self._idle_pool += energy
+            else:
+                self.idle_j += energy
+                self._add_tally("idle", source, energy)
+            self._append(rec)
+            return
+
+        energy += self._carry + self._idle_pool
+        self._carry = self._idle_pool = 0.0
+        self._carry_since = None
+        price = energy / total
+        rec.price = price
+        rec.joules = energy
+        if iv.measured:
+            self._k_num = self._k_num * 0.98 + energy
+            self._k_den = self._k_den * 0.98 + total
+        gpu_s = (iv.t1 - iv.t0) * self.gpus
+        attributed = 0.0
+        for track, share in op.ours.items():
+            joules = price * share.work
+            attributed += joules
+            if iv.measured:
+                track.joules += joules
+            else:
+                track.est_joules += joules
+            track.gpu_s += gpu_s * share.work / total
+        self.attributed_j += attributed
+        self._add_tally("attributed", source, attributed)
+        self._book_other(energy - attributed, known=True, measured=iv.measured, rec=rec)
+        self._append(rec)
+
+    def _book_other(self, joules: float, known: bool, measured: bool, rec: Closed | None = None) -> None:
+        self.other_j += joules
+        if rec is None:
+            self._add_tally("other", "measured" if measured else "estimated", joules)
+        else:
+            rec.other_left += joules
+
+    def _append(self, rec: Closed) -> None:
+        if len(self._ring) == self._ring.maxlen:
+            self._publish(self._ring[0])
+        self._ring.append(rec)
+        self._unpublished.append(rec)
+
+    def _publish(self, rec: Closed) -> None:
+        if not rec.published:
+            rec.published = True
+            self._add_tally("other", "measured" if rec.measured else "estimated", rec.other_left)
+
+    def _add_tally(self, kind: str, source: str, joules: float) -> None:
+        if joules:
+            self.tally[(kind, source)] = self.tally.get((kind, source), 0.0) + joules
+
+    def take_tally(self) -> Tally:
+        tally, self.tally = self.tally, {}
+        return tally
+
+    # ------------------------------------------------------------------ settling
+
+    def _finalise(self, force: bool) -> list[Track]:
+        done = []
+        for track in self.tracks:
+            if track.ended and track.drained and (force or track.finished <= self.closed_until):
+                track.forced = track.finished > self.closed_until
+                self._settle(track)
+                track.final = True
+                done.append(track)
+        if done:
+            self.tracks = [t for t in self.tracks if not t.final]
+        # 'other' energy is final once no request of ours that could claim it is left.
+        first_sent = min((t.sent for t in self.tracks), default=math.inf)
+        while self._unpublished and (self._unpublished[0].t1 <= first_sent or self._unpublished[0].published):
+            self._publish(self._unpublished.popleft())
+        return done
+
+    def _settle(self, track: Track) -> None:
+        """Claim what the request did that the intervals did not see; fix the balances."""
+        usage = track.usage
+        if usage is None:
+            return
+        costs = self.costs()
+        prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+        gen = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+        finished = track.finished if track.finished is not None else track.sent
+        if track.stream and track.prompt_placed is not None:
+            extra_p = prompt - track.prompt_placed
+            extra_g = gen - track.gen_seen
+            pf_start = track.placed_at - min(track.placed_at - track.sent, costs.prefill_seconds(prompt, None))
+            gen_from, gen_start = track.gen_seen, track.placed_at
+        else:  # no first byte seen: all of the prompt, then the answer after the prefill
+            extra_p, extra_g = prompt, gen - track.gen_seen
+            d = min((finished - track.sent) / 2.0, costs.prefill_seconds(prompt, None))
+            pf_start, track.placed_at = track.sent, track.sent + d
+            gen_from, gen_start = track.gen_seen, track.sent + d
+        pieces = []
+        if extra_p > 0:
+            pieces.append((pf_start, track.placed_at, extra_p, 0.0, float(prompt - extra_p), 0.0))
+        if extra_g > 0:
+            pieces.append((gen_start, finished, 0.0, extra_g, float(prompt), float(gen_from)))
+        if pieces:
+            self._claim(track, pieces, costs)
+        self._prompt.relabel(extra_p)
+        self._gen.relabel(extra_g)
+
+    def _claim(self, track: Track, pieces: list[tuple], costs: TokenCosts) -> None:
+        """Take the request's share of the other energy of the intervals its pieces cover.
+
+        A piece is (start, end, prompt tokens, generated tokens, prompt position, first token
+        index), spread evenly over [start, end]. Pass 1 takes, interval by interval, the work's
+        price up to the other energy there; pass 2 fills what is still missing from any other
+        energy left in the request's lifetime (the timing of a unary request is a guess).
+        """
+        lo = min(p[0] for p in pieces)
+        hi = max(p[1] for p in pieces)
+        recs = []
+        for rec in reversed(self._ring):
+            if rec.t1 <= lo:
+                break
+            if rec.t0 <= hi and not rec.published:
+                recs.append(rec)
+        missing = 0.0
+        taken: dict[int, float] = {}
+        for rec in recs:
+            work = 0.0
+            for start, end, p, g, p_pos, g_from in pieces:
+                fraction = _overlap(rec, start, end)
+                if fraction <= 0:
+                    continue
+                if p:
+                    work += costs.prefill(p * fraction, p_pos + p * (1 - fraction) / 2)
+                if g:
+                    n = g * fraction
+                    work += costs.decode_run(rec.batch, n, n * (p_pos + g_from + g / 2.0))
+            if work <= 0:
+                continue
+            if not rec.known:
+                track.est_joules += work
+                continue
+            want = (rec.price or self.k) * work
+            take = min(want, rec.other_left)
+            missing += want - take
+            if take > 0:
+                taken[id(rec)] = take
+                self._take(track, rec, take)
+        if missing > 0:
+            pool = [r for r in recs if r.known and r.other_left > 0]
+            left = sum(r.other_left for r in pool)
+            if left > 0:
+                ratio = min(1.0, missing / left)
+                for rec in pool:
+                    self._take(track, rec, rec.other_left * ratio)
+
+    def _take(self, track: Track, rec: Closed, joules: float) -> None:
+        rec.other_left -= joules
+        self.other_j -= joules
+        self.attributed_j += joules
+        if rec.measured:
+            track.joules += joules
+        else:
+            track.est_joules += joules
+        if rec.joules > 0:
+            track.gpu_s += (rec.t1 - rec.t0) * self.gpus * joules / rec.joules
+        self._add_tally("attributed", "measured" if rec.measured else "estimated", joules)
+
+
+def _overlap(rec: Closed, start: float, end: float) -> float:
+    """Fraction of [start, end] inside the interval (a point belongs to the interval holding it)."""
+    if end <= start:
+        return 1.0 if rec.t0 <= start < rec.t1 else 0.0
+    return max(0.0, min(rec.t1, end) - max(rec.t0, start)) / (end - start)

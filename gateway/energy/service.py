@@ -1,0 +1,307 @@
+"""The energy subsystem as the app sees it: begin, end, and a final report later.
+
+    service = EnergyService(config.backends, catalog.params_b, metrics, recorder.final)
+    service.start()                   # one sampler thread per backend
+    service.begin(ctx)                # an upstream attempt was sent to ctx.backend
+    service.abandon(ctx)              # that attempt failed before any answer (a retry may follow)
+    report = service.end(ctx)         # the answer is complete: provisional joules, at once
+    ...                               # later, from a sampler thread: ctx.energy = final; on_final(ctx)
+    service.stop()                    # joins the threads, finalises what is pending
+
+``end`` never blocks: it reads what the sampler has published and prices what is still open
+with the backend's recent measured/modelled ratio. The final value (source ``measured``, or
+``estimated`` when any of it came from the estimate) is set once the sampler has closed every
+interval up to the request's end, and ``on_final(ctx)`` is called from the sampler's thread.
+Every request that ``end`` was called for reaches ``on_final`` exactly once, also after
+``stop`` (then immediately, with its provisional value).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from functools import partial
+from typing import Callable
+
+from gateway.config import BackendConfig
+from gateway.context import EnergyReport, RequestContext
+from gateway.energy.attribution import Book, Interval, Track
+from gateway.energy.carbon import energy_report
+from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
+from gateway.energy.meters import make_meter
+from gateway.energy.sampler import BackendSampler
+from gateway.telemetry.metrics import Metrics
+
+log = logging.getLogger("gateway.energy")
+
+TOKENS_PER_JOULE_WINDOW_S = 60.0
+
+
+class _Entry:
+    """One request: its attempts' tracks, and whether it ended."""
+
+    __slots__ = ("ctx", "tracks", "books", "attempts", "finals", "ended", "done")
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.tracks: list[Track] = []  # appended by sampler threads
+        self.books: list[Book] = []
+        self.attempts = 0  # attempts a sampler took
+        self.finals = 0  # of those, final
+        self.ended = False
+        self.done = False
+
+
+class EnergyService:
+    def __init__(
+        self,
+        backends: list[BackendConfig],
+        params_b: Callable[[str], float | None],
+        metrics: Metrics,
+        on_final: Callable[[RequestContext], None],
+        *,
+        amortise_idle: bool = False,
+        horizon_s: float = 2.0,
+    ) -> None:
+        self.backends = {b.name: b for b in backends}
+        self.params_b = params_b
+        self.metrics = metrics
+        self.on_final = on_final
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Entry] = {}
+        self._costs: dict[tuple, TokenCosts] = {}
+        self._last_model: dict[str, str] = {}
+        self._tpj: dict[str, _Window] = {}  # per backend, touched by its sampler thread only
+        self.samplers: dict[str, BackendSampler] = {}
+        for b in backends:
+            costs = partial(self.costs, b.name)
+            book = Book(costs, b.gpus, horizon_s=horizon_s, amortise_idle=amortise_idle)
+            self.samplers[b.name] = BackendSampler(
+                b, make_meter(b, costs), book, costs, self._tracks_final, self._interval
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for sampler in self.samplers.values():
+            sampler.start()
+
+    def stop(self) -> None:
+        """Stop the samplers; every request that ended is finalised (provisional if need be)."""
+        for sampler in self.samplers.values():
+            sampler.stop()
+        with self._lock:
+            leftover = [e for e in self._entries.values() if e.ended and not e.done]
+        for entry in leftover:
+            self._complete(entry)
+
+    # ------------------------------------------------------------------ the request path
+
+    def begin(self, ctx: RequestContext) -> None:
+        """An upstream attempt was sent (``ctx.backend``, ``ctx.model``, ``ctx.sent`` are set)."""
+        name = ctx.backend or ""
+        if ctx.model:
+            self._last_model[name] = ctx.model
+        with self._lock:
+            entry = self._entries.get(id(ctx))
+            if entry is None:
+                entry = self._entries[id(ctx)] = _Entry(ctx)
+            sampler = self.samplers.get(name)
+            if sampler is not None and sampler.submit(("begin", ctx, entry, time.monotonic())):
+                entry.attempts += 1
+
+    def abandon(self, ctx: RequestContext) -> None:
+        """The attempt on ``ctx.backend`` failed before answering; another may follow."""
+        entry = self._entries.get(id(ctx))
+        sampler = self.samplers.get(ctx.backend or "")
+        if entry is not None and sampler is not None:
+            sampler.submit(("abandon", ctx, entry, time.monotonic()))
+
+    def end(self, ctx: RequestContext) -> EnergyReport:
+        """The response is complete (or failed): the provisional report, without blocking."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(id(ctx))
+            if entry is None:
+                entry = self._entries[id(ctx)] = _Entry(ctx)
+            first = not entry.ended
+            entry.ended = True
+            settled = entry.finals >= entry.attempts  # every attempt already final (or none taken)
+        report = self._provisional(entry)
+        ctx.energy = report
+        if not first:
+            return report
+        sampler = self.samplers.get(ctx.backend or "")
+        if not settled and sampler is not None and sampler.submit(("end", ctx, entry, now)):
+            return report
+        # Nothing left for a sampler to finish (no attempt taken, all abandoned, or the
+        # samplers are stopped): final now.
+        self._complete(entry)
+        return ctx.energy
+
+    def counterfactual_joules(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """What these tokens would have cost on ``model`` (priced on a backend serving it if any)."""
+        for name, backend in self.backends.items():
+            sampler = self.samplers[name]
+            if model in backend.models or model in sampler.models or self._last_model.get(name) == model:
+                book = sampler.book
+                return book.k * self.costs(name, model).request(prompt_tokens, completion_tokens, book.batch_now)
+        return TokenCosts(self.params_b(model)).request(prompt_tokens, completion_tokens, DEFAULT_BATCH)
+
+    def backend_power_watts(self, name: str) -> float | None:
+        """The GPUs' power now, as measured (None with the estimate or no recent reading)."""
+        sampler = self.samplers.get(name)
+        if sampler is None or not sampler.meter.measured or sampler.reading is None:
+            return None
+        if time.monotonic() - sampler.reading.t > 5.0:
+            return None
+        return sampler.reading.watts
+
+    # ------------------------------------------------------------------ token costs
+
+    def costs(self, name: str, model: str | None = None) -> TokenCosts:
+        """Token costs of ``model`` (default: the one backend ``name`` serves) on that backend."""
+        backend = self.backends[name]
+        if model is None:
+            model = self._served_model(name)
+        params = self.params_b(model) if model else None
+        key = (name, model, params)
+        costs = self._costs.get(key)
+        if costs is None:
+            costs = self._costs[key] = TokenCosts(params, backend.gpus, backend.gpu)
+        return costs
+
+    def _served_model(self, name: str) -> str | None:
+        sampler = self.samplers.get(name)
+        served = self.backends[name].models or (sampler.models if sampler is not None else [])
+        return served[0] if served else self._last_model.get(name)
+
+    # ------------------------------------------------------------------ reports
+
+    def _provisional(self, entry: _Entry) -> EnergyReport:
+        ctx = entry.ctx
+        joules, gpu_s, estimated = 0.0, 0.0, False
+        for track, book in zip(list(entry.tracks), list(entry.books)):
+            j, est = book.provisional(track)
+            joules += j
+            gpu_s += track.gpu_s
+            estimated = estimated or est
+        if not entry.tracks:  # the sampler has not seen it yet (or never will)
+            usage = ctx.usage if isinstance(ctx.usage, dict) else {}
+            prompt = usage.get("prompt_tokens") or ctx.prompt_tokens_est or 0
+            gen = usage.get("completion_tokens") or ctx.gen_tokens_seen or 0
+            sampler = self.samplers.get(ctx.backend or "")
+            if sampler is not None:
+                book = sampler.book
+                costs = self.costs(sampler.name, ctx.model or None)
+                joules = book.k * costs.request(prompt, gen, book.batch_now)
+                estimated = not (book.measured_now and sampler.meter.measured)
+            else:
+                joules = TokenCosts(self.params_b(ctx.model) if ctx.model else None).request(prompt, gen)
+                estimated = True
+        backend = self.backends.get(ctx.backend or "")
+        if not gpu_s:
+            gpu_s = joules / BUSY_W
+        return energy_report(joules, "estimated" if estimated else "measured-provisional", gpu_s, backend)
+
+    def _tracks_final(self, tracks: list[Track]) -> None:
+        """From a sampler thread: these attempts are final; complete the requests that are done."""
+        complete = []
+        with self._lock:
+            for track in tracks:
+                entry = track.owner
+                if not isinstance(entry, _Entry):
+                    continue
+                entry.finals += 1
+                if entry.ended and entry.finals >= entry.attempts and not entry.done:
+                    complete.append(entry)
+        for entry in complete:
+            self._complete(entry)
+
+    def _complete(self, entry: _Entry) -> None:
+        with self._lock:
+            if entry.done:
+                return
+            entry.done = True
+            self._entries.pop(id(entry.ctx), None)
+        ctx = entry.ctx
+        tracks = list(entry.tracks)
+        if tracks and all(t.final for t in tracks):
+            joules = sum(t.joules + t.est_joules for t in tracks)
+            gpu_s = sum(t.gpu_s for t in tracks)
+            if any(t.est_joules > 0 or (not t.joules and not b.measured_now) for t, b in zip(tracks, entry.books)):
+                source = "estimated"
+            elif any(t.forced for t in tracks):
+                source = "measured-provisional"
+            else:
+                source = "measured"
+            report = energy_report(joules, source, gpu_s or joules / BUSY_W, self.backends.get(ctx.backend or ""))
+        else:  # finalised before the sampler could: keep the provisional value, labelled as such
+            report = self._provisional(entry)
+        ctx.energy = report
+        self._observe(ctx, report)
+        try:
+            self.on_final(ctx)
+        except Exception:
+            log.exception("on_final failed for request %s", ctx.request_id)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _observe(self, ctx: RequestContext, report: EnergyReport) -> None:
+        m = self.metrics
+        model = ctx.model or "-"
+        m.request_energy.labels(model, ctx.backend or "-", ctx.key_name or "anonymous", report.source).observe(
+            report.joules
+        )
+        m.model_energy.labels(model, ctx.team, report.source).inc(report.joules)
+        m.co2e.labels(model, ctx.team).inc(report.co2e_g)
+        if report.usd:
+            m.cost.labels(model, ctx.team).inc(report.usd)
+
+    def _interval(self, sampler: BackendSampler, iv: Interval | None) -> None:
+        """From a sampler thread, after each interval (None: at shutdown): energy split, power, tokens/J."""
+        m = self.metrics
+        for (kind, source), joules in sampler.book.take_tally().items():
+            if joules > 0:
+                m.energy.labels(sampler.name, kind, source).inc(joules)
+        if iv is None:
+            return
+        if iv.measured and iv.watts is not None:
+            m.gpu_power.labels(sampler.name).set(iv.watts)
+        model = self._served_model(sampler.name)
+        if not (model and iv.measured and iv.gen_tokens is not None and iv.joules > 0):
+            return
+        window = self._tpj.get(sampler.name)
+        if window is None:
+            window = self._tpj[sampler.name] = _Window()
+        window.add(iv.t1, iv.gen_tokens, iv.joules, model)
+        gen = joules = 0.0
+        for other in list(self._tpj.values()):
+            if other.model == model:
+                gen, joules = gen + other.gen, joules + other.joules
+        if joules > 0:
+            m.tokens_per_joule.labels(model).set(gen / joules)
+
+
+class _Window:
+    """Generated tokens and joules of one backend over the last minute (running sums)."""
+
+    __slots__ = ("items", "gen", "joules", "model")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, float, float]] = deque()
+        self.gen = 0.0
+        self.joules = 0.0
+        self.model: str | None = None
+
+    def add(self, t: float, gen: float, joules: float, model: str) -> None:
+        self.model = model
+        self.items.append((t, gen, joules))
+        self.gen += gen
+        self.joules += joules
+        while self.items and self.items[0][0] < t - TOKENS_PER_JOULE_WINDOW_S:
+            _, g, j = self.items.popleft()
+            self.gen -= g
+            self.joules -= j

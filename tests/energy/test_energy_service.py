@@ -1,0 +1,237 @@
+"""The sampler thread and the service facade against a fake backend over real HTTP."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from gateway.config import BackendConfig, DcgmMeterConfig, EstimateMeterConfig, NvmlMeterConfig
+from gateway.context import RequestContext
+from gateway.energy.service import EnergyService
+from gateway.telemetry.metrics import Metrics
+
+from .fakes import FakeBackend, fake_pynvml
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def backend():
+    b = FakeBackend()
+    yield b
+    b.close()
+
+
+class Finals:
+    def __init__(self):
+        self.ctxs: list[RequestContext] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, ctx):
+        with self.lock:
+            self.ctxs.append(ctx)
+
+
+def service_for(backend_cfg, finals, **kw):
+    metrics = Metrics()
+    svc = EnergyService([backend_cfg], lambda model: 8.0, metrics, finals, **kw)
+    return svc, metrics
+
+
+def started(svc, name="b"):
+    """Wait until the sampler took its baseline (what happened before is not ours)."""
+    wait_for(lambda: svc.samplers[name]._last_t is not None, what="the sampler's first tick")
+
+
+def value(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def request(rid="r1", stream=True, backend="b"):
+    ctx = RequestContext(request_id=rid, endpoint="completions", body={}, stream=stream)
+    ctx.backend, ctx.model, ctx.sent = backend, "Qwen/Qwen3-8B", time.monotonic()
+    ctx.prompt_tokens_est = 10
+    return ctx
+
+
+def test_a_streaming_request_gets_the_energy_it_caused_and_idle_is_not_charged(backend):
+    cfg = BackendConfig(name="b", url=backend.url, meter=DcgmMeterConfig(type="dcgm", url=f"{backend.url}/dcgm/metrics", interval_s=0.02))
+    finals = Finals()
+    svc, metrics = service_for(cfg, finals, horizon_s=0.1)
+    svc.start()
+    try:
+        started(svc)
+        ctx = request()
+        svc.begin(ctx)
+        time.sleep(0.05)
+        with backend.lock:
+            backend.prompt += 10
+            backend.running = 1
+            ctx.first_byte = time.monotonic()
+        for _ in range(20):  # 20 steps of 10 tokens, 10 J each: the only traffic on the backend
+            with backend.lock:
+                backend.gen += 10
+                backend.add_energy(10.0)
+                ctx.gen_tokens_seen += 10
+            time.sleep(0.03)
+        with backend.lock:
+            backend.running = 0
+            ctx.usage = {"prompt_tokens": 10, "completion_tokens": 200}
+            ctx.finished = time.monotonic()
+        report = svc.end(ctx)
+        assert report.source == "measured-provisional"
+        assert report.joules > 0
+        for _ in range(10):  # idle: 5 J per step, nothing running
+            with backend.lock:
+                backend.add_energy(5.0)
+            time.sleep(0.03)
+        wait_for(lambda: finals.ctxs, what="the final report")
+    finally:
+        svc.stop()
+    (final,) = finals.ctxs
+    assert final is ctx and ctx.energy.source == "measured"
+    assert 195.0 <= ctx.energy.joules <= 215.0  # its 200 J, give or take one idle step at the edge
+    assert ctx.energy.co2e_g == pytest.approx(ctx.energy.joules / 3.6e6 * 475.0)
+    attributed = value(metrics, "gateway_energy_joules_total", backend="b", kind="attributed", source="measured")
+    idle = value(metrics, "gateway_energy_joules_total", backend="b", kind="idle", source="measured")
+    other = value(metrics, "gateway_energy_joules_total", backend="b", kind="other", source="measured")
+    assert attributed == pytest.approx(ctx.energy.joules)
+    assert attributed + idle + other == pytest.approx(250.0, rel=0.01)  # all the meter measured
+    assert idle >= 35.0
+    hist = value(metrics, "gateway_request_energy_joules_count", model_name="Qwen/Qwen3-8B", backend="b", key="anonymous", source="measured")
+    assert hist == 1
+    assert value(metrics, "gateway_tokens_per_joule", model_name="Qwen/Qwen3-8B") > 0
+    assert svc.backend_power_watts("b") == pytest.approx(600.0)
+
+
+def test_an_unreachable_meter_falls_back_to_estimates_labelled_as_such(backend):
+    backend.dcgm_up = False
+    cfg = BackendConfig(name="b", url=backend.url, meter=DcgmMeterConfig(type="dcgm", url=f"{backend.url}/dcgm/metrics", interval_s=0.02))
+    finals = Finals()
+    svc, metrics = service_for(cfg, finals, horizon_s=0.1)
+    svc.samplers["b"].max_merge_s = 0.2
+    svc.start()
+    try:
+        wait_for(lambda: not svc.samplers["b"].primary.available, what="the meter to be given up")
+        ctx = request()
+        svc.begin(ctx)
+        time.sleep(0.05)
+        with backend.lock:
+            ctx.first_byte = time.monotonic()
+            backend.prompt, backend.gen, backend.running = backend.prompt + 10, backend.gen + 50, 1
+            ctx.gen_tokens_seen = 50
+        time.sleep(0.1)
+        with backend.lock:
+            backend.running = 0
+            ctx.usage = {"prompt_tokens": 10, "completion_tokens": 50}
+            ctx.finished = time.monotonic()
+        assert svc.end(ctx).source == "estimated"
+        wait_for(lambda: finals.ctxs, what="the final report")
+    finally:
+        svc.stop()
+    assert ctx.energy.source == "estimated" and ctx.energy.joules > 0
+    assert svc.backend_power_watts("b") is None
+
+
+def test_stop_finalises_what_is_pending_and_late_ends_still_reach_on_final(backend):
+    cfg = BackendConfig(name="b", url=backend.url, meter=EstimateMeterConfig(interval_s=0.02))
+    finals = Finals()
+    svc, _ = service_for(cfg, finals, horizon_s=30.0)  # nothing would become final by itself
+    svc.start()
+    started(svc)
+    ended, late = request("ended", stream=False), request("late", stream=False)
+    svc.begin(ended)
+    svc.begin(late)
+    wait_for(lambda: svc.samplers["b"].book.tracks, what="the sampler to take the requests")
+    with backend.lock:
+        backend.prompt, backend.gen, backend.running = 100, 100, 2
+    time.sleep(0.1)
+    ended.usage = {"prompt_tokens": 100, "completion_tokens": 100}
+    ended.finished = time.monotonic()
+    svc.end(ended)
+    svc.stop()
+    assert [c.request_id for c in finals.ctxs] == ["ended"]
+    assert ended.energy.joules > 0
+    late.usage = {"prompt_tokens": 100, "completion_tokens": 10}
+    late.finished = time.monotonic()
+    report = svc.end(late)
+    assert [c.request_id for c in finals.ctxs] == ["ended", "late"]
+    assert late.energy is report and report.source == "estimated" and report.joules > 0
+
+
+def test_a_retried_request_sums_its_attempts_and_is_final_once(backend):
+    cfg = BackendConfig(name="b", url=backend.url, meter=EstimateMeterConfig(interval_s=0.02))
+    finals = Finals()
+    svc, _ = service_for(cfg, finals, horizon_s=0.05)
+    svc.start()
+    started(svc)
+    try:
+        ctx = request(stream=False)
+        svc.begin(ctx)
+        svc.abandon(ctx)  # the first attempt failed before answering
+        ctx.sent = time.monotonic()
+        svc.begin(ctx)
+        with backend.lock:
+            backend.prompt, backend.gen, backend.running = 100, 40, 1
+        time.sleep(0.1)
+        with backend.lock:
+            backend.running = 0
+        ctx.usage = {"prompt_tokens": 100, "completion_tokens": 40}
+        ctx.finished = time.monotonic()
+        svc.end(ctx)
+        wait_for(lambda: finals.ctxs, what="the final report")
+        time.sleep(0.1)
+    finally:
+        svc.stop()
+    assert finals.ctxs == [ctx]
+    assert ctx.energy.source == "estimated" and ctx.energy.joules > 0
+
+
+def test_requests_on_an_unknown_backend_are_estimated_at_once(backend):
+    cfg = BackendConfig(name="b", url=backend.url)
+    finals = Finals()
+    svc, _ = service_for(cfg, finals)
+    ctx = request(backend="elsewhere", stream=False)
+    svc.begin(ctx)
+    ctx.usage = {"prompt_tokens": 10, "completion_tokens": 10}
+    report = svc.end(ctx)
+    assert report.source == "estimated" and finals.ctxs == [ctx]
+
+
+def test_counterfactual_prices_the_tokens_on_the_other_model(backend):
+    small = BackendConfig(name="small", url=backend.url, models=["small-model"])
+    large = BackendConfig(name="large", url=backend.url, models=["large-model"], gpus=2)
+    sizes = {"small-model": 1.7, "large-model": 32.0}
+    svc = EnergyService([small, large], sizes.get, Metrics(), lambda ctx: None)
+    on_small = svc.counterfactual_joules("small-model", 500, 300)
+    on_large = svc.counterfactual_joules("large-model", 500, 300)
+    assert on_large > 5 * on_small > 0
+    assert svc.counterfactual_joules("unknown-70B", 500, 300) > on_small
+
+
+def test_the_sampler_thread_drives_a_fake_nvml_and_shuts_it_down(backend, monkeypatch):
+    nvml = fake_pynvml(gpus=1, watts=450.0)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    cfg = BackendConfig(name="b", url=backend.url, meter=NvmlMeterConfig(type="nvml", gpus=[0], interval_s=0.02))
+    svc, metrics = service_for(cfg, Finals(), horizon_s=0.05)
+    svc.start()
+    sampler = svc.samplers["b"]
+    try:
+        wait_for(lambda: value(metrics, "gateway_energy_joules_total", backend="b", kind="idle", source="measured") > 0,
+                 what="idle energy")  # fmt: skip
+        assert sampler._thread.is_alive() and nvml.calls["init"] == 1
+        assert svc.backend_power_watts("b") == pytest.approx(450.0)
+    finally:
+        svc.stop()
+    assert not sampler._thread.is_alive()
+    assert nvml.calls["shutdown"] == 1
