@@ -27,7 +27,10 @@ def _serve_app(gateway, host: str, port: int, log_level: str) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
     return 0 if server.started else 1
 
 

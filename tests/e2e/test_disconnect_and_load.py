@@ -33,7 +33,9 @@ def test_streaming_client_that_drops_aborts_upstream(gateway, sims):
     sim = sims[MEDIUM]
     before = sim_counter(sim, "vllm:request_success_total", finished_reason="abort")
     sock = raw_post(gateway.url, {**LONG, "stream": True})
-    assert b"data: " in sock.recv(4096)  # the stream has started
+    received = b""
+    while b"data: " not in received:  # wait until the stream has started
+        received += sock.recv(4096)
     sock.close()
     dropped = time.monotonic()
     wait_until(lambda: sim_counter(sim, "vllm:request_success_total", finished_reason="abort") > before, 1.0,

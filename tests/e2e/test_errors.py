@@ -70,17 +70,20 @@ def test_unknown_path_and_method(gateway):
     assert_openai_error(httpx.get(f"{gateway.url}/v1/chat/completions"), 405)
 
 
-def test_backend_refusing_is_retried_on_another(tmp_path):
+def test_backend_failing_before_first_byte_is_retried_on_another(tmp_path):
     with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
             start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
         config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
                              server={"health_interval_s": 30, "load_interval_s": 30})
         with GatewayProcess(write_config(tmp_path, config)) as gw:
-            for sim in (a, b):  # whichever is tried first answers 500 before any byte
-                httpx.post(f"{sim.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 1})
-            r = post(gw, CHAT)
-            assert r.status_code == 200, r.text
-            assert r.json()["choices"][0]["message"]["content"]
+            # a answers its next 3 requests with a 500 before any byte
+            httpx.post(f"{a.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 3})
+            for stream in (False, True, False):
+                r = post(gw, {**CHAT, "stream": stream})
+                assert r.status_code == 200, r.text
+            metrics = httpx.get(f"{gw.url}/metrics").text
+            assert 'gateway_upstream_attempts_total{backend="a",result="http_500"} 3.0' in metrics
+            assert 'gateway_upstream_attempts_total{backend="b",result="ok"} 3.0' in metrics
 
 
 def test_every_backend_down_is_503_with_retry_after(tmp_path):
