@@ -1,0 +1,122 @@
+"""``nudge-gateway report``: energy and usage from the ledger, as a table and optionally a chart.
+
+    nudge-gateway report --ledger nudge-usage.db [--since 24h] [--until ...] [--by model|key|team|backend]
+                         [--png report.png]
+
+The table has one line per group: requests, tokens, energy (Wh), Wh per 1,000 requests (the AI
+Energy Score's unit), CO2e and cost, and the share of requests whose energy is estimated rather
+than measured. ``--png`` draws energy per model and per key (matplotlib, imported only then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.telemetry.ledger import GROUPS, Ledger, parse_when
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ledger", required=True, help="the SQLite usage ledger (ledger.path in the config)")
+    parser.add_argument("--since", help="from: unix seconds, ISO 8601, or a duration ago (30m, 24h, 7d)")
+    parser.add_argument("--until", help="until (exclusive), same forms as --since")
+    parser.add_argument("--by", choices=sorted(GROUPS), default="model", help="group the table by (default model)")
+    parser.add_argument("--png", help="also draw energy per model and per key into this PNG file (needs matplotlib)")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(rows: list[dict[str, Any]], by: str) -> str:
+    """The terminal table, with a total line."""
+    header = [by, "requests", "tokens", "Wh", "Wh/1k req", "CO2e g", "$", "estimated"]
+    lines = []
+    total = {"requests": 0, "tokens": 0, "energy_j": 0.0, "co2e_g": 0.0, "usd": None, "estimated": 0}
+    for r in rows:
+        tokens = (r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)
+        wh = r["energy_j"] / 3600.0
+        lines.append([
+            str(r[by] if r[by] is not None else "-"),
+            f"{r['requests']:,}",
+            f"{tokens:,}",
+            _fmt(wh, 3),
+            _fmt(wh * 1000.0 / r["requests"] if r["requests"] else None, 2),
+            _fmt(r["co2e_g"], 2),
+            _fmt(r["usd"], 4),
+            f"{(r['estimated'] or 0) / r['requests']:.0%}" if r["requests"] else "-",
+        ])  # fmt: skip
+        total["requests"] += r["requests"]
+        total["tokens"] += tokens
+        total["energy_j"] += r["energy_j"]
+        total["co2e_g"] += r["co2e_g"]
+        total["estimated"] += r["estimated"] or 0
+        if r["usd"] is not None:
+            total["usd"] = (total["usd"] or 0.0) + r["usd"]
+    n = total["requests"]
+    wh = total["energy_j"] / 3600.0
+    footer = [
+        "total", f"{n:,}", f"{total['tokens']:,}", _fmt(wh, 3), _fmt(wh * 1000.0 / n if n else None, 2),
+        _fmt(total["co2e_g"], 2), _fmt(total["usd"], 4), f"{total['estimated'] / n:.0%}" if n else "-",
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *lines, footer]) for i in range(len(header))]
+
+    def render(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([render(header), rule, *map(render, lines), rule, render(footer)])
+
+
+def chart(by_model: list[dict[str, Any]], by_key: list[dict[str, Any]], path: str) -> None:
+    """Two bar charts, energy per model and per key (the 15 largest each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, rows, group, title in ((axes[0], by_model, "model", "per model"), (axes[1], by_key, "key", "per key")):
+        rows = rows[:15][::-1]
+        labels = [str(r[group] if r[group] is not None else "anonymous" if group == "key" else "-") for r in rows]
+        ax.barh(labels, [r["energy_j"] / 3600.0 for r in rows], color="#2a9d8f")
+        ax.set_title(f"GPU energy {title}")
+        ax.set_xlabel("Wh")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ledger != ":memory:" and not Path(args.ledger).is_file():
+        print(f"error: no ledger at {args.ledger}", file=sys.stderr)
+        return 1
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ledger = Ledger(args.ledger)
+    try:
+        rows = ledger.totals(since=since, until=until, by=args.by)
+        by_model = ledger.totals(since=since, until=until, by="model") if args.png else []
+        by_key = ledger.totals(since=since, until=until, by="key") if args.png else []
+    finally:
+        ledger.close()
+    if not rows:
+        print("no requests in the ledger for this period")
+    else:
+        print(table(rows, args.by))
+        if any(r["estimated"] for r in rows):
+            print("\n'estimated': share of requests whose energy is estimated from tokens (no meter), not measured.")
+    if args.png:
+        try:
+            chart(by_model, by_key, args.png)
+        except ImportError:
+            print("error: --png needs matplotlib, which is not installed (pip install matplotlib)", file=sys.stderr)
+            return 1
+        print(f"chart written to {args.png}")
+    return 0

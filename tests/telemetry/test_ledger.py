@@ -1,0 +1,185 @@
+"""The SQLite usage ledger: batching, WAL, no loss on close, pagination, threads, a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from gateway.context import EnergyReport, Nudge, RequestContext
+from gateway.telemetry.ledger import SCHEMA_VERSION, Ledger
+
+
+def row(i: int, **kw):
+    base = {
+        "request_id": f"req-{i:05d}", "ts": 1_800_000_000.0 + i, "key_name": f"key{i % 3}", "team": f"team{i % 2}",
+        "endpoint": "chat", "requested_model": "auto", "routed_model": "small" if i % 2 else "large",
+        "backend": "b0", "status": 200, "outcome": "ok", "stream": i % 2, "prompt_tokens": 10, "completion_tokens": 20,
+        "reasoning_tokens": 0, "reasoning": 0, "energy_j": 100.0 + i, "energy_source": "measured", "co2e_g": 0.01,
+        "usd": None, "latency_s": 1.0, "ttft_s": 0.1, "nudges": ["reasoning_on"], "route_reason": "auto:adequate",
+        "adequacy": 0.9, "policy_version": "v1",
+    }  # fmt: skip
+    base.update(kw)
+    return base
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "usage.db")
+
+
+def count(path: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
+
+def test_rows_are_written_in_batches_by_the_writer_and_nothing_is_lost_on_close(path):
+    ledger = Ledger(path, batch_size=50, flush_interval_s=60.0)  # only full batches until close
+    for i in range(120):
+        ledger.write(row(i))
+    deadline = time.monotonic() + 10
+    while ledger.written < 100 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert ledger.written == 100  # two full batches; the last 20 wait for the interval or close
+    ledger.close()
+    assert count(path) == 120
+    assert ledger.written == 120
+
+
+def test_the_file_is_in_wal_mode_and_schema_versioned(path):
+    Ledger(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    Ledger(path).close()  # reopening does not migrate twice
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused(path):
+    Ledger(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(RuntimeError, match="newer"):
+        Ledger(path)
+
+
+def test_row_from_context_has_every_column():
+    ctx = RequestContext(request_id="abc", endpoint="chat", body={}, stream=True)
+    ctx.key_name, ctx.team, ctx.requested_model, ctx.model, ctx.backend = "alice", "ml", "auto", "small", "b0"
+    ctx.status, ctx.outcome, ctx.route_reason, ctx.adequacy, ctx.policy_version = 200, "ok", "auto:adequate", 0.8, "p1"
+    ctx.usage = {"prompt_tokens": 12, "completion_tokens": 34, "completion_tokens_details": {"reasoning_tokens": 20}}
+    ctx.first_byte, ctx.finished = ctx.received + 0.25, ctx.received + 2.0
+    ctx.nudges = [Nudge("reasoning_on", "info", "m"), Nudge("large_model", "warn", "m")]
+    ctx.energy = EnergyReport(joules=123.0, source="measured", co2e_g=0.016, usd=0.002)
+    r = Ledger.row_from_context(ctx)
+    assert r["ts"] == ctx.received_wall
+    assert (r["prompt_tokens"], r["completion_tokens"], r["reasoning_tokens"], r["reasoning"]) == (12, 34, 20, 1)
+    assert (r["energy_j"], r["energy_source"], r["co2e_g"], r["usd"]) == (123.0, "measured", 0.016, 0.002)
+    assert r["ttft_s"] == pytest.approx(0.25) and r["latency_s"] == pytest.approx(2.0)
+    assert r["nudges"] == ["reasoning_on", "large_model"]
+    assert r["stream"] == 1 and r["routed_model"] == "small" and r["policy_version"] == "p1"
+
+
+def test_query_filters_and_paginates_without_gaps_or_repeats(path):
+    ledger = Ledger(path, flush_interval_s=0.01)
+    for i in range(25):
+        ledger.write(row(i))
+    ledger.flush()
+    seen, cursor = [], None
+    while True:
+        rows, cursor = ledger.query(limit=10, cursor=cursor)
+        seen += [r["request_id"] for r in rows]
+        if cursor is None:
+            break
+    assert seen == [f"req-{i:05d}" for i in reversed(range(25))]  # newest first, each once
+    rows, _ = ledger.query(key="key1", model="small", since=1_800_000_005.0, until=1_800_000_020.0)
+    assert [r["request_id"] for r in rows] == ["req-00019", "req-00013", "req-00007"]
+    assert rows[0]["nudges"] == ["reasoning_on"] and rows[0]["stream"] is True
+    assert ledger.query(team="nobody") == ([], None)
+    ledger.close()
+
+
+def test_the_same_request_written_twice_keeps_the_last_row(path):
+    ledger = Ledger(path, flush_interval_s=0.01)
+    ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional"))
+    ledger.flush()
+    ledger.write(row(1, energy_j=2.0, energy_source="measured"))
+    ledger.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT energy_j, energy_source FROM requests").fetchall() == [(2.0, "measured")]
+
+
+def test_totals_group_by_model_key_and_team(path):
+    ledger = Ledger(path, flush_interval_s=0.01)
+    for i in range(6):
+        ledger.write(row(i, energy_source="estimated" if i == 0 else "measured"))
+    ledger.flush()
+    by_model = {r["model"]: r for r in ledger.totals(by="model")}
+    assert by_model["large"]["requests"] == 3 and by_model["large"]["energy_j"] == pytest.approx(306.0)
+    assert by_model["large"]["estimated"] == 1 and by_model["small"]["completion_tokens"] == 60
+    assert {r["key"] for r in ledger.totals(by="key")} == {"key0", "key1", "key2"}
+    assert sum(r["requests"] for r in ledger.totals(by="team", since=1_800_000_002.0)) == 4
+    ledger.close()
+
+
+def test_concurrent_writers_from_threads_lose_nothing(path):
+    ledger = Ledger(path, batch_size=64, flush_interval_s=0.01)
+
+    def work(n):
+        for i in range(250):
+            ledger.write(row(n * 1000 + i))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger.close()
+    assert count(path) == 2000
+
+
+def test_a_full_queue_applies_back_pressure_on_threads_and_never_blocks_an_event_loop(path):
+    ledger = Ledger(path, batch_size=10, flush_interval_s=0.01, max_queue=5, max_overflow=3)
+    stalled, gate = threading.Event(), threading.Event()
+    insert = ledger._insert
+
+    def stalled_disk(rows, conn=None):  # the disk hangs until the test lets it go
+        stalled.set()
+        gate.wait()
+        insert(rows, conn)
+
+    ledger._insert = stalled_disk
+    ledger.write(row(0))
+    assert stalled.wait(5)
+    for i in range(1, 6):  # fills the queue
+        ledger.write(row(i))
+
+    blocked = threading.Thread(target=ledger.write, args=(row(6),))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # a plain thread waits for room: back-pressure, no loss
+
+    async def on_the_loop():
+        for i in range(7, 11):  # an event loop never waits: overflow, then (past its bound) drop
+            ledger.write(row(i))
+
+    asyncio.run(on_the_loop())
+    assert len(ledger._overflow) == 3 and ledger.dropped == 1
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    ledger.close()
+    assert count(path) == 10  # 11 rows, one dropped past the overflow bound
+
+
+def test_a_memory_ledger_works_across_threads():
+    ledger = Ledger(":memory:", flush_interval_s=0.01)
+    ledger.write(row(1))
+    ledger.flush()
+    rows, _ = ledger.query()
+    assert [r["request_id"] for r in rows] == ["req-00001"]
+    ledger.close()
