@@ -8,6 +8,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 
 from gateway.sim.process import start_sim
 from tests.e2e.conftest import MEDIUM, backend_entry, base_config, sim_counter
@@ -29,8 +30,17 @@ def raw_post(url: str, payload: dict) -> socket.socket:
     return sock
 
 
-def test_streaming_client_that_drops_aborts_upstream(gateway, sims):
-    sim = sims[MEDIUM]
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    """A gateway in front of one simulator at real speed: answers take seconds, time to hang up."""
+    tmp = tmp_path_factory.mktemp("slow")
+    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "realistic"]) as sim:
+        with GatewayProcess(write_config(tmp, base_config(tmp, [backend_entry("m", sim)]))) as gw:
+            yield gw, sim
+
+
+def test_streaming_client_that_drops_aborts_upstream(slow):
+    gateway, sim = slow
     before = sim_counter(sim, "vllm:request_success_total", finished_reason="abort")
     sock = raw_post(gateway.url, {**LONG, "stream": True})
     received = b""
@@ -43,8 +53,8 @@ def test_streaming_client_that_drops_aborts_upstream(gateway, sims):
     assert time.monotonic() - dropped < 1.0
 
 
-def test_non_streaming_client_that_drops_aborts_upstream(gateway, sims):
-    sim = sims[MEDIUM]
+def test_non_streaming_client_that_drops_aborts_upstream(slow):
+    gateway, sim = slow
     before = sim_counter(sim, "vllm:request_success_total", finished_reason="abort")
     sock = raw_post(gateway.url, LONG)
     wait_until(lambda: sim_counter(sim, "vllm:num_requests_running") >= 1, 5, what="request running upstream")
