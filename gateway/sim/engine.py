@@ -25,7 +25,7 @@ from collections import deque
 from time import monotonic
 
 from .metrics import EngineMetrics
-from .power import CostModel, EnergyMeter
+from .power import CostModel, EnergyMeter, tick
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 INSTANT_SLICE = 0.002  # seconds of wall time the instant engine runs before letting the server in
@@ -222,15 +222,17 @@ class Engine:
         self.dead = False
 
     def ground_truth(self) -> dict:
-        self.sync()
+        now = self.sync()
         return {
             "total_j": self.meter.booked_j,
+            # what the energy counter has counted since start, read at this instant (it lags by < 100 ms)
+            "counter_j": self.meter.energy_at(tick(now)),
             "idle_j": self.idle_j,
             "requests": {
                 rid: dict(zip(ROW_FIELDS, row if type(row) is tuple else row.row())) for rid, row in self.records.items()
             },
             "evicted": {"count": self.evicted_n, "joules": self.evicted_j},
-            "now": self.now(),
+            "now": now,
         }
 
     def _evict(self) -> None:

@@ -155,6 +155,11 @@ class EnergyMeter:
         return self.segments[0][2] if self.segments else 0.0
 
 
+def tick(v: float) -> float:
+    """The last moment the energy counter was updated at or before simulated time ``v``."""
+    return math.floor(v / COUNTER_PERIOD + 1e-9) * COUNTER_PERIOD
+
+
 def _gpu_uuid(seed: int, index: int) -> str:
     h = f"{zlib.crc32(f'sim-gpu-{seed}-{index}'.encode()):08x}{zlib.crc32(f'{index}-{seed}-uuid'.encode()):08x}"
     h += f"{zlib.crc32(f'{seed}:{index}'.encode()):08x}{zlib.crc32(f'{index}:{seed}'.encode()):08x}"
@@ -192,20 +197,16 @@ class DcgmCounters:
             }
             self.label_strings.append(",".join(f'{k}="{v}"' for k, v in parts.items()))
 
-    @staticmethod
-    def tick(v: float) -> float:
-        return math.floor(v / COUNTER_PERIOD + 1e-9) * COUNTER_PERIOD
-
     def reset(self, meter: EnergyMeter, now: float) -> None:
         """Driver reload: every counter restarts from zero at the current tick."""
-        e = meter.energy_at(self.tick(now)) * 1000.0
+        e = meter.energy_at(tick(now)) * 1000.0
         self.offsets_mj = [-share * e for share in self.shares]
 
     def render(self, meter: EnergyMeter, now: float) -> bytes:
-        tick = self.tick(now)
-        energy_mj = meter.energy_at(tick) * 1000.0
-        window = min(1.0, tick)  # NVML's power reading on Hopper is a 1-s average
-        watts = (meter.energy_at(tick) - meter.energy_at(tick - window)) / window if window > 0 else 0.0
+        last = tick(now)
+        energy_mj = meter.energy_at(last) * 1000.0
+        window = min(1.0, last)  # NVML's power reading on Hopper is a 1-s average
+        watts = (meter.energy_at(last) - meter.energy_at(last - window)) / window if window > 0 else 0.0
         lines = [
             "# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).",
             "# TYPE DCGM_FI_DEV_POWER_USAGE gauge",
