@@ -74,7 +74,7 @@ class Track:
 
     __slots__ = (
         "ctx", "owner", "stream", "skip_events", "sent", "finished", "ended", "drained", "final", "forced", "usage",
-        "gen_seen", "prompt_placed", "placed_at", "joules", "est_joules", "gpu_s", "p_closed", "g_closed",
+        "gen_seen", "prompt_placed", "placed_at", "joules", "est_joules", "gpu_s", "p_closed", "g_closed", "shape",
     )  # fmt: skip
 
     def __init__(self, ctx: RequestContext, sent: float) -> None:
@@ -97,6 +97,7 @@ class Track:
         self.gpu_s = 0.0  # share of the backend's GPU time
         self.p_closed = 0.0  # tokens in closed intervals (for provisional estimates)
         self.g_closed = 0.0
+        self.shape: list[tuple[Closed, float]] = []  # where its generated tokens were made (or likely were)
 
     def prompt_tokens(self) -> int:
         usage = self.usage if self.usage is not None else self.ctx.usage
@@ -142,6 +143,7 @@ class Closed:
     known: bool  # the backend's counters were read: the split is a measurement
     measured: bool
     price: float = 0.0  # joules per modelled joule of work (0: nothing was split)
+    others_work: float = 0.0  # modelled joules of the work we did not see (others, our unary requests)
     other_left: float = 0.0  # 'other' energy nobody has claimed yet
     published: bool = False
 
@@ -260,6 +262,7 @@ class Book:
         self.batch_now = iv.batch or self.batch_now
         self.watts_now = iv.watts
         batch = max(1.0, iv.batch)
+        self._retime_counted_prompts(iv, costs)
         for track in self.tracks:
             if track.drained or track.final:
                 continue
@@ -300,6 +303,35 @@ class Book:
         self._unpublished.clear()
         return final
 
+    def _spread(self, start: float, end: float) -> list[tuple[_Open, float]]:
+        """The open intervals covering [start, end] with the fraction of it each holds."""
+        start = max(start, self._open[0].iv.t0)
+        parts = []
+        if end > start:
+            for op in self._open:
+                overlap = min(op.iv.t1, end) - max(op.iv.t0, start)
+                if overlap > 0:
+                    parts.append((op, overlap / (end - start)))
+        return parts or [(self._open[-1], 1.0)]
+
+    def _retime_counted_prompts(self, iv: Interval, costs: TokenCosts) -> None:
+        """Move the prompts the backend counted now back to when they were prefilled.
+
+        vLLM counts a prompt when its prefill completes; its energy was spent over the prefill
+        before. Spreading the count over the predicted prefill time keeps the work and the
+        energy in the same intervals, for other clients' and our unary requests' prompts alike
+        (our streaming prompts are placed by their first byte, the same way).
+        """
+        counted = iv.prompt_tokens
+        if not counted or counted <= 0:
+            return
+        d = costs.prefill_seconds(counted)
+        parts = [(op, f) for op, f in self._spread(iv.t1 - d, iv.t1) if op.iv.prompt_tokens is not None]
+        total = sum(f for _, f in parts) or 1.0
+        iv.prompt_tokens = 0.0
+        for op, fraction in parts:
+            op.iv.prompt_tokens += counted * fraction / total
+
     def _place_prompt(self, track: Track, first_byte: float, costs: TokenCosts) -> None:
         """Spread the prompt over the open intervals before its first byte (its prefill)."""
         prompt = float(track.prompt_tokens())
@@ -307,18 +339,9 @@ class Book:
         track.placed_at = first_byte
         if prompt <= 0:
             return
-        d = min(first_byte - track.sent, costs.prefill_seconds(prompt, self.watts_now))
-        start = max(first_byte - max(d, 0.0), self._open[0].iv.t0)
-        parts = []
-        if first_byte > start:
-            for op in self._open:
-                overlap = min(op.iv.t1, first_byte) - max(op.iv.t0, start)
-                if overlap > 0:
-                    parts.append((op, overlap / (first_byte - start)))
-        if not parts:
-            parts = [(self._open[-1], 1.0)]
+        d = min(first_byte - track.sent, costs.prefill_seconds(prompt))
         position = 0.0
-        for op, fraction in parts:
+        for op, fraction in self._spread(first_byte - max(d, 0.0), first_byte):
             tokens = prompt * fraction
             op.add(track, costs.prefill(tokens, position), prompt=tokens)
             position += tokens
@@ -373,10 +396,12 @@ class Book:
         self._carry_since = None
         price = energy / total
         rec.price = price
+        rec.others_work = others_work
         rec.joules = energy
         if iv.measured:
             self._k_num = self._k_num * 0.98 + energy
             self._k_den = self._k_den * 0.98 + total
+        self._shape(op, rec, others_g)
         gpu_s = (iv.t1 - iv.t0) * self.gpus
         attributed = 0.0
         for track, share in op.ours.items():
@@ -391,6 +416,29 @@ class Book:
         self._add_tally("attributed", source, attributed)
         self._book_other(energy - attributed, known=True, measured=iv.measured, rec=rec)
         self._append(rec)
+
+    def _shape(self, op: _Open, rec: Closed, others_gen: float) -> None:
+        """Remember where each request's generated tokens were made, for settling at its end.
+
+        A streaming request's are the tokens we saw. A unary request in flight gets its share of
+        the others' tokens: one sequence's worth of what the backend made for sequences we did not
+        see (running minus our streaming ones), never more than the others' tokens divided
+        among our unary requests.
+        """
+        iv = op.iv
+        decoding = 0
+        for track, share in op.ours.items():
+            if share.gen > 0:
+                track.shape.append((rec, share.gen))
+                decoding += 1
+        if others_gen <= 0:
+            return
+        unary = [t for t in self.tracks
+                 if not t.stream and not t.final and t.sent < iv.t1 and (t.finished is None or t.finished > iv.t0)]  # fmt: skip
+        if unary:
+            each = others_gen / max(1.0, iv.running - decoding, len(unary))
+            for track in unary:
+                track.shape.append((rec, each))
 
     def _book_other(self, joules: float, known: bool, measured: bool, rec: Closed | None = None) -> None:
         self.other_j += joules
@@ -447,55 +495,60 @@ class Book:
         finished = track.finished if track.finished is not None else track.sent
         if track.stream and track.prompt_placed is not None:
             extra_p = prompt - track.prompt_placed
-            extra_g = gen - track.gen_seen
-            pf_start = track.placed_at - min(track.placed_at - track.sent, costs.prefill_seconds(prompt, None))
-            gen_from, gen_start = track.gen_seen, track.placed_at
-        else:  # no first byte seen: all of the prompt, then the answer after the prefill
-            extra_p, extra_g = prompt, gen - track.gen_seen
-            d = min((finished - track.sent) / 2.0, costs.prefill_seconds(prompt, None))
-            pf_start, track.placed_at = track.sent, track.sent + d
-            gen_from, gen_start = track.gen_seen, track.sent + d
-        pieces = []
+            pf_end = track.placed_at
+            pf_start = pf_end - min(pf_end - track.sent, costs.prefill_seconds(prompt))
+        else:  # no first byte seen: all of the prompt, at the start
+            extra_p = prompt
+            pf_start = track.sent
+            pf_end = track.sent + min((finished - track.sent) / 2.0, costs.prefill_seconds(prompt))
+        extra_g = gen - track.gen_seen
+
+        claims: list[tuple[Closed, float]] = []  # (interval, modelled joules of our work in it)
         if extra_p > 0:
-            pieces.append((pf_start, track.placed_at, extra_p, 0.0, float(prompt - extra_p), 0.0))
+            position = float(prompt - extra_p)
+            for rec, fraction in self._closed_over(pf_start, pf_end):
+                tokens = extra_p * fraction
+                claims.append((rec, costs.prefill(tokens, position)))
+                position += tokens
         if extra_g > 0:
-            pieces.append((gen_start, finished, 0.0, extra_g, float(prompt), float(gen_from)))
-        if pieces:
-            self._claim(track, pieces, costs)
+            # Where the tokens were made: in proportion to the request's own tokens per interval
+            # (streaming) or to its share of the others' tokens while it ran (unary); else evenly.
+            shape = [(rec, n) for rec, n in track.shape if n > 0 and not rec.published]
+            if not shape:
+                shape = self._closed_over(pf_end, finished)
+            total = sum(n for _, n in shape)
+            done = float(track.gen_seen)
+            for rec, n in shape:
+                tokens = extra_g * n / total
+                claims.append((rec, costs.decode_run(rec.batch, tokens, tokens * (prompt + done + tokens / 2.0))))
+                done += tokens
+        if claims:
+            self._claim(track, claims, track.sent, finished)
+        track.shape = []
         self._prompt.relabel(extra_p)
         self._gen.relabel(extra_g)
 
-    def _claim(self, track: Track, pieces: list[tuple], costs: TokenCosts) -> None:
-        """Take the request's share of the other energy of the intervals its pieces cover.
-
-        A piece is (start, end, prompt tokens, generated tokens, prompt position, first token
-        index), spread evenly over [start, end]. Pass 1 takes, interval by interval, the work's
-        price up to the other energy there; pass 2 fills what is still missing from any other
-        energy left in the request's lifetime (the timing of a unary request is a guess).
-        """
-        lo = min(p[0] for p in pieces)
-        hi = max(p[1] for p in pieces)
-        recs = []
+    def _closed_over(self, start: float, end: float) -> list[tuple[Closed, float]]:
+        """Closed intervals covering [start, end] and the fraction of it each holds."""
+        out = []
         for rec in reversed(self._ring):
-            if rec.t1 <= lo:
+            if rec.t1 <= start and not (end <= start and rec.t0 <= start < rec.t1):
                 break
-            if rec.t0 <= hi and not rec.published:
-                recs.append(rec)
+            fraction = _overlap(rec, start, end)
+            if fraction > 0 and not rec.published:
+                out.append((rec, fraction))
+        return out[::-1]
+
+    def _claim(self, track: Track, claims: list[tuple[Closed, float]], start: float, end: float) -> None:
+        """Take the request's share of the other energy of the intervals its work fell in.
+
+        Pass 1 takes, interval by interval, the work's price up to the other energy there.
+        Pass 2 fills what is still missing from other energy left over in the request's
+        lifetime, but never more than the request's share of the others' work there: the rest
+        may belong to another unary request still running, or to another client.
+        """
         missing = 0.0
-        taken: dict[int, float] = {}
-        for rec in recs:
-            work = 0.0
-            for start, end, p, g, p_pos, g_from in pieces:
-                fraction = _overlap(rec, start, end)
-                if fraction <= 0:
-                    continue
-                if p:
-                    work += costs.prefill(p * fraction, p_pos + p * (1 - fraction) / 2)
-                if g:
-                    n = g * fraction
-                    work += costs.decode_run(rec.batch, n, n * (p_pos + g_from + g / 2.0))
-            if work <= 0:
-                continue
+        for rec, work in claims:
             if not rec.known:
                 track.est_joules += work
                 continue
@@ -503,14 +556,17 @@ class Book:
             take = min(want, rec.other_left)
             missing += want - take
             if take > 0:
-                taken[id(rec)] = take
                 self._take(track, rec, take)
-        if missing > 0:
-            pool = [r for r in recs if r.known and r.other_left > 0]
-            left = sum(r.other_left for r in pool)
-            if left > 0:
-                ratio = min(1.0, missing / left)
-                for rec in pool:
+        if missing <= 0:
+            return
+        mine = sum(work for rec, work in claims if rec.known)
+        pool = [rec for rec, _ in self._closed_over(start, end) if rec.known]
+        theirs = sum(rec.others_work for rec in pool)
+        left = sum(rec.other_left for rec in pool if rec.other_left > 0)
+        if left > 0:
+            ratio = min(missing / left, mine / theirs if theirs > mine else 1.0)
+            for rec in pool:
+                if rec.other_left > 0:
                     self._take(track, rec, rec.other_left * ratio)
 
     def _take(self, track: Track, rec: Closed, joules: float) -> None:

@@ -60,6 +60,7 @@ ATTN = 2.661e-5  # extra prefill cost per token of context, relative
 # --- power -----------------------------------------------------------------------------------------
 IDLE_W = {"h200": 85.0, "h100": 75.0}  # per GPU with a CUDA context: H200 measured (FACTS.md); H100 est.
 BUSY_W = 600.0  # per GPU while serving: ML.ENERGY H100 rows average 430-690 W per GPU
+PREFILL_W = 700.0  # per GPU during prefill: the H200 probe drew 713-723 W, i.e. its 700 W cap (FACTS.md)
 MEMORY_FACTOR = {"h100": 1.0, "h200": 3.35 / 4.8}  # HBM bandwidth relative to an H100
 
 DEFAULT_PARAMS_B = 8.0  # when nothing tells us the model's size
@@ -104,10 +105,9 @@ class TokenCosts:
         context_sum = g * p + g * (g - 1) / 2.0
         return self.prefill(p) + self.decode_run(batch, g, context_sum)
 
-    def prefill_seconds(self, tokens: float, watts: float | None = None) -> float:
-        """Roughly how long a prefill of ``tokens`` takes: its joules at the group's busy power."""
-        power = watts if watts and watts > 0 else BUSY_W * self.gpus
-        return self.prefill(tokens) / power
+    def prefill_seconds(self, tokens: float) -> float:
+        """How long a prefill of ``tokens`` takes: compute-bound, so its joules at the power cap."""
+        return self.prefill(tokens) / (PREFILL_W * self.gpus)
 
 
 def context_sum(prompt: int, first: int, last: int) -> float:
