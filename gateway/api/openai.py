@@ -25,6 +25,7 @@ from gateway.api.validate import check_chat, check_completion, check_embedding, 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.proxy import sse
+from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
 
 _SSE_HEADERS = [
@@ -220,9 +221,11 @@ class OpenAIEndpoints:
     async def _unary(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
         try:
             payload = await upstream.read_json()
+        except (Disconnected, ProtocolError) as exc:  # the backend died mid-body
+            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response")
         except (ValueError, OSError, asyncio.TimeoutError) as exc:
             raise GatewayError(502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response")
-        except Exception as exc:  # aiohttp payload errors: the backend died mid-body
+        except Exception as exc:  # anything else: the backend failed mid-body
             raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response")
         ctx.first_byte = time.monotonic()
         if not isinstance(payload, dict):

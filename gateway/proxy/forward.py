@@ -25,10 +25,12 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, normalise
 from gateway.proxy import sse
 from gateway.proxy.backends import Backend
+from gateway.proxy.client import Client, ConnectError, Response
 
 log = logging.getLogger("gateway.proxy")
 
 _JSON_HEADERS = {"content-type": "application/json"}
+_POST = b"POST"
 
 
 class AttemptHooks(Protocol):
@@ -41,19 +43,19 @@ class Upstream:
 
     __slots__ = ("response", "backend", "status", "first")
 
-    def __init__(self, response: aiohttp.ClientResponse, backend: Backend):
+    def __init__(self, response: Response, backend: Backend):
         self.response = response
         self.backend = backend
         self.status = response.status
         self.first = b""  # a stream's first bytes, read before committing to this backend
 
     def close(self) -> None:
-        # Closing (not releasing) drops the TCP connection, which makes vLLM abort the request.
-        self.response.close()
+        # An unfinished answer: drop the TCP connection, which makes vLLM abort the request.
+        # A finished one: its connection is clean, keep it for the next request.
+        self.response.release()
 
     async def read_json(self) -> Any:
         raw = await self.response.read()
-        self.response.release()
         return orjson.loads(raw) if raw else None
 
 
@@ -62,7 +64,7 @@ async def upstream_error(upstream: Upstream) -> GatewayError:
     try:
         raw = await upstream.response.read()
         payload: Any = orjson.loads(raw) if raw else None
-    except (ValueError, aiohttp.ClientError, asyncio.TimeoutError):
+    except (ValueError, OSError):
         payload = None
     finally:
         upstream.response.release()
@@ -80,21 +82,32 @@ class Proxy:
         hooks: AttemptHooks | None = None,
     ):
         self._session_factory = session_factory
-        self.session: aiohttp.ClientSession | None = None
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
+        self.session: aiohttp.ClientSession | None = None  # side calls (/tokenize)
+        self.client: Client | None = None  # the hot path (see gateway.proxy.client)
+        self.connect_timeout_s = connect_timeout_s
+        self.request_timeout_s = request_timeout_s
         self.metrics = metrics
         self.hooks = hooks
+        self._attempts: dict[tuple[str, str], Any] = {}  # metric children, by (backend, result)
 
     async def start(self) -> None:
         self.session = self._session_factory()
+        self.client = Client(self.connect_timeout_s)
 
     async def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
         if self.session is not None:
             await self.session.close()
 
     def _count(self, backend: Backend, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.upstream_attempts.labels(backend.name, result).inc()
+            child = self._attempts.get((backend.name, result))
+            if child is None:
+                child = self._attempts[(backend.name, result)] = self.metrics.upstream_attempts.labels(
+                    backend.name, result
+                )
+            child.inc()
 
     async def open(
         self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes, stream: bool = False
@@ -107,7 +120,8 @@ class Proxy:
         Returns the open response (2xx or 4xx). Raises GatewayError 502/503 when every
         backend failed, with ``retry-after`` so clients back off.
         """
-        assert self.session is not None
+        client = self.client
+        assert client is not None
         if not backends:
             raise GatewayError(
                 503, f"No healthy backend serves {ctx.model!r} right now.", code="backend_unavailable",
@@ -118,18 +132,18 @@ class Proxy:
             ctx.attempts += 1
             ctx.backend = backend.name
             ctx.upstream_request_id = f"{ctx.request_id}-{ctx.attempts}"
-            headers = {**_JSON_HEADERS, "x-request-id": ctx.upstream_request_id, **backend.auth_headers()}
+            headers = [("content-type", "application/json"), ("x-request-id", ctx.upstream_request_id)]
+            if backend.config.api_key:
+                headers.append(("authorization", f"Bearer {backend.config.api_key}"))
             ctx.sent = time.monotonic()
             if self.hooks is not None:
                 self.hooks.sent(ctx)
             backend.inflight += 1
             try:
-                response = await self.session.post(
-                    f"{backend.url}{path}", data=body, headers=headers, timeout=self.timeout
-                )
+                response = await client.pool(backend.url).request(_POST, path, headers, body, self.request_timeout_s)
                 first = b""
                 if stream and response.status == 200:
-                    first = await response.content.readany()
+                    first = await response.readany()
                     if not first:
                         response.close()
                         raise aiohttp.ServerDisconnectedError("stream closed before its first event")
@@ -137,7 +151,7 @@ class Proxy:
                 backend.inflight -= 1
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
-                if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+                if isinstance(exc, ConnectError):
                     backend.mark_down(f"{exc.__class__.__name__}: {exc}")  # nobody listening
                 # else it dropped the connection mid-way: try elsewhere, let /health judge it
                 self._count(backend, "connect_error")
@@ -216,12 +230,12 @@ async def relay_stream(
     splitter = sse.EventSplitter()
     held: bytes | None = None  # the latest finish chunk, waiting for usage
     finished = False
-    content = upstream.response.content
+    response = upstream.response
     data = upstream.first
     try:
         while True:
             if not data:
-                data = await content.readany()
+                data = await response.readany()
                 if not data:
                     break
             out: list[bytes] = []
