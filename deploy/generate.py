@@ -596,7 +596,7 @@ def render_doc_section() -> str:
     lines.append("Template variables: **Datasource** (any Prometheus), **Model** (`model_name`, the same label "
                  "vLLM uses), **Backend** and **Team**; each allows several values or All.")
     lines.append("")
-    for name, label, query in VARIABLES:
+    for _, label, query in VARIABLES:
         lines.append(f"- {label}: `{query}`")
     lines.append("")
     lines.append("In the queries, `$__range` is the dashboard's time range and `$__rate_interval` a window of "

@@ -19,7 +19,7 @@ from gateway.config import guess_params_b, load_config
 from gateway.policy.schema import load_policy
 from gateway.sim.cli import add_arguments as sim_arguments
 from gateway.yamlfile import read_yaml
-from tests.deploy.artefacts import COMPOSE, PROMETHEUS_YML, ROOT, need_tool
+from tests.deploy.artefacts import COMPOSE, PROMETHEUS_YML, need_tool
 
 HERE = COMPOSE.parent
 PROFILES = ("gpu", "sim")

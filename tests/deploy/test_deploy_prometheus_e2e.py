@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -198,7 +197,7 @@ def generate_load(url: str, sims: dict) -> None:
     for i in range(6):  # reasoning on: team-a with reasoning_effort, team-b also needs the header (its section)
         team = ("team-a", "team-b")[i % 2]
         jobs.append(dict(model="auto" if i < 4 else LARGE, stream=i % 2 == 0, team=team, reasoning=True))
-    for i in range(4):
+    for _ in range(4):
         jobs.append(dict(model="auto", stream=False, team=None))  # no key: the anonymous caller
     jobs.append(dict(model=SMALL, stream=False, team="team-b", endpoint="completions"))
 
