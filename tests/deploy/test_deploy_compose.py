@@ -104,6 +104,9 @@ def test_gpu_profile_runs_two_vllm_sizes_on_their_own_gpus(compose):
     assert reasoning and all("Qwen3" in a["--model"] for a in reasoning)
     dcgm = [s for s in services.values() if "dcgm-exporter" in s.get("image", "")]
     assert len(dcgm) == 1 and dcgm[0]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+    # Its default collection interval (30 s) is too coarse to split energy between requests.
+    command = dcgm[0].get("command", [])
+    assert "-c" in command and int(command[command.index("-c") + 1]) <= 1000, command
 
 
 def test_sim_profile_has_no_gpu_and_valid_simulator_commands(compose):
