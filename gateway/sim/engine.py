@@ -113,6 +113,7 @@ class Engine:
         # ground truth by request id: the Sequence while it runs, its row (a tuple) once finished
         self.records: dict[str, Sequence | tuple] = {}
         self.keep_records = keep_records
+        self._record_order: deque[str] = deque()  # oldest first, for eviction
         self.evicted_j = 0.0
         self.evicted_n = 0
         self.idle_j = 0.0
@@ -189,6 +190,7 @@ class Engine:
             key = f"{key}#{n}"
         seq.key = key
         self.records[key] = seq
+        self._record_order.append(key)
         if len(self.records) > self.keep_records:
             self._evict()
         self.waiting.append(seq)
@@ -236,11 +238,12 @@ class Engine:
         }
 
     def _evict(self) -> None:
+        order = self._record_order
         while len(self.records) > self.keep_records:
-            rid, row = next(iter(self.records.items()))
+            row = self.records[order[0]]
             if type(row) is not tuple:  # the oldest is still running
                 return
-            del self.records[rid]
+            del self.records[order.popleft()]
             self.evicted_j += row[0]
             self.evicted_n += 1
 
