@@ -433,6 +433,68 @@ ROWS: list[Row] = [
     ),
 ]
 
+ROWS.append(
+    Row(
+        "Gateway health",
+        "Is the gateway serving, and are its backends? What an on-call operator looks at first.",
+        [
+            Panel(
+                "stat", "Backends up",
+                "1 when the backend's /health answers 200, as the gateway last saw it (the lowest value "
+                "over the gateway's replicas).",
+                "none",
+                [Target(f"min by (backend) (gateway_backend_up{{{B}}})", "{{backend}}")],
+                width=6, height=6,
+                field_config={
+                    "mappings": [{"type": "value", "options": {"0": {"text": "down", "color": "red", "index": 0},
+                                                               "1": {"text": "up", "color": "green", "index": 1}}}],
+                    "thresholds": {"mode": "absolute", "steps": [{"color": "red", "value": None},
+                                                                 {"color": "green", "value": 1}]},
+                },
+            ),
+            Panel(
+                "timeseries", "Requests per second by status",
+                "Answers per second by HTTP status (429 = a budget refused, 503 = no backend).",
+                "reqps",
+                [Target(f"sum by (status) (rate(gateway_requests_total{{{M}, {T}}}[$__rate_interval]))", "{{status}}")],
+                width=9, height=6,
+            ),
+            Panel(
+                "timeseries", "Upstream attempts by result",
+                "Attempts to reach each backend per second, by result (ok, connect_error, http_5xx, ...). "
+                "Failed attempts before the first byte are retried on another backend.",
+                "reqps",
+                [Target(f"sum by (backend, result) (rate(gateway_upstream_attempts_total{{{B}}}[$__rate_interval]))",
+                        "{{backend}} {{result}}")],
+                width=9, height=6,
+            ),
+            Panel(
+                "timeseries", "Time to first token p95",
+                "95th percentile of the time from a streaming request's arrival to its first token, per "
+                "model, as the client sees it through the gateway.",
+                "s",
+                [Target("histogram_quantile(0.95, sum by (model_name, le) "
+                        f"(rate(gateway_time_to_first_token_seconds_bucket{{{M}}}[$__rate_interval])))",
+                        "{{model_name}}")],
+                width=12, height=6,
+            ),
+            Panel(
+                "table", "Policy version in force",
+                "The policy version each gateway replica runs (the file's hash and load time), and how many "
+                "replicas run it. More than one row means a reload has not reached every replica.",
+                "short",
+                [Target("count by (version) (gateway_policy_info)")],
+                width=12, height=6,
+                transformations=[{"id": "organize", "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"version": "Policy version", "Value": "Replicas"},
+                }}],
+            ),
+        ],
+    )
+)
+
+
 VARIABLES = [
     # name, label, query (label_values over a series that always has the label)
     ("model", "Model", "label_values(gateway_route_decisions_total, model_name)"),
