@@ -82,7 +82,10 @@ def load(csv_path: Path) -> list[dict]:
 
 def fit_time(rows: list[dict]) -> np.ndarray:
     x = np.array(
-        [[1.0, r["p_gpu"], float(r["tp"] > 1), r["batch"] * r["p_gpu"], r["batch"] * r["kv_gpu"] * r["ctx"]] for r in rows]
+        [
+            [1.0, r["p_gpu"], float(r["tp"] > 1), r["batch"] * r["p_gpu"], r["batch"] * r["kv_gpu"] * r["ctx"]]
+            for r in rows
+        ]
     )
     y = np.array([r["t_step"] - r["t_prefill"] for r in rows])
     weights = 1.0 / y  # least squares on relative error: small and large batches count alike
@@ -126,7 +129,9 @@ def main() -> None:
     print(f"T0 = {t0:.4g}          # s per step")
     print(f"T1 = {t1:.4g}        # s per step per billion parameters on the GPU (weights: {2e9 / t1 / 1e12:.2f} TB/s)")
     print(f"T_TP = {t_tp:.4g}        # s per step with tensor parallelism")
-    print(f"C_TOK = {c_tok:.4g}      # s per decoding sequence per billion parameters ({2e9 / c_tok / 1e12:.0f} TFLOP/s)")
+    print(
+        f"C_TOK = {c_tok:.4g}      # s per decoding sequence per billion parameters ({2e9 / c_tok / 1e12:.0f} TFLOP/s)"
+    )
     print(f"C_KV = {c_kv:.4g}       # s per KV-cache byte read ({1 / c_kv / 1e12:.2f} TB/s)")
     print(f"KV_A, KV_B = {kv_a:.4g}, {kv_b:.4f}   # KV bytes per token = KV_A * params_b ** KV_B")
     print(f"W_FIXED = {w_fixed:.1f}       # W while streaming weights")

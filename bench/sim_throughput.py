@@ -61,17 +61,25 @@ def main() -> None:
         "non-streaming": {"model": "Qwen/Qwen3-8B", "messages": messages, "max_tokens": args.max_tokens},
         "streaming": {"model": "Qwen/Qwen3-8B", "messages": messages, "max_tokens": args.max_tokens, "stream": True},
     }
-    with start_sim(["--model", "Qwen/Qwen3-8B", "--params-b", "8", "--speed", "instant"]) as sim, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    with (
+        start_sim(["--model", "Qwen/Qwen3-8B", "--params-b", "8", "--speed", "instant"]) as sim,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         os.sched_setaffinity(sim.pid, {args.sim_cpu})
-        print(f"simulator on cpu {args.sim_cpu}, wrk on cpu {args.client_cpu}, {args.connections} connections, "
-              f"max_tokens {args.max_tokens}, {args.runs}×{args.seconds}s")  # fmt: skip
+        print(
+            f"simulator on cpu {args.sim_cpu}, wrk on cpu {args.client_cpu}, {args.connections} connections, "
+            f"max_tokens {args.max_tokens}, {args.runs}×{args.seconds}s"
+        )
         for name, body in cases.items():
-            rates = [wrk(sim.url, body, args.seconds, args.connections, args.client_cpu, Path(tmp)) for _ in range(args.runs)]
+            rates = [
+                wrk(sim.url, body, args.seconds, args.connections, args.client_cpu, Path(tmp)) for _ in range(args.runs)
+            ]
             print(f"{name:14} best {max(rates):8.0f} req/s   median {statistics.median(rates):8.0f} req/s")
         truth = sim.energy()
-        print(f"ground truth kept for {len(truth['requests'])} requests (+{truth['evicted']['count']} evicted); "
-              f"total {truth['total_j'] / 3.6e3:.1f} Wh simulated")  # fmt: skip
+        print(
+            f"ground truth kept for {len(truth['requests'])} requests (+{truth['evicted']['count']} evicted); "
+            f"total {truth['total_j'] / 3.6e3:.1f} Wh simulated"
+        )
 
 
 if __name__ == "__main__":

@@ -39,14 +39,26 @@ def _speed(value: str) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name (the HF id vLLM would load)")
-    parser.add_argument("--params-b", type=float, default=None,
-                        help="parameters in billions (default: read from the name, e.g. Qwen3-8B → 8)")  # fmt: skip
+    parser.add_argument(
+        "--params-b",
+        type=float,
+        default=None,
+        help="parameters in billions (default: read from the name, e.g. Qwen3-8B → 8)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--reasoning", choices=["qwen3", "deepseek_r1", "none"], default="none",
-                        help="reasoning parser / model family: qwen3 (hybrid), deepseek_r1 (always thinks)")  # fmt: skip
-    parser.add_argument("--speed", type=_speed, default=1.0,
-                        help="realistic, instant (no sleeps, same bookkeeping) or a speed-up factor")  # fmt: skip
+    parser.add_argument(
+        "--reasoning",
+        choices=["qwen3", "deepseek_r1", "none"],
+        default="none",
+        help="reasoning parser / model family: qwen3 (hybrid), deepseek_r1 (always thinks)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        help="realistic, instant (no sleeps, same bookkeeping) or a speed-up factor",
+    )
     parser.add_argument("--vllm-version", default="0.16", help="vLLM release whose API behaviour to imitate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=32768)
@@ -62,8 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-auto-tool-choice", action="store_true")
     parser.add_argument("--enable-server-load-tracking", action="store_true")
     parser.add_argument("--enable-request-id-headers", action="store_true")
-    parser.add_argument("--no-coalesce", action="store_true",
-                        help="one SSE event per token even when the reader lags (vLLM merges them)")  # fmt: skip
+    parser.add_argument(
+        "--no-coalesce",
+        action="store_true",
+        help="one SSE event per token even when the reader lags (vLLM merges them)",
+    )
     parser.add_argument("--dcgm-pod", default=None, help="pod label on the DCGM metrics")
     parser.add_argument("--dcgm-namespace", default=None, help="namespace label on the DCGM metrics")
     parser.add_argument("--dcgm-container", default=None, help="container label on the DCGM metrics")
@@ -79,8 +94,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         params = float(match.group(1))
     if params <= 0 or args.gpus < 1 or args.max_model_len < 16:
         raise ValueError("--params-b must be positive, --gpus at least 1, --max-model-len at least 16")
-    labels = {k: v for k, v in (("container", args.dcgm_container), ("namespace", args.dcgm_namespace),
-                                ("pod", args.dcgm_pod)) if v is not None}  # fmt: skip
+    labels = {
+        k: v
+        for k, v in (("container", args.dcgm_container), ("namespace", args.dcgm_namespace), ("pod", args.dcgm_pod))
+        if v is not None
+    }
     return SimConfig(
         model=args.model,
         params_b=params,

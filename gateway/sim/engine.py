@@ -10,8 +10,8 @@ later). The step's duration and energy come from ``power.CostModel``; its energy
 Time is virtual ("simulated seconds"). With a float ``speed`` the engine sleeps so that simulated
 time runs ``speed`` times faster than the wall clock (1.0 = realistic). With ``speed=None``
 (instant) steps take no wall time but the bookkeeping is identical (the engine runs steps in
-slices of about a millisecond between turns of the event loop); idle time still passes at
-wall-clock rate. Metrics and latencies are in simulated seconds.
+slices of ``INSTANT_SLICE`` wall time between turns of the event loop); idle time still passes
+at wall-clock rate. Metrics and latencies are in simulated seconds.
 
 vLLM's counting rules are kept: prompt tokens are counted when a prompt's prefill completes
 (once, even if the sequence is preempted and recomputed), generation tokens as they are sampled
@@ -21,6 +21,7 @@ vLLM's counting rules are kept: prompt tokens are counted when a prompt's prefil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from time import monotonic
 
@@ -39,14 +40,42 @@ class Sequence:
     """One request in the engine, and its energy ground truth."""
 
     __slots__ = (
-        "rid", "key", "prompt_len", "target", "planned_reason", "max_tokens_param", "embed", "state",
-        "prefill_len", "n_prefilled", "chunk", "n_out", "ctx", "prompt_counted",
-        "arrival", "scheduled", "first_token", "last_token", "end",
-        "energy", "finish_reason", "aborted", "error", "waiter", "done",
-    )  # fmt: skip
+        "rid",
+        "key",
+        "prompt_len",
+        "target",
+        "planned_reason",
+        "max_tokens_param",
+        "embed",
+        "state",
+        "prefill_len",
+        "n_prefilled",
+        "chunk",
+        "n_out",
+        "ctx",
+        "prompt_counted",
+        "arrival",
+        "scheduled",
+        "first_token",
+        "last_token",
+        "end",
+        "energy",
+        "finish_reason",
+        "aborted",
+        "error",
+        "waiter",
+        "done",
+    )
 
-    def __init__(self, rid: str, prompt_len: int, target: int, planned_reason: str,
-                 max_tokens_param: int | None = None, embed: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rid: str,
+        prompt_len: int,
+        target: int,
+        planned_reason: str,
+        max_tokens_param: int | None = None,
+        embed: bool = False,
+    ) -> None:
         self.rid = rid
         self.key = rid  # its row in the ground truth
         self.prompt_len = prompt_len
@@ -74,10 +103,6 @@ class Sequence:
         self.done: asyncio.Future | None = None
 
     @property
-    def finished(self) -> bool:
-        return self.state == FINISHED
-
-    @property
     def kv_tokens(self) -> int:
         return self.ctx if self.n_prefilled == self.prefill_len else self.n_prefilled
 
@@ -96,9 +121,17 @@ ROW_FIELDS = ("joules", "prompt_tokens", "completion_tokens", "finished_reason",
 
 
 class Engine:
-    def __init__(self, cost: CostModel, *, max_model_len: int, max_num_seqs: int = 1024,
-                 max_num_batched_tokens: int = 8192, kv_capacity: int, speed: float | None = 1.0,
-                 keep_records: int = 200_000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cost: CostModel,
+        *,
+        max_model_len: int,
+        max_num_seqs: int = 1024,
+        max_num_batched_tokens: int = 8192,
+        kv_capacity: int,
+        speed: float | None = 1.0,
+        keep_records: int = 200_000,
+    ) -> None:
         self.cost = cost
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -118,7 +151,6 @@ class Engine:
         self.evicted_n = 0
         self.idle_j = 0.0
         self.dead = False
-        self.steps = 0
         # the clock
         self.v = 0.0  # simulated time booked so far (end of the current step while one runs)
         self.idle = True
@@ -139,10 +171,8 @@ class Engine:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     # --- clock --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -231,7 +261,8 @@ class Engine:
             "counter_j": self.meter.energy_at(tick(now)),
             "idle_j": self.idle_j,
             "requests": {
-                rid: dict(zip(ROW_FIELDS, row if type(row) is tuple else row.row())) for rid, row in self.records.items()
+                rid: dict(zip(ROW_FIELDS, row if type(row) is tuple else row.row()))
+                for rid, row in self.records.items()
             },
             "evicted": {"count": self.evicted_n, "joules": self.evicted_j},
             "now": now,
@@ -350,7 +381,6 @@ class Engine:
         self.meter.book(start + t, energy / t)
         self._step_start = start
         self.v = start + t
-        self.steps += 1
         return decode, prefill, t, start
 
     def _finish_step(self, decode: list[Sequence], prefill: list[Sequence], t: float, start: float) -> None:

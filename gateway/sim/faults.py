@@ -25,8 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("none", "refuse_connections", "error_before_first_byte", "die_midstream", "midstream_error_event",
-         "hang", "engine_dead")  # fmt: skip
+MODES = (
+    "none",
+    "refuse_connections",
+    "error_before_first_byte",
+    "die_midstream",
+    "midstream_error_event",
+    "hang",
+    "engine_dead",
+)
 
 
 class FaultSpecError(ValueError):

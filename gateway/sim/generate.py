@@ -94,8 +94,16 @@ def _stop(body: dict) -> list[str] | None:
 class Sampling:
     """The sampling parameters the simulator honours, validated like vLLM's SamplingParams."""
 
-    __slots__ = ("max_tokens", "stop", "seed", "min_tokens", "ignore_eos", "stream", "include_usage",
-                 "continuous_usage")  # fmt: skip
+    __slots__ = (
+        "max_tokens",
+        "stop",
+        "seed",
+        "min_tokens",
+        "ignore_eos",
+        "stream",
+        "include_usage",
+        "continuous_usage",
+    )
 
     def __init__(self, body: dict, max_tokens_key: str | None) -> None:
         max_tokens = _int(body, max_tokens_key) if max_tokens_key else None
@@ -292,7 +300,9 @@ class Generation:
         if tools is not None and not isinstance(tools, list):
             raise invalid("tools", "Input should be a valid list", tools, "list_type")
         if choice == "auto" and tools and not self.cfg.enable_auto_tool_choice:
-            raise ApiError(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+            raise ApiError(
+                400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+            )
         if choice not in ("none", "auto", None):
             raise ApiError(400, "The simulated model does not call tools; use tool_choice 'none' or 'auto'.")
 
@@ -306,9 +316,16 @@ class Generation:
         prompt_len = text.count_tokens(prompt)
         max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
         plan = text.plan_answer(
-            prompt, seed=self.cfg.seed, request_seed=sampling.seed, max_tokens=max_tokens, thinking=thinking,
-            hint_text=hint, stop=sampling.stop, min_tokens=sampling.min_tokens, ignore_eos=sampling.ignore_eos,
-        )  # fmt: skip
+            prompt,
+            seed=self.cfg.seed,
+            request_seed=sampling.seed,
+            max_tokens=max_tokens,
+            thinking=thinking,
+            hint_text=hint,
+            stop=sampling.stop,
+            min_tokens=sampling.min_tokens,
+            ignore_eos=sampling.ignore_eos,
+        )
         include_reasoning = _bool(body, "include_reasoning", True)
         seq = self.submit(scope, prompt_len, plan, sampling.max_tokens)
         rid = "chatcmpl-" + seq.rid
@@ -320,8 +337,15 @@ class Generation:
         if not await self.wait_done(seq, receive):
             return
         reasoning, content = plan.texts(0, seq.n_out)
-        message = {"role": "assistant", "content": content, "refusal": None, "annotations": None, "audio": None,
-                   "function_call": None, "tool_calls": []}  # fmt: skip
+        message = {
+            "role": "assistant",
+            "content": content,
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "tool_calls": [],
+        }
         if thinking is not None:
             if seq.n_out <= plan.content_start:  # cut off while thinking: no answer yet
                 message["content"] = None
@@ -330,11 +354,24 @@ class Generation:
         else:
             for field in self.version.reasoning_fields:
                 message[field] = None
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": seq.finish_reason,
-                  "stop_reason": plan.stop_reason}  # fmt: skip
-        response = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": self.model_name,
-                    "choices": [choice], "service_tier": None, "system_fingerprint": None,
-                    "usage": self._usage(seq), "prompt_logprobs": None}  # fmt: skip
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": seq.finish_reason,
+            "stop_reason": plan.stop_reason,
+        }
+        response = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": self._usage(seq),
+            "prompt_logprobs": None,
+        }
         if self.version.has_token_ids_fields:
             choice["token_ids"] = None
             response["prompt_token_ids"] = None
@@ -366,9 +403,15 @@ class Generation:
             raise invalid("prompt", "Input should be a valid string or list of token ids", prompt, "string_type")
         max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
         plan = text.plan_answer(
-            key, seed=self.cfg.seed, request_seed=sampling.seed, max_tokens=max_tokens, hint_text=key,
-            stop=sampling.stop, min_tokens=sampling.min_tokens, ignore_eos=sampling.ignore_eos,
-        )  # fmt: skip
+            key,
+            seed=self.cfg.seed,
+            request_seed=sampling.seed,
+            max_tokens=max_tokens,
+            hint_text=key,
+            stop=sampling.stop,
+            min_tokens=sampling.min_tokens,
+            ignore_eos=sampling.ignore_eos,
+        )
         seq = self.submit(scope, prompt_len, plan, sampling.max_tokens)
         rid = "cmpl-" + seq.rid
         if sampling.stream:
@@ -377,14 +420,28 @@ class Generation:
             return
         if not await self.wait_done(seq, receive):
             return
-        choice = {"index": 0, "text": plan.texts(0, seq.n_out)[1], "logprobs": None,
-                  "finish_reason": seq.finish_reason, "stop_reason": plan.stop_reason, "prompt_logprobs": None}  # fmt: skip
+        choice = {
+            "index": 0,
+            "text": plan.texts(0, seq.n_out)[1],
+            "logprobs": None,
+            "finish_reason": seq.finish_reason,
+            "stop_reason": plan.stop_reason,
+            "prompt_logprobs": None,
+        }
         if self.version.has_token_ids_fields:
             choice["prompt_token_ids"] = None
             choice["token_ids"] = None
-        response = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
-                    "choices": [choice], "service_tier": None, "system_fingerprint": None,
-                    "usage": self._usage(seq), "kv_transfer_params": None}  # fmt: skip
+        response = {
+            "id": rid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": self._usage(seq),
+            "kv_transfer_params": None,
+        }
         await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
     # --- embeddings ---------------------------------------------------------------------------
@@ -395,16 +452,21 @@ class Generation:
         inputs = body.get("input")
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(type(t) is int for t in inputs)):
             inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs or not all(
-            isinstance(i, str) or (isinstance(i, list) and all(type(t) is int for t in i)) for i in inputs
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(i, str) or (isinstance(i, list) and all(type(t) is int for t in i)) for i in inputs)
         ):
             raise invalid("input", "Input should be a string, a list of strings or of token ids", inputs, "string_type")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise invalid("encoding_format", "Input should be 'float' or 'base64'", encoding, "literal_error")
         if body.get("dimensions") is not None:
-            raise ApiError(400, "Model does not support matryoshka representation, changing output dimensions "
-                                "will lead to poor results.")  # fmt: skip
+            raise ApiError(
+                400,
+                "Model does not support matryoshka representation, changing output dimensions "
+                "will lead to poor results.",
+            )
         lengths = [text.count_tokens(i) if isinstance(i, str) else len(i) for i in inputs]
         for n in lengths:
             if n > self.cfg.max_model_len:
@@ -421,15 +483,29 @@ class Generation:
             else:
                 value = vector
             data.append({"index": index, "object": "embedding", "embedding": value})
-        response = {"id": "embd-" + seq.rid, "object": "list", "created": int(time.time()), "model": self.model_name,
-                    "data": data, "usage": {"prompt_tokens": seq.prompt_len, "total_tokens": seq.prompt_len,
-                                            "completion_tokens": 0, "prompt_tokens_details": None}}  # fmt: skip
+        response = {
+            "id": "embd-" + seq.rid,
+            "object": "list",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "data": data,
+            "usage": {
+                "prompt_tokens": seq.prompt_len,
+                "total_tokens": seq.prompt_len,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+            },
+        }
         await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
     @staticmethod
     def _usage(seq: Sequence) -> dict:
-        return {"prompt_tokens": seq.prompt_len, "total_tokens": seq.prompt_len + seq.n_out,
-                "completion_tokens": seq.n_out, "prompt_tokens_details": None}  # fmt: skip
+        return {
+            "prompt_tokens": seq.prompt_len,
+            "total_tokens": seq.prompt_len + seq.n_out,
+            "completion_tokens": seq.n_out,
+            "prompt_tokens_details": None,
+        }
 
     # --- streaming ----------------------------------------------------------------------------
     async def stream(self, send, receive, seq: Sequence, fmt, sampling: Sampling, fault=None) -> None:
@@ -487,15 +563,27 @@ def _usage_json(prompt: int, completion: int) -> bytes:
 class ChatChunks:
     """``chat.completion.chunk`` events (``exclude_unset``: fields never set are absent)."""
 
-    def __init__(self, rid: str, model_json: bytes, plan: text.OutputPlan, reasoning_fields: tuple[str, ...],
-                 thinking: bool, hide_reasoning: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rid: str,
+        model_json: bytes,
+        plan: text.OutputPlan,
+        reasoning_fields: tuple[str, ...],
+        thinking: bool,
+        hide_reasoning: bool,
+    ) -> None:
         self.prefix = b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
-            rid.encode(), int(time.time()), model_json)
+            rid.encode(),
+            int(time.time()),
+            model_json,
+        )
         self.plan = plan
         self.reasoning_fields = () if hide_reasoning else reasoning_fields
         self.thinking = thinking
         self.finish = b',"logprobs":null,"finish_reason":"%s","stop_reason":%s}]' % (
-            plan.finish_reason.encode(), orjson.dumps(plan.stop_reason))
+            plan.finish_reason.encode(),
+            orjson.dumps(plan.stop_reason),
+        )
 
     def _delta(self, reasoning: str, content: str, final: bool) -> bytes | None:
         delta = {}
@@ -512,7 +600,12 @@ class ChatChunks:
         prefix = self.prefix
         if start == 0:
             usage = b',"usage":' + _usage_json(prompt_len, 0) if prompt_len >= 0 else b""
-            yield prefix + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n"
+            yield (
+                prefix
+                + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+                + usage
+                + b"}\n\n"
+            )
         ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
         last = len(ranges) - 1
         for k, (i, j) in enumerate(ranges):
@@ -533,10 +626,16 @@ class CompletionChunks:
 
     def __init__(self, rid: str, model_json: bytes, plan: text.OutputPlan, version) -> None:
         self.prefix = b'data: {"id":"%s","object":"text_completion","created":%d,"model":%s,"choices":[' % (
-            rid.encode(), int(time.time()), model_json)
+            rid.encode(),
+            int(time.time()),
+            model_json,
+        )
         self.plan = plan
         self.token_fields = b',"prompt_token_ids":null,"token_ids":null' if version.has_token_ids_fields else b""
-        self.finish = b'"finish_reason":"%s","stop_reason":%s' % (plan.finish_reason.encode(), orjson.dumps(plan.stop_reason))
+        self.finish = b'"finish_reason":"%s","stop_reason":%s' % (
+            plan.finish_reason.encode(),
+            orjson.dumps(plan.stop_reason),
+        )
 
     def events(self, start: int, end: int, finished: bool, coalesce: bool, prompt_len: int):
         ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
@@ -546,8 +645,17 @@ class CompletionChunks:
             state = self.finish if final else b'"finish_reason":null,"stop_reason":null'
             usage = _usage_json(prompt_len, j) if prompt_len >= 0 else b"null"
             piece = orjson.dumps(self.plan.texts(i, j)[1])
-            yield (self.prefix + b'{"index":0,"text":' + piece + b',"logprobs":null,' + state + self.token_fields
-                   + b'}],"usage":' + usage + b"}\n\n")  # fmt: skip
+            yield (
+                self.prefix
+                + b'{"index":0,"text":'
+                + piece
+                + b',"logprobs":null,'
+                + state
+                + self.token_fields
+                + b'}],"usage":'
+                + usage
+                + b"}\n\n"
+            )
 
     def usage_chunk(self, prompt_len: int, completion: int) -> bytes:
         return self.prefix + b'],"usage":' + _usage_json(prompt_len, completion) + b"}\n\n"

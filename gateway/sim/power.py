@@ -4,9 +4,9 @@ The step cost model
 -------------------
 One continuous-batching step on one GPU of a tensor-parallel group costs
 
-    t_step = T0 + T1·m·P + T_TP·[tp > 1]                        fixed: launch overhead, streaming the weights, all-reduce
-           + Σ_decode (C_TOK·P + C_KV·m·kv·ctx_i)                  per running sequence: its compute + reading its KV cache
-           + Σ_prefill n_j·t_pf·(1 + ATTENTION·(s_j + n_j/2))      prompt chunks: compute-bound, attention grows with context
+    t_step = T0 + T1·m·P + T_TP·[tp > 1]                    fixed: launch overhead, weight streaming, all-reduce
+           + Σ_decode (C_TOK·P + C_KV·m·kv·ctx_i)              per running sequence: its compute + its KV-cache reads
+           + Σ_prefill n_j·t_pf·(1 + ATTENTION·(s_j + n_j/2))  prompt chunks: compute-bound, attention grows with ctx
 
 with P the parameters per GPU (billions), kv the KV-cache bytes per token per GPU, ctx_i the
 sequence's context length, n_j/s_j a prompt chunk's length and start, and m the memory-bandwidth
@@ -180,7 +180,9 @@ class DcgmCounters:
         total = sum(weights)
         self.shares = [w / total for w in weights]
         # mJ "since driver load": a few days of idle at boot
-        self.offsets_mj = [float(1_000_000_000 + zlib.crc32(f"{seed}-{i}".encode()) % 4_000_000_000) for i in range(gpus)]
+        self.offsets_mj = [
+            float(1_000_000_000 + zlib.crc32(f"{seed}-{i}".encode()) % 4_000_000_000) for i in range(gpus)
+        ]
         extra = labels or {}
         host = socket.gethostname()
         self.label_strings = []
@@ -211,7 +213,9 @@ class DcgmCounters:
             "# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).",
             "# TYPE DCGM_FI_DEV_POWER_USAGE gauge",
         ]
-        lines += [f"DCGM_FI_DEV_POWER_USAGE{{{lab}}} {watts * s:.6f}" for lab, s in zip(self.label_strings, self.shares)]
+        lines += [
+            f"DCGM_FI_DEV_POWER_USAGE{{{lab}}} {watts * s:.6f}" for lab, s in zip(self.label_strings, self.shares)
+        ]
         lines += [
             "# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).",
             "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter",

@@ -18,7 +18,7 @@ import orjson
 
 from . import text
 from .engine import Engine
-from .faults import FaultSpecError, Faults, parse_fault
+from .faults import Faults, FaultSpecError, parse_fault
 from .generate import JSON_HEADERS, ApiError, EngineDead, Generation, invalid, wait_disconnect
 from .metrics import CONTENT_TYPE, MetricsExporter
 from .power import GPUS, CostModel, DcgmCounters
@@ -213,8 +213,9 @@ class SimApp:
         except orjson.JSONDecodeError as e:
             raise invalid("", "JSON decode error", {}, "json_invalid") from e
         if not isinstance(body, dict):
-            raise invalid("", "Input should be a valid dictionary or object to extract fields from", body,
-                          "model_attributes_type")  # fmt: skip
+            raise invalid(
+                "", "Input should be a valid dictionary or object to extract fields from", body, "model_attributes_type"
+            )
         return body
 
     # --- generation ---------------------------------------------------------------------------
@@ -299,8 +300,12 @@ class SimApp:
         else:
             raise invalid("prompt", "Field required", body, "missing")
         ids, pieces = text.encode(prompt)
-        result = {"count": len(ids), "max_model_len": self.cfg.max_model_len, "tokens": ids,
-                  "token_strs": pieces if body.get("return_token_strs") else None}  # fmt: skip
+        result = {
+            "count": len(ids),
+            "max_model_len": self.cfg.max_model_len,
+            "tokens": ids,
+            "token_strs": pieces if body.get("return_token_strs") else None,
+        }
         await self.send_json(send, 200, orjson.dumps(result))
 
     async def detokenize(self, scope, receive, send) -> None:

@@ -28,8 +28,13 @@ import zlib
 from functools import lru_cache
 
 VOCAB_SIZE = 151_936
-SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<think>": 151667,
-               "</think>": 151668}  # fmt: skip
+SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<think>": 151667,
+    "</think>": 151668,
+}
 EOS = "<|im_end|>"
 
 TOKEN_RE = re.compile(
@@ -184,7 +189,9 @@ _REASONING_SENTENCES = [
 _CONCISE_RE = re.compile(r"\b(concise(ly)?|brief(ly)?|short answer|be short|one (sentence|word|line)|terse)\b", re.I)
 
 
-def _build_corpus(sentences: list[str], seed: int, n_sentences: int, paragraph_every: int) -> tuple[list[str], list[int]]:
+def _build_corpus(
+    sentences: list[str], seed: int, n_sentences: int, paragraph_every: int
+) -> tuple[list[str], list[int]]:
     """Pieces of a long text made of the sentences, and the piece index where each sentence starts."""
     rng = random.Random(seed)
     pieces, starts = [], []
@@ -244,8 +251,15 @@ class OutputPlan:
 
     __slots__ = ("segments", "total", "finish_reason", "stop_reason", "content_start", "_trim")
 
-    def __init__(self, segments: list[Segment], max_tokens: int, *, stop: list[str] | None = None,
-                 min_tokens: int = 0, ignore_eos: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        segments: list[Segment],
+        max_tokens: int,
+        *,
+        stop: list[str] | None = None,
+        min_tokens: int = 0,
+        ignore_eos: bool = False,
+    ) -> None:
         natural = sum(seg[1] for seg in segments)
         # content grows when EOS is ignored (never stops) or forbidden before min_tokens
         extra = max_tokens + 1 - natural if ignore_eos else min_tokens + 1 - natural
@@ -322,8 +336,12 @@ def _shape(seed: int, request_seed: int | None, prompt: str, hint_text: str) -> 
     if hint_text and _CONCISE_RE.search(hint_text):
         content_n = max(CONTENT_RANGE[0], int(content_n * CONCISE_FACTOR))
     reasoning_n = _lognormal(REASONING_MEDIAN, REASONING_SIGMA, u[3], u[0], *REASONING_RANGE)
-    return (content_n, _CONTENT_STARTS[int(u[2] * len(_CONTENT_STARTS))], reasoning_n,
-            _REASONING_STARTS[int(u[3] * len(_REASONING_STARTS))])  # fmt: skip
+    return (
+        content_n,
+        _CONTENT_STARTS[int(u[2] * len(_CONTENT_STARTS))],
+        reasoning_n,
+        _REASONING_STARTS[int(u[3] * len(_REASONING_STARTS))],
+    )
 
 
 def plan_answer(
@@ -358,8 +376,12 @@ def plan_answer(
             (CONTENT, 1, _BLANK_LINE, 0),
         ]
     elif thinking == "empty":
-        segments += [(SPECIAL, 1, _NONE, 0), (REASONING, 1, _BLANK_LINE, 0), (SPECIAL, 1, _NONE, 0),
-                     (CONTENT, 1, _BLANK_LINE, 0)]  # fmt: skip
+        segments += [
+            (SPECIAL, 1, _NONE, 0),
+            (REASONING, 1, _BLANK_LINE, 0),
+            (SPECIAL, 1, _NONE, 0),
+            (CONTENT, 1, _BLANK_LINE, 0),
+        ]
     segments.append((CONTENT, content_n, CONTENT_CORPUS, content_offset))
     segments.append((SPECIAL, 1, _NONE, 0))  # EOS
     return OutputPlan(segments, max_tokens, stop=stop, min_tokens=min_tokens, ignore_eos=ignore_eos)

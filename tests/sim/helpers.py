@@ -27,7 +27,7 @@ def metric(sim, name: str, **labels) -> float:
     return sum(v for (n, lab), v in samples(text).items() if n == name and set(labels.items()) <= lab)
 
 
-_DCGM_LINE = re.compile(r'^(\w+)\{(.*)\} (\S+)$')
+_DCGM_LINE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
 
 
 def dcgm(sim) -> dict[str, list[tuple[dict, float]]]:
@@ -56,8 +56,9 @@ def split_sse(raw: bytes) -> list[bytes]:
 
 def stream_chat(sim, body: dict, headers: dict | None = None) -> tuple[list[dict], bytes]:
     """POST a streaming chat request; returns the JSON events (without [DONE]) and the raw body."""
-    with httpx.stream("POST", sim.url + "/v1/chat/completions", json={"stream": True, **body},
-                      headers=headers, timeout=60) as r:  # fmt: skip
+    with httpx.stream(
+        "POST", sim.url + "/v1/chat/completions", json={"stream": True, **body}, headers=headers, timeout=60
+    ) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
         raw = r.read()

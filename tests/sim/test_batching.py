@@ -62,14 +62,18 @@ def test_long_prompts_are_prefilled_in_chunks_under_the_token_budget(start):
     sim = start("--speed", "instant", "--max-num-batched-tokens", "2048")
     r = chat(sim, {"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 2})
     assert r.json()["usage"]["prompt_tokens"] > 9000
-    over = metric(sim, "vllm:iteration_tokens_total_count") - metric(sim, "vllm:iteration_tokens_total_bucket", le="2048.0")
+    over = metric(sim, "vllm:iteration_tokens_total_count") - metric(
+        sim, "vllm:iteration_tokens_total_bucket", le="2048.0"
+    )
     assert over == 0 and metric(sim, "vllm:iteration_tokens_total_count") >= 5 + 1
 
 
 def test_a_full_kv_cache_preempts_and_recomputes(start):
-    sim = start("--speed", "instant", "--max-model-len", "512", "--kv-cache-tokens", "600")
-    bodies = [{"messages": [{"role": "user", "content": f"request {i} " * 40}], "max_tokens": 200, "ignore_eos": True}
-              for i in range(4)]  # fmt: skip
+    sim = start("--speed", "50", "--max-model-len", "512", "--kv-cache-tokens", "600")  # requests must overlap
+    bodies = [
+        {"messages": [{"role": "user", "content": f"request {i} " * 40}], "max_tokens": 200, "ignore_eos": True}
+        for i in range(4)
+    ]
     results = concurrently(sim, bodies)
     assert [r["usage"]["completion_tokens"] for r in results] == [200] * 4
     assert metric(sim, "vllm:num_preemptions_total") > 0
@@ -109,8 +113,10 @@ def instant(start):
     return start("--speed", "instant", "--seed", "3")
 
 
-@pytest.mark.parametrize("extra,expected", [({"ignore_eos": True, "max_tokens": 3000}, 3000),
-                                            ({"min_tokens": 2500, "max_tokens": 5000}, 2501)])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra,expected",
+    [({"ignore_eos": True, "max_tokens": 3000}, 3000), ({"min_tokens": 2500, "max_tokens": 5000}, 2501)],
+)
 def test_ignore_eos_and_min_tokens(instant, extra, expected):
     sim = instant
     natural = chat(sim, {"messages": HI}).json()["usage"]["completion_tokens"]

@@ -37,7 +37,13 @@ def test_model_card_fields(qwen):
     assert body["object"] == "list"
     (card,) = body["data"]
     assert {k: card[k] for k in ("id", "object", "owned_by", "root", "parent", "max_model_len")} == {
-        "id": MODEL, "object": "model", "owned_by": "vllm", "root": MODEL, "parent": None, "max_model_len": 32768}  # fmt: skip
+        "id": MODEL,
+        "object": "model",
+        "owned_by": "vllm",
+        "root": MODEL,
+        "parent": None,
+        "max_model_len": 32768,
+    }
     (perm,) = card["permission"]
     assert perm["object"] == "model_permission" and perm["id"].startswith("modelperm-")
     assert perm["allow_sampling"] is True and perm["organization"] == "*" and perm["group"] is None
@@ -56,8 +62,12 @@ def test_health_ping_version_metrics(qwen):
 def test_load_counts_requests_in_flight_when_tracking(start):
     tracked = start("--speed", "realistic", "--enable-server-load-tracking", "--enable-request-id-headers")
     assert httpx.get(tracked.url + "/load").json() == {"server_load": 0}
-    with httpx.stream("POST", tracked.url + "/v1/chat/completions", headers={"X-Request-Id": "echo-me"},
-                      json={"messages": HI, "stream": True, "max_tokens": 200}) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        tracked.url + "/v1/chat/completions",
+        headers={"X-Request-Id": "echo-me"},
+        json={"messages": HI, "stream": True, "max_tokens": 200},
+    ) as r:
         assert r.headers["x-request-id"] == "echo-me"
         chunks = r.iter_raw()  # (a dropped iterator would close the stream)
         next(chunks)

@@ -26,8 +26,10 @@ def fast(start):
 def run_concurrently(sim, bodies: list[dict], headers: list[dict] | None = None) -> list[dict]:
     async def run():
         async with httpx.AsyncClient(base_url=sim.url, timeout=60) as client:
-            calls = [client.post("/v1/chat/completions", json=b, headers=(headers or [None] * len(bodies))[i])
-                     for i, b in enumerate(bodies)]  # fmt: skip
+            calls = [
+                client.post("/v1/chat/completions", json=b, headers=(headers or [None] * len(bodies))[i])
+                for i, b in enumerate(bodies)
+            ]
             return [r.json() for r in await asyncio.gather(*calls)]
 
     return asyncio.run(run())
@@ -77,8 +79,10 @@ def test_counter_is_monotonic_under_load_and_power_rises(realistic):
 
 def test_total_is_idle_plus_every_request_and_matches_the_counter(fast):
     before = fast.energy()
-    bodies = [{"messages": [{"role": "user", "content": f"topic {i} " * (3 * i + 1)}], "max_tokens": 20 + 10 * i}
-              for i in range(12)]  # fmt: skip
+    bodies = [
+        {"messages": [{"role": "user", "content": f"topic {i} " * (3 * i + 1)}], "max_tokens": 20 + 10 * i}
+        for i in range(12)
+    ]
     run_concurrently(fast, bodies)
     truth = fast.energy()
     attributed = sum(r["joules"] for r in truth["requests"].values())
@@ -109,8 +113,11 @@ def test_ground_truth_is_keyed_by_x_request_id_and_matches_usage(fast):
 
 
 def test_energy_per_token_falls_with_batch_size(fast):
-    body = {"messages": [{"role": "user", "content": "Same question."}], "max_tokens": 100,
-            "chat_template_kwargs": {"enable_thinking": False}}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "Same question."}],
+        "max_tokens": 100,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
     chat(fast, body, headers={"X-Request-Id": "alone"})
     run_concurrently(fast, [body] * 32, [{"X-Request-Id": f"batched-{i}"} for i in range(32)])
     rows = fast.energy()["requests"]
@@ -141,8 +148,10 @@ def test_reasoning_answers_cost_many_times_more(fast):
 
 
 def test_a_bigger_model_spends_more_per_token(start):
-    small, big = start("--speed", "instant"), start("--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpus", "4",
-                                                     "--speed", "instant")  # fmt: skip
+    small, big = (
+        start("--speed", "instant"),
+        start("--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpus", "4", "--speed", "instant"),
+    )
     per_token = {}
     for name, sim in (("small", small), ("big", big)):
         chat(sim, {"messages": HI, "max_tokens": 64}, headers={"X-Request-Id": name})
@@ -155,8 +164,20 @@ def test_a_bigger_model_spends_more_per_token(start):
 
 
 def test_dcgm_labels_and_an_h100_idles_lower(start):
-    sim = start("--speed", "realistic", "--gpu", "h100", "--gpus", "2", "--dcgm-pod", "vllm-0",
-                "--dcgm-namespace", "llm", "--dcgm-container", "vllm")  # fmt: skip
+    sim = start(
+        "--speed",
+        "realistic",
+        "--gpu",
+        "h100",
+        "--gpus",
+        "2",
+        "--dcgm-pod",
+        "vllm-0",
+        "--dcgm-namespace",
+        "llm",
+        "--dcgm-container",
+        "vllm",
+    )
     time.sleep(0.25)
     series = dcgm(sim)
     for labels, _ in series["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]:

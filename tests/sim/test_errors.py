@@ -22,22 +22,37 @@ def mid(start):
 
 @pytest.fixture(scope="module")
 def new(start):
-    return start("--speed", "50", "--vllm-version", "0.16", "--max-model-len", "256",
-                 "--served-model-name", "qwen-small", "qwen3-8b")  # fmt: skip
+    return start(
+        "--speed",
+        "50",
+        "--vllm-version",
+        "0.16",
+        "--max-model-len",
+        "256",
+        "--served-model-name",
+        "qwen-small",
+        "qwen3-8b",
+    )
 
 
 def test_unknown_model_is_a_404_flat_before_0_10_1(old):
     r = chat(old, {"model": "gpt-4o", "messages": HI})
     assert r.status_code == 404
-    assert r.json() == {"object": "error", "message": "The model `gpt-4o` does not exist.", "type": "NotFoundError",
-                        "param": None, "code": 404}  # fmt: skip
+    assert r.json() == {
+        "object": "error",
+        "message": "The model `gpt-4o` does not exist.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
 
 
 def test_unknown_model_is_a_404_nested_from_0_10_1(new):
     r = chat(new, {"model": "gpt-4o", "messages": HI})
     assert r.status_code == 404
-    assert r.json() == {"error": {"message": "The model `gpt-4o` does not exist.", "type": "NotFoundError",
-                                  "param": None, "code": 404}}  # fmt: skip
+    assert r.json() == {
+        "error": {"message": "The model `gpt-4o` does not exist.", "type": "NotFoundError", "param": None, "code": 404}
+    }
 
 
 def test_context_length_messages_by_version(old, mid, new):
@@ -65,7 +80,9 @@ def test_prompt_plus_max_tokens_over_the_window_is_a_400(mid):
     assert chat(mid, {"messages": HI, "max_tokens": 256 - prompt}).status_code == 200
     r = chat(mid, {"messages": HI, "max_tokens": 257 - prompt})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
-    assert r.json()["error"]["message"].startswith(f"'max_tokens' or 'max_completion_tokens' is too large: {257 - prompt}.")
+    assert r.json()["error"]["message"].startswith(
+        f"'max_tokens' or 'max_completion_tokens' is too large: {257 - prompt}."
+    )
 
 
 def test_validation_errors_are_400_not_422(new):
@@ -96,7 +113,9 @@ def test_routes_methods_and_content_type(new):
     assert httpx.get(new.url + "/v2/nothing").status_code == 404
     r = httpx.get(new.url + "/v1/chat/completions")
     assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}
-    r = httpx.post(new.url + "/v1/chat/completions", content=b'{"messages": []}', headers={"content-type": "text/plain"})
+    r = httpx.post(
+        new.url + "/v1/chat/completions", content=b'{"messages": []}', headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 400 and "Only 'application/json' is allowed" in r.json()["error"]["message"]
     r = httpx.post(new.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "json_invalid" in r.json()["error"]["message"]

@@ -60,8 +60,9 @@ def test_midstream_error_event_then_done(sim):
     sim.fault("midstream_error_event", after_chunks=2, count=1, message="boom")
     *events, done = split_sse(stream_raw(sim))
     assert done == b"[DONE]" and len(events) == 3
-    assert json.loads(events[2]) == {"error": {"message": "boom", "type": "InternalServerError", "param": None,
-                                               "code": 500}}  # fmt: skip
+    assert json.loads(events[2]) == {
+        "error": {"message": "boom", "type": "InternalServerError", "param": None, "code": 500}
+    }
     assert events[2].startswith(b'{"error": {"message": "boom"')  # json.dumps spacing, as vLLM writes it
     assert chat(sim, {"messages": HI, "max_tokens": 2}).status_code == 200  # non-streaming is not affected
 
@@ -70,8 +71,9 @@ def test_midstream_error_event_is_flat_inside_before_0_10_1(start):
     old = start("--speed", "50", "--vllm-version", "0.10.0")
     old.fault("midstream_error_event", after_chunks=1, message="lost", status=500)
     *events, done = split_sse(stream_raw(old))
-    assert json.loads(events[-1]) == {"error": {"object": "error", "message": "lost", "type": "InternalServerError",
-                                                "param": None, "code": 500}}  # fmt: skip
+    assert json.loads(events[-1]) == {
+        "error": {"object": "error", "message": "lost", "type": "InternalServerError", "param": None, "code": 500}
+    }
 
 
 def test_hang_sends_nothing_and_an_abandoned_stream_is_aborted(sim):
@@ -82,8 +84,9 @@ def test_hang_sends_nothing_and_an_abandoned_stream_is_aborted(sim):
     sim.fault("hang", after_chunks=2, count=1)
     endless = {"messages": HI, "stream": True, "ignore_eos": True}  # still generating when the client gives up
     with pytest.raises(httpx.ReadTimeout):
-        with httpx.stream("POST", sim.url + "/v1/chat/completions", json=endless,
-                          timeout=httpx.Timeout(5, read=0.3)) as r:  # fmt: skip
+        with httpx.stream(
+            "POST", sim.url + "/v1/chat/completions", json=endless, timeout=httpx.Timeout(5, read=0.3)
+        ) as r:
             for _ in r.iter_raw():
                 pass
     deadline = time.monotonic() + 1

@@ -11,7 +11,10 @@ OFF = {"chat_template_kwargs": {"enable_thinking": False}}
 
 @pytest.fixture(scope="module")
 def versions(start):
-    return {v: start("--reasoning", "qwen3", "--speed", "50", "--vllm-version", v) for v in ("0.10.0", "0.12", "0.15", "0.20")}
+    return {
+        v: start("--reasoning", "qwen3", "--speed", "50", "--vllm-version", v)
+        for v in ("0.10.0", "0.12", "0.15", "0.20")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +25,16 @@ def fast(start):
 
 @pytest.fixture(scope="module")
 def r1(start):
-    return start("--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--params-b", "7", "--reasoning", "deepseek_r1",
-                 "--speed", "50")  # fmt: skip
+    return start(
+        "--model",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        "--params-b",
+        "7",
+        "--reasoning",
+        "deepseek_r1",
+        "--speed",
+        "50",
+    )
 
 
 def message(sim, **body):
@@ -90,8 +101,12 @@ def test_include_reasoning_false_hides_it_but_still_pays_for_it(qwen):
 
 
 @pytest.mark.parametrize(
-    "version,fields", [("0.10.0", ("reasoning_content",)), ("0.12", ("reasoning", "reasoning_content")),
-                       ("0.16", ("reasoning",))],  # fmt: skip
+    "version,fields",
+    [
+        ("0.10.0", ("reasoning_content",)),
+        ("0.12", ("reasoning", "reasoning_content")),
+        ("0.16", ("reasoning",)),
+    ],
 )
 def test_reasoning_field_names_by_version(versions, qwen, version, fields):
     sim = qwen if version == "0.16" else versions[version]

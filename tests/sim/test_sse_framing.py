@@ -54,8 +54,11 @@ def test_usage_chunk_only_when_asked(plain):
         if expected:  # vLLM: include_usage defaults to true once stream_options is sent
             *content, usage = events
             assert usage["choices"] == [] and all("usage" not in e for e in content)
-            assert usage["usage"] == {"prompt_tokens": usage["usage"]["prompt_tokens"], "total_tokens":
-                                      usage["usage"]["prompt_tokens"] + 4, "completion_tokens": 4}  # fmt: skip
+            assert usage["usage"] == {
+                "prompt_tokens": usage["usage"]["prompt_tokens"],
+                "total_tokens": usage["usage"]["prompt_tokens"] + 4,
+                "completion_tokens": 4,
+            }
             assert list(usage["usage"]) == ["prompt_tokens", "total_tokens", "completion_tokens"]
         else:
             assert all(e["choices"] and "usage" not in e for e in events)
@@ -73,7 +76,9 @@ def test_continuous_usage_stats_on_every_chunk(plain):
     completions = [e["usage"]["completion_tokens"] for e in events]
     assert completions[0] == 0 and completions[-1] == 5
     assert completions == sorted(completions)
-    assert all(e["usage"]["total_tokens"] == e["usage"]["prompt_tokens"] + e["usage"]["completion_tokens"] for e in events)
+    assert all(
+        e["usage"]["total_tokens"] == e["usage"]["prompt_tokens"] + e["usage"]["completion_tokens"] for e in events
+    )
 
 
 def test_stream_options_without_stream_is_a_400(plain):
