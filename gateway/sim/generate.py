@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 import struct
 import time
@@ -23,10 +22,9 @@ import orjson
 
 from . import text
 from .engine import FINISHED, EngineDeadError, Sequence
+from .sse import DONE, SSE_HEADERS, ChatChunks, CompletionChunks
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
-DONE = b"data: [DONE]\n\n"
 
 
 class ApiError(Exception):
@@ -242,7 +240,7 @@ class Generation:
         return not seq.aborted
 
     # --- chat ---------------------------------------------------------------------------------
-    def _chat_prompt(self, body: dict) -> tuple[str, str | None, str]:
+    def chat_prompt(self, body: dict) -> tuple[str, str | None, str]:
         """Render the chat template; returns (prompt, thinking mode, hint text)."""
         messages = body.get("messages")
         if messages is None:
@@ -312,7 +310,7 @@ class Generation:
             raise ApiError(400, "The model does not support Chat Completions API")
         sampling = Sampling(body, "max_completion_tokens")
         self._check_tools(body)
-        prompt, thinking, hint = self._chat_prompt(body)
+        prompt, thinking, hint = self.chat_prompt(body)
         prompt_len = text.count_tokens(prompt)
         max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
         plan = text.plan_answer(
@@ -331,7 +329,7 @@ class Generation:
         rid = "chatcmpl-" + seq.rid
         if sampling.stream:
             hide = not include_reasoning and self.version.hides_streamed_reasoning
-            fmt = ChatChunks(rid, self._model_json, plan, self.version.reasoning_fields, thinking is not None, hide)
+            fmt = ChatChunks(rid, self._model_json, plan, self.version.reasoning_fields, hide)
             await self.stream(send, receive, seq, fmt, sampling, fault)
             return
         if not await self.wait_done(seq, receive):
@@ -477,7 +475,7 @@ class Generation:
             return
         data = []
         for index, item in enumerate(inputs):
-            vector = embedding_vector(item if isinstance(item, str) else repr(item), self.cfg.embedding_dim)
+            vector = text.embedding_vector(item if isinstance(item, str) else repr(item), self.cfg.embedding_dim)
             if encoding == "base64":
                 value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             else:
@@ -554,121 +552,3 @@ class Generation:
             watch.cancel()
             if seq.state != FINISHED:
                 self.engine.abort(seq)
-
-
-def _usage_json(prompt: int, completion: int) -> bytes:
-    return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (prompt, prompt + completion, completion)
-
-
-class ChatChunks:
-    """``chat.completion.chunk`` events (``exclude_unset``: fields never set are absent)."""
-
-    def __init__(
-        self,
-        rid: str,
-        model_json: bytes,
-        plan: text.OutputPlan,
-        reasoning_fields: tuple[str, ...],
-        thinking: bool,
-        hide_reasoning: bool,
-    ) -> None:
-        self.prefix = b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
-            rid.encode(),
-            int(time.time()),
-            model_json,
-        )
-        self.plan = plan
-        self.reasoning_fields = () if hide_reasoning else reasoning_fields
-        self.thinking = thinking
-        self.finish = b',"logprobs":null,"finish_reason":"%s","stop_reason":%s}]' % (
-            plan.finish_reason.encode(),
-            orjson.dumps(plan.stop_reason),
-        )
-
-    def _delta(self, reasoning: str, content: str, final: bool) -> bytes | None:
-        delta = {}
-        if content or (final and not reasoning):
-            delta["content"] = content
-        if reasoning:
-            for field in self.reasoning_fields:
-                delta[field] = reasoning
-        if not delta and not final:
-            return None  # only special tokens (<think>, </think>): vLLM sends nothing
-        return orjson.dumps(delta)
-
-    def events(self, start: int, end: int, finished: bool, coalesce: bool, prompt_len: int):
-        prefix = self.prefix
-        if start == 0:
-            usage = b',"usage":' + _usage_json(prompt_len, 0) if prompt_len >= 0 else b""
-            yield (
-                prefix
-                + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
-                + usage
-                + b"}\n\n"
-            )
-        ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
-        last = len(ranges) - 1
-        for k, (i, j) in enumerate(ranges):
-            final = finished and k == last
-            delta = self._delta(*self.plan.texts(i, j), final)
-            if delta is None:
-                continue
-            tail = self.finish if final else b',"logprobs":null,"finish_reason":null}]'
-            usage = b',"usage":' + _usage_json(prompt_len, j) if prompt_len >= 0 else b""
-            yield prefix + b'{"index":0,"delta":' + delta + tail + usage + b"}\n\n"
-
-    def usage_chunk(self, prompt_len: int, completion: int) -> bytes:
-        return self.prefix + b'],"usage":' + _usage_json(prompt_len, completion) + b"}\n\n"
-
-
-class CompletionChunks:
-    """``text_completion`` stream events (vLLM dumps these with every field, nulls included)."""
-
-    def __init__(self, rid: str, model_json: bytes, plan: text.OutputPlan, version) -> None:
-        self.prefix = b'data: {"id":"%s","object":"text_completion","created":%d,"model":%s,"choices":[' % (
-            rid.encode(),
-            int(time.time()),
-            model_json,
-        )
-        self.plan = plan
-        self.token_fields = b',"prompt_token_ids":null,"token_ids":null' if version.has_token_ids_fields else b""
-        self.finish = b'"finish_reason":"%s","stop_reason":%s' % (
-            plan.finish_reason.encode(),
-            orjson.dumps(plan.stop_reason),
-        )
-
-    def events(self, start: int, end: int, finished: bool, coalesce: bool, prompt_len: int):
-        ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
-        last = len(ranges) - 1
-        for k, (i, j) in enumerate(ranges):
-            final = finished and k == last
-            state = self.finish if final else b'"finish_reason":null,"stop_reason":null'
-            usage = _usage_json(prompt_len, j) if prompt_len >= 0 else b"null"
-            piece = orjson.dumps(self.plan.texts(i, j)[1])
-            yield (
-                self.prefix
-                + b'{"index":0,"text":'
-                + piece
-                + b',"logprobs":null,'
-                + state
-                + self.token_fields
-                + b'}],"usage":'
-                + usage
-                + b"}\n\n"
-            )
-
-    def usage_chunk(self, prompt_len: int, completion: int) -> bytes:
-        return self.prefix + b'],"usage":' + _usage_json(prompt_len, completion) + b"}\n\n"
-
-
-def embedding_vector(item: str, dim: int) -> list[float]:
-    """A deterministic unit vector for ``item``."""
-    out: list[float] = []
-    counter = 0
-    while len(out) < dim:
-        digest = hashlib.blake2b(f"{counter}\x00{item}".encode(), digest_size=64).digest()
-        out.extend((b - 127.5) / 127.5 for b in digest)
-        counter += 1
-    out = out[:dim]
-    norm = sum(x * x for x in out) ** 0.5 or 1.0
-    return [x / norm for x in out]

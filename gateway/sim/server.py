@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import orjson
 
@@ -22,6 +23,7 @@ from .faults import Faults, FaultSpecError, parse_fault
 from .generate import JSON_HEADERS, ApiError, EngineDead, Generation, invalid, wait_disconnect
 from .metrics import CONTENT_TYPE, MetricsExporter
 from .power import GPUS, CostModel, DcgmCounters
+from .sse import DONE
 from .versions import STATUS_TYPES, VllmVersion
 
 
@@ -106,22 +108,23 @@ class SimApp:
         self.generation = Generation(self)
         self.in_flight = 0
         gen = self.generation
+        get, post, both = ("GET",), ("POST",), ("GET", "POST")
         self.routes = {
-            "/v1/chat/completions": ("POST", self._generate, gen.chat),
-            "/v1/completions": ("POST", self._generate, gen.completions),
-            "/v1/embeddings": ("POST", self._generate, gen.embeddings),
-            "/v1/models": ("GET", self.models, None),
-            "/tokenize": ("POST", self.tokenize, None),
-            "/detokenize": ("POST", self.detokenize, None),
-            "/health": ("GET", self.health, None),
-            "/ping": ("GET POST", self.health, None),
-            "/load": ("GET", self.load, None),
-            "/version": ("GET", self.version_info, None),
-            "/metrics": ("GET", self.metrics, None),
-            "/dcgm/metrics": ("GET", self.dcgm_metrics, None),
-            "/debug/energy": ("GET", self.debug_energy, None),
-            "/debug/reset-counter": ("POST", self.reset_counter, None),
-            "/debug/fault": ("GET POST", self.fault, None),
+            "/v1/chat/completions": (post, partial(self._generate, gen.chat)),
+            "/v1/completions": (post, partial(self._generate, gen.completions)),
+            "/v1/embeddings": (post, partial(self._generate, gen.embeddings)),
+            "/v1/models": (get, self.models),
+            "/tokenize": (post, self.tokenize),
+            "/detokenize": (post, self.detokenize),
+            "/health": (get, self.health),
+            "/ping": (both, self.health),
+            "/load": (get, self.load),
+            "/version": (get, self.version_info),
+            "/metrics": (get, self.metrics),
+            "/dcgm/metrics": (get, self.dcgm_metrics),
+            "/debug/energy": (get, self.debug_energy),
+            "/debug/reset-counter": (post, self.reset_counter),
+            "/debug/fault": (both, self.fault),
         }
 
     # --- ASGI ---------------------------------------------------------------------------------
@@ -132,15 +135,12 @@ class SimApp:
             if route is None:
                 await self.send_json(send, 404, b'{"detail":"Not Found"}')
                 return
-            methods, handler, target = route
+            methods, handler = route
             if scope["method"] not in methods:
                 await self.send_json(send, 405, b'{"detail":"Method Not Allowed"}')
                 return
             try:
-                if target is None:
-                    await handler(scope, receive, send)
-                else:
-                    await handler(target, scope, receive, send)
+                await handler(scope, receive, send)
             except ApiError as e:
                 await self.send_error(send, e)
         elif kind == "lifespan":
@@ -159,7 +159,7 @@ class SimApp:
 
     # --- plumbing -----------------------------------------------------------------------------
     def request_id_header(self, rid: str) -> list[tuple[bytes, bytes]]:
-        return [(b"x-request-id", rid.encode())] if self.cfg.enable_request_id_headers else []
+        return [(b"x-request-id", rid.encode("latin-1"))] if self.cfg.enable_request_id_headers else []
 
     async def send_json(self, send, status: int, body: bytes, rid: str | None = None, fault=None) -> None:
         headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]
@@ -252,7 +252,7 @@ class SimApp:
             message = fault.message or "The engine failed while generating (simulated fault)."
             status = fault.status
             event = self.version.stream_error_event(message, status, STATUS_TYPES.get(status, "InternalServerError"))
-            await send({"type": "http.response.body", "body": event + b"data: [DONE]\n\n", "more_body": False})
+            await send({"type": "http.response.body", "body": event + DONE, "more_body": False})
         elif fault.mode == "hang":  # stall until the client leaves
             await wait_disconnect(receive)
         # die_midstream: return without finishing the response; the connection is closed
@@ -294,7 +294,7 @@ class SimApp:
         body = await self.read_json(scope, receive)
         self.generation.check_model(body)
         if "messages" in body:
-            prompt, _, _ = self.generation._chat_prompt(body)
+            prompt, _, _ = self.generation.chat_prompt(body)
         elif isinstance(body.get("prompt"), str):
             prompt = body["prompt"]
         else:

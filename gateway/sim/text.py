@@ -385,3 +385,16 @@ def plan_answer(
     segments.append((CONTENT, content_n, CONTENT_CORPUS, content_offset))
     segments.append((SPECIAL, 1, _NONE, 0))  # EOS
     return OutputPlan(segments, max_tokens, stop=stop, min_tokens=min_tokens, ignore_eos=ignore_eos)
+
+
+def embedding_vector(item: str, dim: int) -> list[float]:
+    """A deterministic unit vector for ``item``."""
+    out: list[float] = []
+    counter = 0
+    while len(out) < dim:
+        digest = hashlib.blake2b(f"{counter}\x00{item}".encode(), digest_size=64).digest()
+        out.extend((b - 127.5) / 127.5 for b in digest)
+        counter += 1
+    out = out[:dim]
+    norm = sum(x * x for x in out) ** 0.5 or 1.0
+    return [x / norm for x in out]

@@ -24,6 +24,12 @@ def test_first_chunk_is_byte_exact_and_the_stream_ends_with_done(plain):
     assert all(e["id"] == "chatcmpl-framing-1" and e["created"] == created for e in events)
 
 
+def test_any_request_id_keeps_the_events_valid_json(plain):
+    rid = 'id with "quotes" and \\ backslash'
+    events, _ = stream_chat(plain, {"messages": HI, "max_tokens": 2}, headers={"X-Request-Id": rid})
+    assert {e["id"] for e in events} == {"chatcmpl-" + rid}
+
+
 def test_unset_fields_are_absent_not_null(plain):
     events, _ = stream_chat(plain, {"messages": HI, "max_tokens": 6})
     for event in events:
