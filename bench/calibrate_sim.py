@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,5 +150,24 @@ def main() -> None:
         )
 
 
+def simulator_table() -> None:
+    """What the simulator does with the committed constants (gateway/sim/power.py), on an H200."""
+    sys.path.insert(0, str(ROOT))
+    from gateway.sim.power import GPUS, W_PREFILL, CostModel
+
+    print("\nsimulated H200 (context 1,000 tokens per sequence): step ms / W per GPU / J per token")
+    print(f"{'model':>10} {'prefill tok/s':>13}" + "".join(f" {'batch ' + str(b):>20}" for b in (1, 8, 64, 256)))
+    for params, gpus in ((1.7, 1), (8, 1), (14, 1), (32, 1), (70, 4)):
+        cost = CostModel(params, gpus, GPUS["h200"])
+        cells = []
+        for batch in (1, 8, 64, 256):
+            t, energy, *_ = cost.price(batch, batch * 1000, [])
+            cells.append(f"{t * 1e3:6.1f} {energy / t / gpus:4.0f}W {energy / batch:5.3f}J")
+        prefill = 1 / cost.prefill_time(1, 0)  # tokens per second for the whole group (TP splits each token)
+        print(f"{f'{params:g}B×{gpus}':>10} {prefill:13,.0f}" + "".join(f" {c:>20}" for c in cells))
+    print(f"(prefill at {W_PREFILL:.0f} W; idle {GPUS['h200'].idle_watts:.0f} W per GPU)")
+
+
 if __name__ == "__main__":
     main()
+    simulator_table()
