@@ -74,7 +74,8 @@ class Track:
 
     __slots__ = (
         "ctx", "owner", "stream", "skip_events", "sent", "finished", "ended", "drained", "final", "forced", "usage",
-        "gen_seen", "prompt_placed", "placed_at", "joules", "est_joules", "gpu_s", "p_closed", "g_closed", "shape",
+        "gen_seen", "prompt_placed", "placed_at", "placed", "joules", "est_joules", "gpu_s", "p_closed", "g_closed",
+        "shape", "pshape",
     )  # fmt: skip
 
     def __init__(self, ctx: RequestContext, sent: float) -> None:
@@ -98,6 +99,8 @@ class Track:
         self.p_closed = 0.0  # tokens in closed intervals (for provisional estimates)
         self.g_closed = 0.0
         self.shape: list[tuple[Closed, float]] = []  # where its generated tokens were made (or likely were)
+        self.pshape: list[tuple[Closed, float]] = []  # unary: others' prompt tokens while it was in flight
+        self.placed: list[tuple[_Open, float]] = []  # streaming: where its prompt was placed
 
     def prompt_tokens(self) -> int:
         usage = self.usage if self.usage is not None else self.ctx.usage
@@ -111,9 +114,12 @@ class Track:
 
 @dataclass(slots=True)
 class _Share:
-    work: float = 0.0  # modelled joules
-    prompt: float = 0.0
+    step: float = 0.0  # modelled joules: generated tokens' share of the steps' cost
+    token: float = 0.0  # generated tokens' own cost (compute, KV reads)
+    prefill: float = 0.0  # prompt tokens
+    prompt: float = 0.0  # tokens
     gen: float = 0.0
+    work: float = 0.0  # the calibrated sum, set when the interval closes
 
 
 @dataclass(slots=True)
@@ -121,12 +127,16 @@ class _Open:
     iv: Interval
     ours: dict[Track, _Share] = field(default_factory=dict)
     ctx_sum: float = 0.0  # contexts of our generated tokens (for the others' average)
+    rec: Closed | None = None  # once closed
 
-    def add(self, track: Track, work: float, prompt: float = 0.0, gen: float = 0.0, ctx_sum: float = 0.0) -> None:
+    def add(self, track: Track, step: float = 0.0, token: float = 0.0, prefill: float = 0.0, prompt: float = 0.0,
+            gen: float = 0.0, ctx_sum: float = 0.0) -> None:  # fmt: skip
         share = self.ours.get(track)
         if share is None:
             share = self.ours[track] = _Share()
-        share.work += work
+        share.step += step
+        share.token += token
+        share.prefill += prefill
         share.prompt += prompt
         share.gen += gen
         self.ctx_sum += ctx_sum
@@ -143,9 +153,80 @@ class Closed:
     known: bool  # the backend's counters were read: the split is a measurement
     measured: bool
     price: float = 0.0  # joules per modelled joule of work (0: nothing was split)
+    factors: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the calibration then (step, token, prefill)
     others_work: float = 0.0  # modelled joules of the work we did not see (others, our unary requests)
     other_left: float = 0.0  # 'other' energy nobody has claimed yet
     published: bool = False
+
+
+class _Calibration:
+    """What each kind of work really costs on this backend, learnt from its own meter.
+
+    The token-cost model is an extrapolation for models, GPUs and engines other than those
+    measured. Each busy interval is a data point ``E = a·step + b·token + c·prefill`` (its
+    modelled joules in three parts: the steps' shared cost, the generated tokens' own cost,
+    the prompt tokens'); a least-squares fit with exponential forgetting, pulled towards the
+    model (1, 1, 1) by a prior worth ``prior`` intervals, gives the factors that weigh each
+    part in later splits (bounded to 1/4..4). A part never seen keeps the model's weight.
+    """
+
+    __slots__ = ("decay", "prior", "xx", "xe", "seen", "_factors", "_dirty")
+
+    def __init__(self, decay: float = 0.999, prior: float = 3.0) -> None:
+        self.decay = decay
+        self.prior = prior
+        self.xx = [[0.0] * 3 for _ in range(3)]
+        self.xe = [0.0] * 3
+        self.seen = [0.0] * 3  # intervals with each part (decayed)
+        self._factors = (1.0, 1.0, 1.0)
+        self._dirty = False
+
+    def update(self, energy: float, parts: tuple[float, float, float]) -> None:
+        f = self.decay
+        for i in range(3):
+            self.seen[i] = self.seen[i] * f + (1.0 if parts[i] > 0 else 0.0)
+            self.xe[i] = self.xe[i] * f + parts[i] * energy
+            for j in range(3):
+                self.xx[i][j] = self.xx[i][j] * f + parts[i] * parts[j]
+        self._dirty = True
+
+    @property
+    def factors(self) -> tuple[float, float, float]:
+        if self._dirty:
+            self._dirty = False
+            self._factors = self._solve()
+        return self._factors
+
+    def _solve(self) -> tuple[float, float, float]:
+        a = [row[:] for row in self.xx]
+        b = self.xe[:]
+        for i in range(3):  # ridge towards 1: `prior` typical intervals' worth of the model
+            ridge = self.prior * self.xx[i][i] / self.seen[i] if self.seen[i] >= 1.0 else 1.0
+            a[i][i] += ridge
+            b[i] += ridge
+        x = _solve3(a, b)
+        if x is None or min(x) <= 0:
+            return (1.0, 1.0, 1.0)
+        return tuple(min(4.0, max(0.25, v)) for v in x)  # type: ignore[return-value]
+
+
+def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting for a 3x3 system."""
+    n = 3
+    m = [a[i][:] + [b[i]] for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-12:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            k = m[r][col] / m[col][col]
+            for c in range(col, n + 1):
+                m[r][c] -= k * m[col][c]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (m[i][n] - sum(m[i][j] * x[j] for j in range(i + 1, n))) / m[i][i]
+    return x
 
 
 class _Balance:
@@ -186,6 +267,7 @@ class Book:
         horizon_s: float = 2.0,
         ring: int = 16384,
         amortise_idle: bool = False,
+        calibrate: bool = True,
         max_carry_s: float = 10.0,
         max_age_s: float = 3600.0,
     ) -> None:
@@ -197,6 +279,8 @@ class Book:
         self.max_age_s = max_age_s
         self.tracks: list[Track] = []
         self._open: deque[_Open] = deque()
+        self._spreads: deque[tuple[float, list[tuple[_Open, float]]]] = deque(maxlen=8)  # recent counted prompts
+        self.count_lag_s = 0.25  # a first byte this long after a count belongs to it
         self._ring: deque[Closed] = deque(maxlen=ring)
         self._unpublished: deque[Closed] = deque()
         self._prompt = _Balance()
@@ -208,6 +292,8 @@ class Book:
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
         self.watts_now: float | None = None
+        self.calibration = _Calibration()
+        self.calibrate = calibrate  # learn the work weights from the meter (off: the model's as they are)
         self._k_num = 0.0  # measured / modelled, decayed: prices pending work in provisional values
         self._k_den = 0.0
         # conservation books (joules)
@@ -274,8 +360,8 @@ class Book:
                 if seen > track.gen_seen:
                     prompt = track.prompt_placed or 0.0
                     ctx_sum = context_sum(int(prompt), track.gen_seen, seen)
-                    op.add(track, costs.decode_run(batch, seen - track.gen_seen, ctx_sum), gen=seen - track.gen_seen,
-                           ctx_sum=ctx_sum)  # fmt: skip
+                    step, token = costs.decode_parts(batch, seen - track.gen_seen, ctx_sum)
+                    op.add(track, step, token, gen=seen - track.gen_seen, ctx_sum=ctx_sum)
                     track.gen_seen = seen
             if track.ended:
                 track.drained = True
@@ -319,8 +405,8 @@ class Book:
 
         vLLM counts a prompt when its prefill completes; its energy was spent over the prefill
         before. Spreading the count over the predicted prefill time keeps the work and the
-        energy in the same intervals, for other clients' and our unary requests' prompts alike
-        (our streaming prompts are placed by their first byte, the same way).
+        energy in the same intervals, for other clients' and our unary requests' prompts alike.
+        The spread is remembered: our streaming prompts counted in it are placed the same way.
         """
         counted = iv.prompt_tokens
         if not counted or counted <= 0:
@@ -328,22 +414,39 @@ class Book:
         d = costs.prefill_seconds(counted)
         parts = [(op, f) for op, f in self._spread(iv.t1 - d, iv.t1) if op.iv.prompt_tokens is not None]
         total = sum(f for _, f in parts) or 1.0
+        parts = [(op, f / total) for op, f in parts]
         iv.prompt_tokens = 0.0
         for op, fraction in parts:
-            op.iv.prompt_tokens += counted * fraction / total
+            op.iv.prompt_tokens += counted * fraction
+        self._spreads.append((iv.t1, parts))
 
     def _place_prompt(self, track: Track, first_byte: float, costs: TokenCosts) -> None:
-        """Spread the prompt over the open intervals before its first byte (its prefill)."""
+        """Place a streaming request's prompt where the backend's count of it was placed.
+
+        Its first byte follows the count (by the relay's latency): the latest spread counted
+        shortly before the first byte is its. Without one, the prompt goes over its predicted
+        prefill time before the first byte.
+        """
         prompt = float(track.prompt_tokens())
         track.prompt_placed = prompt
         track.placed_at = first_byte
         if prompt <= 0:
             return
-        d = min(first_byte - track.sent, costs.prefill_seconds(prompt))
+        parts = None
+        for counted_at, spread in reversed(self._spreads):
+            if counted_at <= first_byte + 1e-3 and first_byte - counted_at <= self.count_lag_s and counted_at > track.sent:
+                open_ops = {id(op) for op in self._open}
+                parts = [(op, f) for op, f in spread if id(op) in open_ops]
+                break
+        if not parts:
+            d = min(first_byte - track.sent, costs.prefill_seconds(prompt))
+            parts = self._spread(first_byte - max(d, 0.0), first_byte)
+        total = sum(f for _, f in parts) or 1.0
+        track.placed = [(op, f / total) for op, f in parts]
         position = 0.0
-        for op, fraction in self._spread(first_byte - max(d, 0.0), first_byte):
+        for op, fraction in track.placed:
             tokens = prompt * fraction
-            op.add(track, costs.prefill(tokens, position), prompt=tokens)
+            op.add(track, prefill=costs.prefill(tokens, position), prompt=tokens)
             position += tokens
 
     def _close(self, op: _Open) -> None:
@@ -357,12 +460,12 @@ class Book:
             track.p_closed += share.prompt
             track.g_closed += share.gen
         self.closed_until = iv.t1
-        rec = Closed(iv.t0, iv.t1, energy, max(1.0, iv.batch), iv.prompt_tokens is not None, iv.measured)
+        rec = op.rec = Closed(iv.t0, iv.t1, energy, max(1.0, iv.batch), iv.prompt_tokens is not None, iv.measured)
 
         if iv.prompt_tokens is None or iv.gen_tokens is None:
             # Counters unknown: no way to split. Our work is estimated, the energy is other.
             for track, share in op.ours.items():
-                track.est_joules += share.work
+                track.est_joules += share.step + share.token + share.prefill
             self._book_other(energy, known=False, measured=iv.measured, rec=rec)
             self._append(rec)
             return
@@ -370,7 +473,20 @@ class Book:
         others_p = self._prompt.step(iv.prompt_tokens, ours_p)
         others_g = self._gen.step(iv.gen_tokens, ours_g)
         context = op.ctx_sum / ours_g if ours_g else DEFAULT_CONTEXT
-        others_work = costs.prefill(1.0, DEFAULT_CONTEXT / 2) * others_p + costs.decode(rec.batch, context) * others_g
+        o_step, o_token = costs.decode_parts(rec.batch, others_g, others_g * context)
+        o_prefill = costs.prefill(1.0, DEFAULT_CONTEXT / 2) * others_p
+        parts = (
+            o_step + sum(s.step for s in op.ours.values()),
+            o_token + sum(s.token for s in op.ours.values()),
+            o_prefill + sum(s.prefill for s in op.ours.values()),
+        )
+        clean = iv.measured and energy > 0 and not self._carry and not self._idle_pool and iv.running > 0
+        if self.calibrate and clean and sum(parts) > 0:
+            self.calibration.update(energy, parts)
+        fs, ft, fp = rec.factors = self.calibration.factors
+        for share in op.ours.values():
+            share.work = fs * share.step + ft * share.token + fp * share.prefill
+        others_work = fs * o_step + ft * o_token + fp * o_prefill
         ours_work = sum(s.work for s in op.ours.values())
         total = ours_work + others_work
         source = "measured" if iv.measured else "estimated"
@@ -401,7 +517,7 @@ class Book:
         if iv.measured:
             self._k_num = self._k_num * 0.98 + energy
             self._k_den = self._k_den * 0.98 + total
-        self._shape(op, rec, others_g)
+        self._shape(op, rec, others_p, others_g)
         gpu_s = (iv.t1 - iv.t0) * self.gpus
         attributed = 0.0
         for track, share in op.ours.items():
@@ -417,13 +533,14 @@ class Book:
         self._book_other(energy - attributed, known=True, measured=iv.measured, rec=rec)
         self._append(rec)
 
-    def _shape(self, op: _Open, rec: Closed, others_gen: float) -> None:
-        """Remember where each request's generated tokens were made, for settling at its end.
+    def _shape(self, op: _Open, rec: Closed, others_prompt: float, others_gen: float) -> None:
+        """Remember where each request's tokens were made, for settling at its end.
 
-        A streaming request's are the tokens we saw. A unary request in flight gets its share of
-        the others' tokens: one sequence's worth of what the backend made for sequences we did not
-        see (running minus our streaming ones), never more than the others' tokens divided
-        among our unary requests.
+        A streaming request's generated tokens are the ones we saw. A unary request in flight
+        gets its share of the others' generated tokens: one sequence's worth of what the backend
+        made for sequences we did not see (running minus our streaming ones), never more than
+        the others' tokens divided among our unary requests; and it notes the others' prompt
+        tokens, its own prompt being among the first counted after it was sent.
         """
         iv = op.iv
         decoding = 0
@@ -431,14 +548,16 @@ class Book:
             if share.gen > 0:
                 track.shape.append((rec, share.gen))
                 decoding += 1
-        if others_gen <= 0:
+        if others_gen <= 0 and others_prompt <= 0:
             return
         unary = [t for t in self.tracks
                  if not t.stream and not t.final and t.sent < iv.t1 and (t.finished is None or t.finished > iv.t0)]  # fmt: skip
-        if unary:
-            each = others_gen / max(1.0, iv.running - decoding, len(unary))
-            for track in unary:
+        each = others_gen / max(1.0, iv.running - decoding, len(unary)) if unary else 0.0
+        for track in unary:
+            if each > 0:
                 track.shape.append((rec, each))
+            if others_prompt > 0:
+                track.pshape.append((rec, others_prompt))
 
     def _book_other(self, joules: float, known: bool, measured: bool, rec: Closed | None = None) -> None:
         self.other_j += joules
@@ -506,9 +625,8 @@ class Book:
         claims: list[tuple[Closed, float]] = []  # (interval, modelled joules of our work in it)
         if extra_p > 0:
             position = float(prompt - extra_p)
-            for rec, fraction in self._closed_over(pf_start, pf_end):
-                tokens = extra_p * fraction
-                claims.append((rec, costs.prefill(tokens, position)))
+            for rec, tokens in self._prompt_shape(track, extra_p, pf_start, pf_end):
+                claims.append((rec, rec.factors[2] * costs.prefill(tokens, position)))
                 position += tokens
         if extra_g > 0:
             # Where the tokens were made: in proportion to the request's own tokens per interval
@@ -520,13 +638,39 @@ class Book:
             done = float(track.gen_seen)
             for rec, n in shape:
                 tokens = extra_g * n / total
-                claims.append((rec, costs.decode_run(rec.batch, tokens, tokens * (prompt + done + tokens / 2.0))))
+                step, token = costs.decode_parts(rec.batch, tokens, tokens * (prompt + done + tokens / 2.0))
+                claims.append((rec, rec.factors[0] * step + rec.factors[1] * token))
                 done += tokens
         if claims:
             self._claim(track, claims, track.sent, finished)
-        track.shape = []
+        track.shape, track.pshape, track.placed = [], [], []
         self._prompt.relabel(extra_p)
         self._gen.relabel(extra_g)
+
+    def _prompt_shape(self, track: Track, tokens: float, start: float, end: float) -> list[tuple[Closed, float]]:
+        """Where ``tokens`` prompt tokens of the request were prefilled: (interval, tokens).
+
+        A streaming request's prompt goes where its first byte placed it. A unary request's is
+        taken first come, first served from the others' prompt tokens counted after it was
+        sent (vLLM prefills in arrival order). What is left goes evenly over [start, end].
+        """
+        out: list[tuple[Closed, float]] = []
+        if track.placed:
+            for op, fraction in track.placed:
+                if op.rec is not None and not op.rec.published:
+                    out.append((op.rec, tokens * fraction))
+            return out or [(rec, tokens * f) for rec, f in self._closed_over(start, end)]
+        left = tokens
+        for rec, counted in track.pshape:
+            if left <= 0:
+                break
+            if not rec.published:
+                take = min(counted, left)
+                out.append((rec, take))
+                left -= take
+        if left > 0:
+            out += [(rec, left * f) for rec, f in self._closed_over(start, end)]
+        return out
 
     def _closed_over(self, start: float, end: float) -> list[tuple[Closed, float]]:
         """Closed intervals covering [start, end] and the fraction of it each holds."""

@@ -93,6 +93,10 @@ class TokenCosts:
         """Joules of ``tokens`` generated tokens whose contexts add up to ``context_sum``."""
         return (self.step_j / max(1.0, batch) + self.tok_j) * tokens + self.ctx_j * context_sum
 
+    def decode_parts(self, batch: float, tokens: float, context_sum: float) -> tuple[float, float]:
+        """``decode_run`` in its two parts: the steps' shared cost, and the tokens' own (compute, KV)."""
+        return self.step_j / max(1.0, batch) * tokens, self.tok_j * tokens + self.ctx_j * context_sum
+
     def prefill(self, tokens: float, start: float = 0.0) -> float:
         """Joules of processing ``tokens`` prompt tokens that begin at position ``start``."""
         mean_ctx = start + tokens / 2.0

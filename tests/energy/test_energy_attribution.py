@@ -15,6 +15,7 @@ COSTS = TokenCosts(8.0, 1, "h100")
 
 def book(**kw) -> Book:
     kw.setdefault("horizon_s", 0.0)
+    kw.setdefault("calibrate", False)  # the model's weights as they are, so the expected splits are exact
     return Book(lambda: COSTS, **kw)
 
 
@@ -271,3 +272,49 @@ def test_conservation_over_a_random_mixed_workload():
     b.flush()
     conserved(b)
     assert b.idle_j > 0 and b.attributed_j > 0 and b.other_j > 0
+
+
+def test_the_calibration_learns_each_kind_of_work_from_the_meter():
+    from gateway.energy.attribution import _Calibration
+
+    cal = _Calibration()
+    rng = random.Random(3)
+    for _ in range(400):
+        step, token, prefill = rng.uniform(5, 20), rng.uniform(0, 5), rng.choice([0.0, 0.0, rng.uniform(0, 30)])
+        cal.update(1.3 * step + 0.9 * token + 0.5 * prefill, (step, token, prefill))
+    fs, ft, fp = cal.factors
+    assert fs == pytest.approx(1.3, rel=0.05) and ft == pytest.approx(0.9, rel=0.1) and fp == pytest.approx(0.5, rel=0.05)
+    assert _Calibration().factors == (1.0, 1.0, 1.0)  # nothing seen: the model as it is
+
+
+def run_prefill_world(calibrate: bool) -> tuple[float, float]:
+    """A backend whose prompts really cost half what the model says; returns (ours, truth) of the last prompt."""
+    b = book(calibrate=calibrate)
+    decoder = ctx("decoder", prompt_est=100)
+    decoder.first_byte = 0.0
+    b.begin(decoder, sent=0.0)
+    b.push(interval(-0.1, 0.0, 0.0, prompt=100, running=1))
+    truth = 0.0
+    final = []
+    for i in range(120):
+        t = i * 0.1
+        decode_j = COSTS.decode_run(2, 10, context_sum(100, decoder.gen_tokens_seen, decoder.gen_tokens_seen + 10))
+        decoder.gen_tokens_seen += 10
+        prompt = 0
+        if i % 2:  # a streaming request whose 2,000-token prompt is prefilled in this interval
+            x = ctx(f"p{i}", prompt_est=2000)
+            b.begin(x, sent=t)
+            x.first_byte = t + 0.09
+            prompt = 2000
+            truth = 0.5 * COSTS.prefill(2000)
+            b.end(b.tracks[-1], t + 0.09, {"prompt_tokens": 2000, "completion_tokens": 0})
+        final += b.push(interval(t, t + 0.1, decode_j + 0.5 * COSTS.prefill(prompt), prompt=prompt, gen=10, running=2))
+    (last,) = [tr for tr in final + b.flush() if tr.ctx.request_id == "p119"]
+    return last.joules, truth
+
+
+def test_calibration_gives_a_prompt_its_measured_cost_not_the_models():
+    ours, truth = run_prefill_world(calibrate=True)
+    assert ours == pytest.approx(truth, rel=0.08)  # the prior (a few intervals' worth) pulls a little
+    uncalibrated, _ = run_prefill_world(calibrate=False)
+    assert uncalibrated > 1.2 * truth  # what the model alone would have charged
