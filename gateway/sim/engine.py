@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from time import monotonic
+from time import monotonic, time
 
 from .metrics import EngineMetrics
 from .power import CostModel, EnergyMeter, tick
@@ -254,6 +254,15 @@ class Engine:
         self.dead = False
 
     def ground_truth(self) -> dict:
+        """``GET /debug/energy``: joules since start, for the whole GPU group.
+
+        ``total_j = idle_j + Σ requests[*].joules + evicted.joules`` exactly; ``counter_j`` is what
+        the DCGM counter has added since start at this instant (behind ``total_j`` by less than
+        one 100 ms update, and unaffected by counter resets). Requests are keyed by X-Request-Id
+        (a reused id gets ``#2``, ``#3``…); ``start``/``end``/``now`` are simulated seconds since
+        start, ``wall_now`` the Unix time of this reading; ``finished_reason`` is null while the
+        request runs (its joules so far are included).
+        """
         now = self.sync()
         return {
             "total_j": self.meter.booked_j,
@@ -266,6 +275,7 @@ class Engine:
             },
             "evicted": {"count": self.evicted_n, "joules": self.evicted_j},
             "now": now,
+            "wall_now": time(),
         }
 
     def _evict(self) -> None:

@@ -135,6 +135,8 @@ def test_a_closed_stream_is_aborted_within_a_step(start):
         chunks = r.iter_raw()
         next(chunks)
         assert metric(sim, "vllm:num_requests_running") == 1
+        running = sim.energy()["requests"]["gone-stream"]
+        assert running["finished_reason"] is None and running["end"] is None and running["joules"] > 0
     waited = wait_for(lambda: metric(sim, "vllm:request_success_total", finished_reason="abort") == aborts + 1)
     assert waited < 1.0 and metric(sim, "vllm:num_requests_running") == 0
     truth = sim.energy()["requests"]["gone-stream"]
