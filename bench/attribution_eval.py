@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import random
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
