@@ -235,3 +235,38 @@ def test_the_sampler_thread_drives_a_fake_nvml_and_shuts_it_down(backend, monkey
         svc.stop()
     assert not sampler._thread.is_alive()
     assert nvml.calls["shutdown"] == 1
+
+
+def test_the_sampler_waits_for_the_counter_to_move_and_survives_a_backend_restart(backend):
+    """Driven tick by tick (no thread): merging while the exporter's counter stands still, and a
+    vLLM restart whose counters go back to small values."""
+    from gateway.energy.attribution import Book
+    from gateway.energy.coefficients import TokenCosts
+    from gateway.energy.meters import DcgmMeter
+    from gateway.energy.sampler import BackendSampler
+
+    cfg = BackendConfig(name="b", url=backend.url)
+    intervals = []
+    sampler = BackendSampler(
+        cfg, DcgmMeter(f"{backend.url}/dcgm/metrics"), Book(lambda: TokenCosts(8.0), horizon_s=0.0),
+        lambda: TokenCosts(8.0), lambda final: None, lambda s, iv: intervals.append(iv),
+    )  # fmt: skip
+    with backend.lock:
+        backend.prompt, backend.gen, backend.running = 1000, 5000, 2
+    sampler.tick()  # baseline
+    with backend.lock:
+        backend.gen += 40
+    sampler.tick()  # tokens moved, the counter did not: wait
+    assert intervals == []
+    with backend.lock:
+        backend.gen += 40
+        backend.add_energy(50.0)
+    sampler.tick()
+    (merged,) = intervals
+    assert merged.gen_tokens == 80 and merged.joules == pytest.approx(50.0)
+    with backend.lock:  # vLLM restarted: its counters start again from zero
+        backend.prompt, backend.gen = 12, 30
+        backend.add_energy(20.0)
+    sampler.tick()
+    assert intervals[-1].gen_tokens == 30 and intervals[-1].prompt_tokens == pytest.approx(12)
+    assert sampler.book.total_j == pytest.approx(70.0)
