@@ -359,22 +359,11 @@ class Generation:
             "finish_reason": seq.finish_reason,
             "stop_reason": plan.stop_reason,
         }
-        response = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [choice],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self._usage(seq),
-            "prompt_logprobs": None,
-        }
+        tail = {"prompt_logprobs": None}
         if self.version.has_token_ids_fields:
             choice["token_ids"] = None
-            response["prompt_token_ids"] = None
-        response["kv_transfer_params"] = None
-        await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
+            tail["prompt_token_ids"] = None
+        await self._answer(send, seq, rid, "chat.completion", choice, tail, fault)
 
     # --- completions --------------------------------------------------------------------------
     async def completions(self, scope: dict, receive, send, body: dict, fault=None) -> None:
@@ -429,18 +418,7 @@ class Generation:
         if self.version.has_token_ids_fields:
             choice["prompt_token_ids"] = None
             choice["token_ids"] = None
-        response = {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [choice],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self._usage(seq),
-            "kv_transfer_params": None,
-        }
-        await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
+        await self._answer(send, seq, rid, "text_completion", choice, {}, fault)
 
     # --- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, scope: dict, receive, send, body: dict, fault=None) -> None:
@@ -496,14 +474,26 @@ class Generation:
         }
         await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
-    @staticmethod
-    def _usage(seq: Sequence) -> dict:
-        return {
-            "prompt_tokens": seq.prompt_len,
-            "total_tokens": seq.prompt_len + seq.n_out,
-            "completion_tokens": seq.n_out,
-            "prompt_tokens_details": None,
+    async def _answer(self, send, seq: Sequence, rid: str, kind: str, choice: dict, tail: dict, fault) -> None:
+        """A non-streaming response, with every field vLLM's model_dump writes."""
+        response = {
+            "id": rid,
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": {
+                "prompt_tokens": seq.prompt_len,
+                "total_tokens": seq.prompt_len + seq.n_out,
+                "completion_tokens": seq.n_out,
+                "prompt_tokens_details": None,
+            },
+            **tail,
+            "kv_transfer_params": None,
         }
+        await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
     # --- streaming ----------------------------------------------------------------------------
     async def stream(self, send, receive, seq: Sequence, fmt, sampling: Sampling, fault=None) -> None:
