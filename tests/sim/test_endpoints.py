@@ -99,11 +99,12 @@ def test_sigterm_stops_cleanly_and_sigkill_just_kills():
 
 def test_non_streaming_answers_carry_every_field_like_vllm(qwen):
     body = chat(qwen, {"messages": HI, "max_tokens": 3, "chat_template_kwargs": {"enable_thinking": False}}).json()
-    assert list(body) == ["id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage",
-                          "prompt_logprobs", "prompt_token_ids", "kv_transfer_params"]  # fmt: skip
+    top = ["id", "object", "created", "model", "choices", "service_tier", "system_fingerprint", "usage"]
+    assert list(body) == [*top, "prompt_logprobs", "prompt_token_ids", "kv_transfer_params"]
     (choice,) = body["choices"]
     assert list(choice) == ["index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids"]
-    assert list(choice["message"]) == ["role", "content", "refusal", "annotations", "audio", "function_call",
-                                       "tool_calls", "reasoning"]  # fmt: skip
-    assert body["usage"] == {"prompt_tokens": body["usage"]["prompt_tokens"], "total_tokens":
-                             body["usage"]["prompt_tokens"] + 3, "completion_tokens": 3, "prompt_tokens_details": None}  # fmt: skip
+    message = ["role", "content", "refusal", "annotations", "audio", "function_call", "tool_calls", "reasoning"]
+    assert list(choice["message"]) == message
+    prompt = body["usage"]["prompt_tokens"]
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt + 3, "completion_tokens": 3, "prompt_tokens_details": None}
+    assert body["usage"] == usage
