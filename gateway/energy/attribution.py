@@ -6,35 +6,44 @@ meter measured in it, and the backend's own token counters over it (``vllm:promp
 that backend and how far each got (``ctx.gen_tokens_seen``, ``ctx.first_byte``).
 
 **Work.** Every token processed in the interval is weighed by the joules the token-cost model
-predicts for it (``coefficients.TokenCosts``): a generated token costs the step's weight
-streaming shared by the batch the backend reports, plus its own compute, plus reading its KV
-cache (more for a long context); a prompt token costs its share of a compute-bound prefill.
-With an 8B model a prompt token weighs ~5 % of a generated one at batch 8 and ~24 % at batch
-64 (the step is shared by more sequences); the model is fitted on ML.ENERGY v3 and the H200
-probe in FACTS.md (see coefficients.py). The measured energy is then split in proportion:
+predicts for it (``coefficients.TokenCosts``), in three parts: a generated token's share of
+the step (the weights streamed once for the whole batch the backend reports), its own cost
+(compute, and reading its KV cache: more for a long context), and a prompt token's share of a
+compute-bound prefill. With an 8B model a prompt token weighs ~5 % of a generated one at batch
+8 and ~24 % at batch 64 (the step is shared by more sequences); the model is fitted on
+ML.ENERGY v3 and the H200 probe in FACTS.md (see coefficients.py). The measured energy is
+then split in proportion:
 
     E_request = E x work_request / (work_ours + work_others)
+
+**Calibration.** The model is an extrapolation for models and GPUs other than those measured,
+so each busy interval is also a data point for a least-squares fit of what the three parts
+really cost on this backend (``estimators.Calibration``, pulled towards the model, bounded to 1/4..4);
+the split uses the calibrated weights.
 
 **Others.** The denominator comes from the backend's counters, so tokens we did not see (other
 gateway replicas, direct clients, our own non-streaming requests until they end) are "other"
 work and take their share. Others' tokens are the backend's count minus ours, kept as a running
 balance with a high-water mark so that a token counted by the backend one tick before our proxy
-relays it is not charged twice (``_Balance``).
+relays it is not charged twice (``estimators.Balance``).
 
 **Idle.** An interval in which nothing ran is idle energy: reported for the backend, never
 charged to a request (``amortise_idle`` spreads it over the next busy interval instead). An
 interval with sequences running but no token counted yet (a long prefill) carries its energy
 into the next interval that has work.
 
-**Prefill.** vLLM counts a prompt when its prefill ends, but the energy was spent before: a
-streaming request's prompt is placed over ``[first_byte - d, first_byte]``, d its predicted
-prefill time, into intervals that are kept open ``horizon_s`` for that.
+**Prefill.** vLLM counts a prompt when its prefill ends, but the energy was spent before: the
+prompts the backend counts are spread back over their predicted prefill time (intervals stay
+open ``horizon_s`` for that), and a streaming request's prompt is placed where the backend's
+count of it was, found by its first byte.
 
-**Non-streaming requests** only know their totals at the end: their work was "other" while they
-ran; at the end they claim their share back from the other energy of the intervals of their
-lifetime (prompt at the start, generated tokens spread evenly), at each interval's price, up to
-what is there. Streaming requests settle the same way any difference between what they were
-seen to do and the usage the backend reported.
+**Non-streaming requests** only know their totals at the end: their work is "other" while they
+run. Each interval notes, for every unary request in flight, one sequence's share of the
+others' generated tokens and the others' prompt tokens; at the end the request's usage is laid
+out in that shape (its prompt first come, first served) and it claims that work's price from
+the other energy of those intervals, up to what is there, then at most its share of what is
+left in its lifetime. Streaming requests settle the same way any difference between what they
+were seen to do and the usage the backend reported (e.g. several tokens in one event).
 
 **Conservation.** Every joule of every interval lands in exactly one of attributed, idle and
 other (claims move other to attributed), so ``attributed + idle + other + carried = measured``.
@@ -52,6 +61,7 @@ from typing import Callable
 
 from gateway.context import RequestContext
 from gateway.energy.coefficients import DEFAULT_BATCH, DEFAULT_CONTEXT, TokenCosts, context_sum
+from gateway.energy.estimators import Balance, Calibration
 
 log = logging.getLogger("gateway.energy")
 
@@ -159,100 +169,6 @@ class Closed:
     published: bool = False
 
 
-class _Calibration:
-    """What each kind of work really costs on this backend, learnt from its own meter.
-
-    The token-cost model is an extrapolation for models, GPUs and engines other than those
-    measured. Each busy interval is a data point ``E = a·step + b·token + c·prefill`` (its
-    modelled joules in three parts: the steps' shared cost, the generated tokens' own cost,
-    the prompt tokens'); a least-squares fit with exponential forgetting, pulled towards the
-    model (1, 1, 1) by a prior worth ``prior`` intervals, gives the factors that weigh each
-    part in later splits (bounded to 1/4..4). A part never seen keeps the model's weight.
-    """
-
-    __slots__ = ("decay", "prior", "xx", "xe", "seen", "_factors", "_dirty")
-
-    def __init__(self, decay: float = 0.999, prior: float = 3.0) -> None:
-        self.decay = decay
-        self.prior = prior
-        self.xx = [[0.0] * 3 for _ in range(3)]
-        self.xe = [0.0] * 3
-        self.seen = [0.0] * 3  # intervals with each part (decayed)
-        self._factors = (1.0, 1.0, 1.0)
-        self._dirty = False
-
-    def update(self, energy: float, parts: tuple[float, float, float]) -> None:
-        f = self.decay
-        for i in range(3):
-            self.seen[i] = self.seen[i] * f + (1.0 if parts[i] > 0 else 0.0)
-            self.xe[i] = self.xe[i] * f + parts[i] * energy
-            for j in range(3):
-                self.xx[i][j] = self.xx[i][j] * f + parts[i] * parts[j]
-        self._dirty = True
-
-    @property
-    def factors(self) -> tuple[float, float, float]:
-        if self._dirty:
-            self._dirty = False
-            self._factors = self._solve()
-        return self._factors
-
-    def _solve(self) -> tuple[float, float, float]:
-        a = [row[:] for row in self.xx]
-        b = self.xe[:]
-        for i in range(3):  # ridge towards 1: `prior` typical intervals' worth of the model
-            ridge = self.prior * self.xx[i][i] / self.seen[i] if self.seen[i] >= 1.0 else 1.0
-            a[i][i] += ridge
-            b[i] += ridge
-        x = _solve3(a, b)
-        if x is None or min(x) <= 0:
-            return (1.0, 1.0, 1.0)
-        return tuple(min(4.0, max(0.25, v)) for v in x)  # type: ignore[return-value]
-
-
-def _solve3(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting for a 3x3 system."""
-    n = 3
-    m = [a[i][:] + [b[i]] for i in range(n)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
-        if abs(m[pivot][col]) < 1e-12:
-            return None
-        m[col], m[pivot] = m[pivot], m[col]
-        for r in range(col + 1, n):
-            k = m[r][col] / m[col][col]
-            for c in range(col, n + 1):
-                m[r][c] -= k * m[col][c]
-    x = [0.0] * n
-    for i in reversed(range(n)):
-        x[i] = (m[i][n] - sum(m[i][j] * x[j] for j in range(i + 1, n))) / m[i][i]
-    return x
-
-
-class _Balance:
-    """Others' tokens: the backend's count minus ours, released at new highs only."""
-
-    __slots__ = ("backend", "ours", "high")
-
-    def __init__(self) -> None:
-        self.backend = 0.0
-        self.ours = 0.0
-        self.high = 0.0
-
-    def step(self, backend: float, ours: float) -> float:
-        self.backend += backend
-        self.ours += ours
-        excess = self.backend - self.ours
-        others = max(0.0, excess - self.high)
-        self.high = max(self.high, excess)
-        return others
-
-    def relabel(self, tokens: float) -> None:
-        """``tokens`` counted as others' were ours (negative: we counted some twice)."""
-        self.ours += tokens
-        self.high -= tokens
-
-
 Tally = dict[tuple[str, str], float]  # (kind, source) -> joules, for the energy metric
 
 
@@ -283,16 +199,15 @@ class Book:
         self.count_lag_s = 0.25  # a first byte this long after a count belongs to it
         self._ring: deque[Closed] = deque(maxlen=ring)
         self._unpublished: deque[Closed] = deque()
-        self._prompt = _Balance()
-        self._gen = _Balance()
+        self._prompt = Balance()
+        self._gen = Balance()
         self._carry = 0.0
         self._carry_since: float | None = None
         self._idle_pool = 0.0
         self.closed_until = -math.inf
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
-        self.watts_now: float | None = None
-        self.calibration = _Calibration()
+        self.calibration = Calibration()
         self.calibrate = calibrate  # learn the work weights from the meter (off: the model's as they are)
         self._k_num = 0.0  # measured / modelled, decayed: prices pending work in provisional values
         self._k_den = 0.0
@@ -346,7 +261,6 @@ class Book:
         self._open.append(op)
         self.measured_now = iv.measured
         self.batch_now = iv.batch or self.batch_now
-        self.watts_now = iv.watts
         batch = max(1.0, iv.batch)
         self._retime_counted_prompts(iv, costs)
         for track in self.tracks:

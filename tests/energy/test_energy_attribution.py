@@ -275,16 +275,16 @@ def test_conservation_over_a_random_mixed_workload():
 
 
 def test_the_calibration_learns_each_kind_of_work_from_the_meter():
-    from gateway.energy.attribution import _Calibration
+    from gateway.energy.estimators import Calibration
 
-    cal = _Calibration()
+    cal = Calibration()
     rng = random.Random(3)
     for _ in range(400):
         step, token, prefill = rng.uniform(5, 20), rng.uniform(0, 5), rng.choice([0.0, 0.0, rng.uniform(0, 30)])
         cal.update(1.3 * step + 0.9 * token + 0.5 * prefill, (step, token, prefill))
     fs, ft, fp = cal.factors
     assert fs == pytest.approx(1.3, rel=0.05) and ft == pytest.approx(0.9, rel=0.1) and fp == pytest.approx(0.5, rel=0.05)
-    assert _Calibration().factors == (1.0, 1.0, 1.0)  # nothing seen: the model as it is
+    assert Calibration().factors == (1.0, 1.0, 1.0)  # nothing seen: the model as it is
 
 
 def run_prefill_world(calibrate: bool) -> tuple[float, float]:
