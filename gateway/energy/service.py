@@ -242,6 +242,7 @@ class EnergyService:
             report = self._provisional(entry)
         ctx.energy = report
         self._observe(ctx, report)
+        self._saved(ctx, report)
         try:
             self.on_final(ctx)
         except Exception:
@@ -259,6 +260,20 @@ class EnergyService:
         m.co2e.labels(model, ctx.team).inc(report.co2e_g)
         if report.usd:
             m.cost.labels(model, ctx.team).inc(report.usd)
+
+    def _saved(self, ctx: RequestContext, report: EnergyReport) -> None:
+        """Energy saved by routing: the same tokens priced on the model the request would have
+        run on without right-sizing (``ctx.counterfactual_model``), minus what it cost."""
+        other = ctx.counterfactual_model
+        usage = ctx.usage if isinstance(ctx.usage, dict) else None
+        if not other or not ctx.model or other == ctx.model or usage is None:
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return
+        saved = self.counterfactual_joules(other, prompt, completion) - report.joules
+        if saved > 0:  # routed up (a saturated tier spilled over) saves nothing
+            self.metrics.energy_saved.labels(ctx.model, "routing").inc(saved)
 
     def _interval(self, sampler: BackendSampler, iv: Interval | None) -> None:
         """From a sampler thread, after each interval (None: at shutdown): energy split, power, tokens/J."""

@@ -270,3 +270,22 @@ def test_the_sampler_waits_for_the_counter_to_move_and_survives_a_backend_restar
     sampler.tick()
     assert intervals[-1].gen_tokens == 30 and intervals[-1].prompt_tokens == pytest.approx(12)
     assert sampler.book.total_j == pytest.approx(70.0)
+
+
+def test_energy_saved_by_routing_is_the_counterfactual_minus_the_cost(backend):
+    small = BackendConfig(name="small", url=backend.url, models=["small-model"])
+    large = BackendConfig(name="large", url=backend.url, models=["large-model"])
+    metrics = Metrics()
+    svc = EnergyService([small, large], {"small-model": 1.7, "large-model": 32.0}.get, metrics, lambda ctx: None)
+    routed = request("routed", stream=False, backend="small")
+    routed.model, routed.counterfactual_model = "small-model", "large-model"
+    routed.usage = {"prompt_tokens": 200, "completion_tokens": 300}
+    asked = request("asked", stream=False, backend="small")
+    asked.model, asked.counterfactual_model = "small-model", None
+    asked.usage = {"prompt_tokens": 200, "completion_tokens": 300}
+    for ctx in (routed, asked):
+        svc.begin(ctx)
+        svc.end(ctx)  # not started: final at once
+    saved = value(metrics, "gateway_energy_saved_joules_total", model_name="small-model", lever="routing")
+    expected = svc.counterfactual_joules("large-model", 200, 300) - routed.energy.joules
+    assert saved == pytest.approx(expected) and saved > 0
