@@ -88,7 +88,7 @@ class Track:
         "shape", "pshape",
     )  # fmt: skip
 
-    def __init__(self, ctx: RequestContext, sent: float) -> None:
+    def __init__(self, ctx: RequestContext, sent: float, shape_limit: int | None = None) -> None:
         self.ctx = ctx
         self.owner: object = None  # whatever the service ties the attempt to
         self.stream = ctx.stream
@@ -108,8 +108,10 @@ class Track:
         self.gpu_s = 0.0  # share of the backend's GPU time
         self.p_closed = 0.0  # tokens in closed intervals (for provisional estimates)
         self.g_closed = 0.0
-        self.shape: list[tuple[Closed, float]] = []  # where its generated tokens were made (or likely were)
-        self.pshape: list[tuple[Closed, float]] = []  # unary: others' prompt tokens while it was in flight
+        # Where its generated tokens were made (or likely were), and for a unary request the
+        # others' prompt tokens while it was in flight; no longer than the ring of intervals.
+        self.shape: deque[tuple[Closed, float]] = deque(maxlen=shape_limit)
+        self.pshape: deque[tuple[Closed, float]] = deque(maxlen=shape_limit)
         self.placed: list[tuple[_Open, float]] = []  # streaming: where its prompt was placed
 
     def prompt_tokens(self) -> int:
@@ -221,7 +223,7 @@ class Book:
     # ------------------------------------------------------------------ requests
 
     def begin(self, ctx: RequestContext, sent: float) -> Track:
-        track = Track(ctx, sent)
+        track = Track(ctx, sent, self._ring.maxlen)
         self.tracks.append(track)
         return track
 
@@ -557,7 +559,9 @@ class Book:
                 done += tokens
         if claims:
             self._claim(track, claims, track.sent, finished)
-        track.shape, track.pshape, track.placed = [], [], []
+        track.shape.clear()
+        track.pshape.clear()
+        track.placed = []
         self._prompt.relabel(extra_p)
         self._gen.relabel(extra_g)
 
