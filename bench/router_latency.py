@@ -3,7 +3,8 @@
     python bench/router_latency.py [--n 5000]
 
 Prints mean / p50 / p99 in microseconds for a short chat request and for a 16,000-character
-prompt, predicting four tiers (1.7B, 8B, 32B, 70B). The long prompt is made of words from
+prompt: features plus the energy-aware scores (adequacy, expected tokens, score) for four tiers
+(1.7B, 8B, 32B, 70B), i.e. everything the router computes per request. The long prompt is made of words from
 the model's own vocabulary (every word a dictionary hit: the worst case), with digits and
 punctuation, deterministically. Runs on one core; needs nothing but the package.
 """
@@ -53,7 +54,7 @@ def measure(model: AdequacyModel, body: dict, n: int) -> list[float]:
     def once() -> None:
         text = request_text(body)
         f = extract(text, max_tokens=body.get("max_tokens"), has_tools=bool(body.get("tools")))
-        model.predict(f, TIERS)
+        model.route_scores(f, TIERS)
 
     for _ in range(min(200, n)):  # warm up
         once()

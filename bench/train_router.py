@@ -21,6 +21,15 @@ What is learned (see ``gateway/routing/adequacy.py`` for how it is used):
    training portion, scored by APGR of the 8B -> 70B pair. The residual spread of ``b`` and
    the coupling between two tiers' outcomes are fitted on the same out-of-fold predictions.
 
+4. **Answer length (energy).** A third ridge on the same features predicts ln(answer tokens)
+   (mean of the 8B's and the 70B's, MMLU-Pro training rows; LLMRouter has no lengths). With the
+   ML.ENERGY power law it gives ``AdequacyModel.route_scores``: adequacy weighed against the
+   energy a smaller tier saves. ``ref_tokens`` (median out-of-fold expected length) and the
+   length factor's clip range (5%..95% of out-of-fold predictions) come from the same CV.
+5. **Thresholds.** Two, each the lowest-energy one that keeps 95% of the 70B's accuracy on
+   out-of-fold predictions: ``default_threshold`` for plain adequacy (``predict``) and
+   ``energy_threshold`` for the energy-aware score (``route_scores`` / ``choose``).
+
 Held-out questions (25%, split by question id, stratified by MMLU-Pro category and LLMRouter
 task, seed 20250611) are never used here except for the metrics written into the artefact's
 metadata, which ``bench/routing_eval.py`` reproduces.
@@ -60,6 +69,11 @@ HELDOUT_FRACTION = 0.25
 CV_FOLDS = 5
 MIN_DF = 3  # a word must appear in this many training prompts to get a weight
 RIDGE_ALPHAS = (0.3, 1.0, 3.0, 10.0)
+LENGTH_ALPHAS = (1.0, 3.0, 10.0)
+CLIP_Q = 0.001  # dense features are clipped to their 0.1%..99.9% training quantiles
+LENGTH_CLIP_Q = 0.05  # the length factor is clipped to the 5%..95% span of out-of-fold predictions
+# ref_tokens (the answer length at which the energy-aware score equals plain adequacy for the 8B -> 70B
+# pair) is the median expected length over the out-of-fold training predictions.
 
 SMALL, LARGE = "Meta-Llama-3_1-8B-Instruct", "Meta-Llama-3_1-70B-Instruct"
 ANCHORS = {
@@ -281,8 +295,8 @@ def build_vocab(feats: list, min_df: int = MIN_DF) -> list[str]:
     return sorted(t for t, c in df.items() if c >= min_df)
 
 
-def design(feats: list, vocab: list[str], mean: np.ndarray, std: np.ndarray) -> sparse.csr_matrix:
-    """[terms / sqrt(#distinct words) | standardised dense features]."""
+def design(feats: list, vocab: list[str], mean: np.ndarray, std: np.ndarray, clip: np.ndarray) -> sparse.csr_matrix:
+    """[terms / sqrt(#distinct words) | standardised dense features, clipped to ``clip`` (lo, hi)]."""
     index = {t: i for i, t in enumerate(vocab)}
     rows, cols, vals = [], [], []
     for r, f in enumerate(feats):
@@ -292,14 +306,18 @@ def design(feats: list, vocab: list[str], mean: np.ndarray, std: np.ndarray) -> 
             if j is not None:
                 rows.append(r), cols.append(j), vals.append(w)
     terms = sparse.csr_matrix((vals, (rows, cols)), shape=(len(feats), len(vocab)))
-    dense = (np.array([f.dense for f in feats]) - mean) / std
+    dense = (np.clip(np.array([f.dense for f in feats]), clip[:, 0], clip[:, 1]) - mean) / std
     return sparse.hstack([terms, sparse.csr_matrix(dense)]).tocsr()
 
 
-def dense_stats(feats: list) -> tuple[np.ndarray, np.ndarray]:
+def dense_stats(feats: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, std and clip range (0.1% and 99.9% quantiles) of the dense features; the
+    runtime clips to the same range, so a prompt unlike any in training does not extrapolate."""
     d = np.array([f.dense for f in feats])
+    clip = np.stack([np.quantile(d, CLIP_Q, axis=0), np.quantile(d, 1 - CLIP_Q, axis=0)], 1)
+    d = np.clip(d, clip[:, 0], clip[:, 1])
     std = d.std(0)
-    return d.mean(0), np.where(std > 1e-9, std, 1.0)  # constant features (no data varies them) keep weight 0
+    return d.mean(0), np.where(std > 1e-9, std, 1.0), clip  # constant features (no data varies them) keep weight 0
 
 
 def ridge(X: sparse.csr_matrix, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
@@ -344,43 +362,57 @@ class Fitted:
     vocab: list[str]
     mean: np.ndarray
     std: np.ndarray
+    clip: np.ndarray
     wb: np.ndarray
     b0: float
     wa: np.ndarray
     a0: float
+    wl: np.ndarray
+    l0: float
 
 
-def fit_text_model(feats: list, b: np.ndarray, la: np.ndarray, alpha: float, weights=None) -> Fitted:
+def fit_text_model(feats: list, b: np.ndarray, la: np.ndarray, alpha: float,
+                   len_rows: np.ndarray, log_tokens: np.ndarray, len_alpha: float) -> Fitted:
+    """Ridge fits of b and ln a (all rows) and of ln(answer tokens) (``len_rows``: the rows that
+    have lengths, MMLU-Pro) on one design matrix."""
     vocab = build_vocab(feats)
-    mean, std = dense_stats(feats)
-    X = design(feats, vocab, mean, std)
+    mean, std, clip = dense_stats(feats)
+    X = design(feats, vocab, mean, std, clip)
     wb, b0 = ridge(X, b, alpha)
     wa, a0 = ridge(X, la, alpha * 3)  # discrimination is noisier: shrink it harder
-    return Fitted(vocab, mean, std, wb, b0, wa, a0)
+    wl, l0 = ridge(X[len_rows], log_tokens, len_alpha)
+    return Fitted(vocab, mean, std, clip, wb, b0, wa, a0, wl, l0)
 
 
-def predict_text_model(fm: Fitted, feats: list) -> tuple[np.ndarray, np.ndarray]:
-    X = design(feats, fm.vocab, fm.mean, fm.std)
-    return X @ fm.wb + fm.b0, np.exp(np.clip(X @ fm.wa + fm.a0, -3, 2))
+def predict_text_model(fm: Fitted, feats: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(b, a, ln tokens) per prompt, as adequacy.py computes them."""
+    X = design(feats, fm.vocab, fm.mean, fm.std, fm.clip)
+    return X @ fm.wb + fm.b0, np.exp(np.clip(X @ fm.wa + fm.a0, -3, 2)), X @ fm.wl + fm.l0
 
 
-def export(fm: Fitted, sigma_b: float, rho: float, threshold: float, metadata: dict) -> dict:
+def export(fm: Fitted, sigma_b: float, rho: float, threshold: float, energy_threshold: float, energy: dict,
+           log_tokens: dict, metadata: dict) -> dict:
     """The artefact: plain numbers, rounded so that it is small and byte-stable."""
     nv = len(fm.vocab)
     r = lambda x: float(f"{x:.5g}")  # noqa: E731
-    terms = {t: [r(fm.wb[i]), r(fm.wa[i])] for i, t in enumerate(fm.vocab)
-             if abs(fm.wb[i]) >= 5e-4 or abs(fm.wa[i]) >= 5e-4}
+    terms = {t: [r(fm.wb[i]), r(fm.wa[i]), r(fm.wl[i])] for i, t in enumerate(fm.vocab)
+             if abs(fm.wb[i]) >= 5e-4 or abs(fm.wa[i]) >= 5e-4 or abs(fm.wl[i]) >= 5e-4}
     # fold the standardisation into the dense weights and the intercepts
-    wbd, wad = fm.wb[nv:] / fm.std, fm.wa[nv:] / fm.std
+    wbd, wad, wld = fm.wb[nv:] / fm.std, fm.wa[nv:] / fm.std, fm.wl[nv:] / fm.std
     return {
         "format": FORMAT,
         "dense_names": list(DENSE_NAMES),
+        "dense_clip": [[r(lo), r(hi)] for lo, hi in fm.clip],
         "b": {"intercept": r(fm.b0 - float(wbd @ fm.mean)), "dense": [r(x) for x in wbd]},
         "log_a": {"intercept": r(fm.a0 - float(wad @ fm.mean)), "dense": [r(x) for x in wad]},
+        "log_tokens": {"intercept": r(fm.l0 - float(wld @ fm.mean)), "dense": [r(x) for x in wld],
+                       **{k: r(v) for k, v in log_tokens.items()}},
         "terms": dict(sorted(terms.items())),
         "sigma_b": r(sigma_b),
         "rho": r(rho),
+        "energy": {k: (r(v) if isinstance(v, float) else v) for k, v in energy.items()},
         "default_threshold": r(threshold),
+        "energy_threshold": r(energy_threshold),
         "metadata": metadata,
     }
 
@@ -388,25 +420,47 @@ def export(fm: Fitted, sigma_b: float, rho: float, threshold: float, metadata: d
 # --------------------------------------------------------------------------- training
 
 
-def stack(parts: list[tuple[Dataset, Irt]]) -> tuple[list, np.ndarray, np.ndarray]:
-    feats, b, la = [], [], []
+def pair_log_tokens(ds: Dataset) -> np.ndarray:
+    """Target of the length model: mean of ln(answer tokens) of the 8B and the 70B (MMLU-Pro)."""
+    from routing_eval import output_tokens
+
+    return 0.5 * (np.log(output_tokens(ds, SMALL)) + np.log(output_tokens(ds, LARGE)))
+
+
+def stack(parts: list[tuple[Dataset, Irt]]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, b, ln a of all rows; the rows with answer lengths and their ln-token target."""
+    feats, b, la, len_rows, lt = [], [], [], [], []
     for ds, irt in parts:
+        if ds.out_chars is not None:
+            len_rows.append(np.arange(len(feats), len(feats) + len(ds.ids)))
+            lt.append(pair_log_tokens(ds))
         feats += featurize(ds.texts)
         b.append(irt.b)
         la.append(np.log(irt.a))
-    return feats, np.concatenate(b), np.concatenate(la)
+    return feats, np.concatenate(b), np.concatenate(la), np.concatenate(len_rows), np.concatenate(lt)
 
 
 def pair_cols(ds: Dataset) -> tuple[int, int]:
     return ds.models.index(SMALL), ds.models.index(LARGE)
 
 
-def cross_validate(mmlu: Dataset, llmr: Dataset, alphas=RIDGE_ALPHAS, log=print) -> dict:
-    """Out-of-fold b, a on MMLU-Pro training rows for each alpha (LLMRouter rows always train)."""
+def length_factor(tokens: np.ndarray, ref_tokens: float, f_min: float, f_max: float) -> np.ndarray:
+    return np.clip(tokens / ref_tokens, f_min, f_max)
+
+
+def energy_score(adequacy: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """adequacy.py's route score for the 8B -> 70B pair (size factor g = 1 there)."""
+    return 1 - (1 - adequacy) / f
+
+
+def cross_validate(mmlu: Dataset, llmr: Dataset, alphas=RIDGE_ALPHAS, len_alphas=LENGTH_ALPHAS, log=print) -> dict:
+    """Out-of-fold b, a and ln tokens on MMLU-Pro training rows for each alpha (LLMRouter rows
+    always train the difficulty part)."""
     from routing_eval import apgr_curve  # the same metric code as the evaluation
 
     llmr_irt = fit_anchored_irt(llmr, irt_models(llmr))
     s, l = pair_cols(mmlu)
+    target_lt = pair_log_tokens(mmlu)
     out = {}
     fs = folds(mmlu.strata, CV_FOLDS, SPLIT_SEED)
     irts = []
@@ -414,12 +468,18 @@ def cross_validate(mmlu: Dataset, llmr: Dataset, alphas=RIDGE_ALPHAS, log=print)
         tr = np.setdiff1d(np.arange(len(mmlu.ids)), te)
         irts.append((tr, te, fit_anchored_irt(mmlu.subset(tr), irt_models(mmlu))))
     full = fit_anchored_irt(mmlu, irt_models(mmlu))  # reference difficulty for the residual spread
+    lt_oof = {a: np.zeros(len(mmlu.ids)) for a in len_alphas}
     for alpha in alphas:
         b_oof, a_oof = np.zeros(len(mmlu.ids)), np.zeros(len(mmlu.ids))
         for tr, te, irt in irts:
-            feats, b, la = stack([(mmlu.subset(tr), irt), (llmr, llmr_irt)])
-            fm = fit_text_model(feats, b, la, alpha)
-            b_oof[te], a_oof[te] = predict_text_model(fm, featurize([mmlu.texts[i] for i in te]))
+            feats, b, la, len_rows, lt = stack([(mmlu.subset(tr), irt), (llmr, llmr_irt)])
+            for k, len_alpha in enumerate(len_alphas if alpha == alphas[0] else len_alphas[:1]):
+                fm = fit_text_model(feats, b, la, alpha, len_rows, lt, len_alpha)
+                pb, pa, plt = predict_text_model(fm, featurize([mmlu.texts[i] for i in te]))
+                if alpha == alphas[0]:
+                    lt_oof[len_alpha][te] = plt
+                if k == 0:
+                    b_oof[te], a_oof[te] = pb, pa
         sigma_b = float(np.std(b_oof - full.b))
         ps = p_correct(b_oof, a_oof, 8.0, sigma_b)
         pl = p_correct(b_oof, a_oof, 70.6, sigma_b)
@@ -428,16 +488,22 @@ def cross_validate(mmlu: Dataset, llmr: Dataset, alphas=RIDGE_ALPHAS, log=print)
         val = apgr_curve(score, mmlu.Y[:, s], mmlu.Y[:, l])["apgr"]
         log(f"  cv alpha={alpha:<5g} APGR(8B->70B)={val:.4f} sigma_b={sigma_b:.3f} rho={rho:.3f}")
         out[alpha] = dict(apgr=val, sigma_b=sigma_b, rho=rho, b=b_oof, a=a_oof)
-    return out
+    length = {}
+    for len_alpha, pred in lt_oof.items():
+        mse = float(np.mean((pred - target_lt) ** 2))
+        corr = float(np.corrcoef(pred, target_lt)[0, 1])
+        log(f"  cv length alpha={len_alpha:<5g} mse(ln tokens)={mse:.4f} corr={corr:.3f}")
+        length[len_alpha] = dict(mse=mse, corr=corr, pred=pred)
+    return {"difficulty": out, "length": length}
 
 
-def choose_threshold(adequacy: np.ndarray, ys: np.ndarray, yl: np.ndarray, e_s: np.ndarray, e_l: np.ndarray,
+def choose_threshold(score: np.ndarray, ys: np.ndarray, yl: np.ndarray, e_s: np.ndarray, e_l: np.ndarray,
                      keep: float = 0.95) -> float:
-    """Lowest-energy threshold on out-of-fold predictions that keeps ``keep`` of the large
+    """Lowest-energy threshold on out-of-fold scores that keeps ``keep`` of the large
     model's accuracy, raised to the next 0.01 (a round, slightly safer number)."""
     from routing_eval import threshold_sweep
 
-    sweep = threshold_sweep(adequacy, ys, yl, e_s, e_l)
+    sweep = threshold_sweep(score, ys, yl, e_s, e_l)
     ok = [t for t in sweep if t["acc"] >= keep * yl.mean()]
     best = min(ok, key=lambda t: t["energy"])
     return math.ceil(best["threshold"] * 100) / 100
@@ -464,23 +530,47 @@ def main(argv: list[str] | None = None) -> int:
           f"LLMRouter {len(llmr.ids)} train / {len(held['llmrouter'])} held out")
 
     cv = cross_validate(mmlu, llmr)
-    alpha = max(cv, key=lambda k: cv[k]["apgr"])
-    sigma_b, rho = cv[alpha]["sigma_b"], cv[alpha]["rho"]
-    print(f"chosen alpha={alpha} (cv APGR {cv[alpha]['apgr']:.4f})")
+    cvd, cvl = cv["difficulty"], cv["length"]
+    alpha = max(cvd, key=lambda k: cvd[k]["apgr"])
+    len_alpha = min(cvl, key=lambda k: cvl[k]["mse"])
+    sigma_b, rho = cvd[alpha]["sigma_b"], cvd[alpha]["rho"]
+    print(f"chosen alpha={alpha} (cv APGR {cvd[alpha]['apgr']:.4f}), length alpha={len_alpha} "
+          f"(cv corr {cvl[len_alpha]['corr']:.3f})")
 
-    # default threshold: from the out-of-fold predictions of the chosen alpha
+    # the length model's spread and the length factor's clip range, from out-of-fold predictions
+    target_lt = pair_log_tokens(mmlu)
+    lt_oof = cvl[len_alpha]["pred"]
+    residual_var = float(np.var(target_lt - lt_oof))
+    tokens_oof = np.exp(lt_oof + residual_var / 2)
+    ref_tokens = float(round(np.median(tokens_oof)))
+    f_min, f_max = (float(np.quantile(tokens_oof, q)) / ref_tokens for q in (LENGTH_CLIP_Q, 1 - LENGTH_CLIP_Q))
+    log_tokens = {"residual_var": residual_var, "min": float(np.quantile(target_lt, CLIP_Q)),
+                  "max": float(np.quantile(target_lt, 1 - CLIP_Q))}
+    energy_model = ev.EnergyModel.load(args.data.parent / "mlenergy_v3_llm_configs.csv")
+    energy = {"c": energy_model.c, "k": energy_model.k, "ref_tokens": ref_tokens, "ref_sizes": [8.0, 70.6],
+              "f_min": f_min, "f_max": f_max,
+              "source": "ML.ENERGY v3, H100, lm-arena-chat, max_num_seqs 64, bf16 dense (bench/routing_eval.py)"}
+
+    # thresholds, from the out-of-fold predictions of the chosen alphas: one for plain adequacy
+    # (AdequacyModel.predict, the round-1 rule) and one for the energy-aware score (route_scores)
     s, l = pair_cols(mmlu)
-    b_oof, a_oof = cv[alpha]["b"], cv[alpha]["a"]
+    b_oof, a_oof = cvd[alpha]["b"], cvd[alpha]["a"]
     ps, pl = p_correct(b_oof, a_oof, 8.0, sigma_b), p_correct(b_oof, a_oof, 70.6, sigma_b)
-    energy = ev.EnergyModel.load(args.data.parent / "mlenergy_v3_llm_configs.csv")
-    e_s, e_l = ev.pair_energy(mmlu, SMALL, LARGE, energy)
-    threshold = choose_threshold(1 - lose_prob(ps, pl, rho), mmlu.Y[:, s], mmlu.Y[:, l], e_s, e_l)
-    print(f"default threshold {threshold}")
+    adequacy_oof = 1 - lose_prob(ps, pl, rho)
+    score_oof = energy_score(adequacy_oof, length_factor(tokens_oof, ref_tokens, f_min, f_max))
+    e_s, e_l = ev.pair_energy(mmlu, SMALL, LARGE, energy_model)
+    ys, yl = mmlu.Y[:, s], mmlu.Y[:, l]
+    threshold = choose_threshold(adequacy_oof, ys, yl, e_s, e_l)
+    energy_threshold = choose_threshold(score_oof, ys, yl, e_s, e_l)
+    cv_saved = {name: ev.saved_at(ev.threshold_sweep(x, ys, yl, e_s, e_l), yl.mean())
+                for name, x in (("adequacy", adequacy_oof), ("energy_score", score_oof))}
+    print(f"thresholds: adequacy {threshold}, energy-aware {energy_threshold} (cv energy saved at 95%: "
+          f"{cv_saved}); ref_tokens {ref_tokens:.0f}, length factor clip [{f_min:.3f}, {f_max:.3f}]")
 
     mmlu_irt = fit_anchored_irt(mmlu, irt_models(mmlu))
     llmr_irt = fit_anchored_irt(llmr, irt_models(llmr))
-    feats, b, la = stack([(mmlu, mmlu_irt), (llmr, llmr_irt)])
-    fm = fit_text_model(feats, b, la, alpha)
+    feats, b, la, len_rows, lt = stack([(mmlu, mmlu_irt), (llmr, llmr_irt)])
+    fm = fit_text_model(feats, b, la, alpha, len_rows, lt, len_alpha)
     metadata = {
         "trained_on": {"mmlu-pro": len(mmlu.ids), "llmrouter": len(llmr.ids)},
         "data_sha256_16": digest,
@@ -490,15 +580,19 @@ def main(argv: list[str] | None = None) -> int:
                   "llmrouter_id": "sha1(query.strip())[:12]; rows de-duplicated on query.strip()",
                   "heldout_ids": {k: sorted(v) for k, v in held.items()}},
         "cv": {"folds": CV_FOLDS, "alpha": alpha,
-               "apgr_by_alpha": {str(k): round(v["apgr"], 4) for k, v in cv.items()}},
+               "apgr_by_alpha": {str(k): round(v["apgr"], 4) for k, v in cvd.items()},
+               "length_alpha": len_alpha,
+               "length_corr_by_alpha": {str(k): round(v["corr"], 4) for k, v in cvl.items()},
+               "energy_saved_at_95pct": {k: round(v, 4) for k, v in cv_saved.items()}},
         "abilities_ln_params": {ds: {m: round(t, 3) for m, t in irt.theta.items()}
                                 for ds, irt in (("mmlu-pro", mmlu_irt), ("llmrouter", llmr_irt))},
         "label": "adequate = small tier's answer scores at least the top tier's (0/1: small right or large wrong)",
+        "length_target": "mean of ln(output_chars / 4) of Llama-3.1-8B- and 70B-Instruct on MMLU-Pro training rows",
     }
-    spec = export(fm, sigma_b, rho, threshold, metadata)
+    spec = export(fm, sigma_b, rho, threshold, energy_threshold, energy, log_tokens, metadata)
     # held-out metrics, computed through the exported pure-Python model exactly as the eval does
     model = AdequacyModel(spec)
-    spec["metadata"]["heldout"] = ev.heldout_summary(model, mmlu_all, held["mmlu-pro"], energy)
+    spec["metadata"]["heldout"] = ev.heldout_summary(model, mmlu_all, held["mmlu-pro"], energy_model)
     spec["version"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     write_artefact(spec, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(spec['terms'])} terms, "

@@ -37,6 +37,14 @@ _OPTION = re.compile(r"(?m)^[ \t]*\(?[A-Ja-j][.)][ \t]")
 _DIGITS = "0123456789"
 _MATH = "=+*/^<>\\$∫∑√π≤≥±×÷∂∞"
 _CODE_MARKERS = ("```", "def ", "return ", "import ", "#include", "function ", "=>", "};", "();", "):\n")
+# The "role: " prefixes that prompt_text() puts before each message: not words of the prompt
+# (every training prompt has one, so as a word it would only act as a length-dependent bias).
+_ROLE = re.compile(r"(?m)^(?:system|user|assistant|tool|developer|function): ")
+# Numbers (integers, decimals, 1,000-style); enumerated or bulleted lines ("1.", "2)", "- ", "* ");
+# sentence ends.
+_NUMBER = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
+_ENUM = re.compile(r"(?m)^[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]")
+_SENT = re.compile(r"[.!?](?:\s|$)")
 
 DENSE_NAMES: tuple[str, ...] = (
     "log_chars",  # ln(1 + characters in the whole prompt)
@@ -53,6 +61,10 @@ DENSE_NAMES: tuple[str, ...] = (
     "has_tools",  # tools / functions offered
     "has_schema",  # response_format json_schema / json_object or guided decoding
     "reasoning",  # reasoning (thinking) requested
+    "numbers",  # ln(1 + numbers in the scanned text)
+    "enumerated",  # ln(1 + numbered or bulleted lines: steps, constraints, parts)
+    "sentences",  # ln(1 + sentence ends)
+    "long_words",  # share of words with 9 letters or more (technical vocabulary)
 )
 
 
@@ -87,7 +99,9 @@ def extract(
     n_chars = len(text)
     if n_chars > SCAN_HEAD + SCAN_TAIL:
         text = text[:SCAN_HEAD] + "\n" + text[-SCAN_TAIL:]
-    words = _WORD.findall(text.lower())
+    body = _ROLE.sub("", text)
+    words = _WORD.findall(body.lower())
+    terms = frozenset(words)
     n = len(text) or 1
     count = text.count
     mt = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
@@ -106,8 +120,12 @@ def extract(
         1.0 if has_tools else 0.0,
         1.0 if has_schema else 0.0,
         1.0 if reasoning else 0.0,
+        math.log1p(len(_NUMBER.findall(text))),
+        math.log1p(len(_ENUM.findall(body))),
+        math.log1p(len(_SENT.findall(text))),
+        sum(1 for w in words if len(w) >= 9) / len(words) if words else 0.0,
     )
-    return Features(frozenset(words), dense, n_chars)
+    return Features(terms, dense, n_chars)
 
 
 def prompt_text(messages: Iterable[Any] | None = None, prompt: Any = None) -> str:

@@ -105,3 +105,16 @@ def test_deterministic_and_hashable():
     text = prompt_text([{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
     a, b = extract(text, max_tokens=10), extract(text, max_tokens=10)
     assert a == b and hash(a) == hash(b)
+
+
+def test_role_prefixes_are_not_words_and_structure_is_counted():
+    text = prompt_text([{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "Do this:\n1. prove it\n2) derive 3,000.5 and 2\n- check."}])
+    f = extract(text)
+    assert "user" not in f.terms and "system" not in f.terms and {"prove", "derive", "check"} <= f.terms
+    d = f.as_dict()
+    assert d["enumerated"] == math.log1p(3)
+    assert d["numbers"] == math.log1p(4)  # 1, 2, 3,000.5, 2
+    assert d["sentences"] == math.log1p(3)  # "brief. ", "1. " (a list number reads as one) and "check."
+    assert extract("user: the user said hi").terms == frozenset({"the", "user", "said", "hi"})  # only the prefix goes
+    assert 0 < dense(extract("internationalisation is complicated"), "long_words") <= 1
