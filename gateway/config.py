@@ -157,8 +157,17 @@ class ServerConfig(Strict):
 
 
 class RoutingConfig(Strict):
+    rule: Literal["adequacy", "energy"] = Field(
+        "adequacy",
+        description="adequacy: the smallest tier whose predicted adequacy clears `threshold`; energy: the "
+        "smallest whose energy-weighted score (adequacy traded against the energy the expected answer would "
+        "save) clears `energy_threshold` (see docs/routing-eval.md)",
+    )
     threshold: float | None = Field(
-        None, ge=0, le=1, description="smallest tier whose predicted adequacy clears this wins; default: the model's"
+        None, ge=0, le=1, description="for rule adequacy; default: the trained model's (0.78)"
+    )
+    energy_threshold: float | None = Field(
+        None, le=1, description="for rule energy; default: the trained model's (0.85)"
     )
     aliases: dict[str, str] = Field(
         default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},

@@ -56,8 +56,13 @@ class Router:
         self.pool = pool
         self.config = config
         self.adequacy = adequacy
-        default = adequacy.default_threshold if adequacy is not None else 0.5
-        self.threshold = config.threshold if config.threshold is not None else default
+        self.energy_rule = config.rule == "energy"
+        if self.energy_rule:
+            default = adequacy.energy_threshold if adequacy is not None else 0.5
+            self.threshold = config.energy_threshold if config.energy_threshold is not None else default
+        else:
+            default = adequacy.default_threshold if adequacy is not None else 0.5
+            self.threshold = config.threshold if config.threshold is not None else default
 
     # ------------------------------------------------------------------ resolution
 
@@ -116,8 +121,8 @@ class Router:
                 param="messages",
                 code="context_length_exceeded",
             )
-        probs = self._predict(body, reasoning, fits)
-        recommended, rec_p, why = self._smallest_adequate(fits, probs, ceiling, reasoning)
+        probs, scores = self._predict(body, reasoning, fits)
+        recommended, rec_p, why = self._smallest_adequate(fits, probs, scores, ceiling, reasoning)
         largest = max(fits, key=lambda m: (m.rank, m.params_b or 0))
         friction = False
 
@@ -180,25 +185,39 @@ class Router:
         assert model is not None
         return Route(model, self._backends(model), "model asked for by name", counterfactual=model)
 
-    def _predict(self, body: dict, reasoning: bool, fits: list[ModelInfo]) -> dict[str, float]:
-        """Predicted adequacy per tier (vs the largest fitting tier)."""
+    def _predict(
+        self, body: dict, reasoning: bool, fits: list[ModelInfo]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Per tier: predicted adequacy (vs the largest fitting tier), and the score the
+        threshold is compared with (the adequacy itself, or the energy-weighted score)."""
         tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
         if self.adequacy is None or len(tiers) == 1:
-            return {t: 1.0 for t in tiers}
+            ones = {t: 1.0 for t in tiers}
+            return ones, ones
         sizes = [max(m.params_b or 0.0 for m in fits if m.tier == t) or 1e3 for t in tiers]
         features = from_request(body, reasoning=reasoning)
-        return dict(zip(tiers, self.adequacy.predict(features, sizes)))
+        if not self.energy_rule:
+            probs = dict(zip(tiers, self.adequacy.predict(features, sizes)))
+            return probs, probs
+        rs = self.adequacy.route_scores(features, sizes)
+        return dict(zip(tiers, rs.adequacy)), dict(zip(tiers, rs.scores))
 
     def _smallest_adequate(
-        self, fits: list[ModelInfo], probs: dict[str, float], ceiling: int | None, reasoning: bool
+        self,
+        fits: list[ModelInfo],
+        probs: dict[str, float],
+        scores: dict[str, float],
+        ceiling: int | None,
+        reasoning: bool,
     ) -> tuple[ModelInfo, float | None, str]:
         tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
         allowed = [t for t in tiers if ceiling is None or self.catalog.tiers.index(t) <= ceiling] or tiers[:1]
+        measure = "energy-weighted adequacy" if self.energy_rule else "predicted adequacy"
         spilled = False
         for i, tier in enumerate(allowed):
-            p = probs.get(tier, 1.0)
+            score = scores.get(tier, 1.0)
             last = i == len(allowed) - 1
-            if p < self.threshold and not last:
+            if score < self.threshold and not last:
                 continue
             healthy = [m for m in fits if m.tier == tier and self.pool.serving(m.name)]
             if not healthy:
@@ -207,14 +226,14 @@ class Router:
                 spilled = True
                 continue
             model = _prefer_reasoning_fit(healthy, reasoning)
-            reason = f"tier {tier}: predicted adequacy {p:.2f} >= {self.threshold:.2f}"
-            if last and p < self.threshold:
-                reason = f"tier {tier}: no smaller tier clears adequacy {self.threshold:.2f}"
+            reason = f"tier {tier}: {measure} {score:.2f} >= {self.threshold:.2f}"
+            if last and score < self.threshold:
+                reason = f"tier {tier}: no smaller tier clears {measure} {self.threshold:.2f}"
             if spilled:
                 reason += " (smaller tier saturated)"
             if ceiling is not None and len(allowed) < len(tiers):
                 reason += " (budget ceiling)"
-            return model, p, reason
+            return model, probs.get(tier), reason
         # Nothing healthy anywhere: route to the largest fitting model, the proxy answers 503.
         model = max(fits, key=lambda m: (m.rank, m.params_b or 0))
         return model, probs.get(model.tier), "no healthy backend"
