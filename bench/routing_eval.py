@@ -27,7 +27,8 @@ Definitions:
   * PGR(f) = (acc - acc_small) / (acc_large - acc_small) when the share f of questions with the
     highest predicted need for the large model (1 - adequacy: an accuracy-only ranking) goes to it; APGR = mean PGR over f = 0, 0.1, ..., 1
     (random = 0.50). CPT(x) = smallest share of large calls whose PGR >= x (over every k/n).
-  * energy_saved_at_95pct: over all thresholds (every distinct energy-aware score), take those
+  * energy_saved_at_95pct: for the rule the gateway applies (``--rule``, default ``adequacy``,
+    like the gateway's ``routing.rule``), over all thresholds (every distinct score), take those
     whose accuracy is >= 0.95 x the large model's accuracy on the same rows; among them the lowest
     total energy E; report 1 - E / E(always large). Chosen on the evaluated rows themselves, so
     it is the best point of the router's curve, not a tuned-in-advance result (the default
@@ -478,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="a folder in mmlu-pro-model-outputs format: use all rows")
     ap.add_argument("--model", type=Path, default=None, help="artefact to evaluate (default: the shipped one)")
     ap.add_argument("--docs", type=Path, default=None, help="write routing-eval.md/.png here (default mode: docs/)")
+    ap.add_argument("--rule", choices=("adequacy", "energy"), default="adequacy",
+                    help="the routing rule the last line reports (the gateway's routing.rule; default adequacy)")
     args = ap.parse_args(argv)
     t0 = time.time()
     model = AdequacyModel.load(args.model)
@@ -549,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         (docs / "routing-eval.md").write_text(report + "\n![accuracy against energy](routing-eval.png)\n")
         print(f"wrote {docs / 'routing-eval.md'} and routing-eval.png")
     print(f"({time.time() - t0:.0f}s)")
-    print(f"APGR {pair['router']['apgr']:.4f} energy_saved_at_95pct {pair['saved95']:.4f}")
+    saved = pair["saved95"] if args.rule == "energy" else pair["adequacy_saved95"]
+    print(f"APGR {pair['router']['apgr']:.4f} energy_saved_at_95pct {saved:.4f}")
     return 0
 
 
