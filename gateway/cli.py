@@ -15,12 +15,14 @@ from gateway import __version__
 def _serve_app(gateway, host: str, port: int, log_level: str) -> int:
     import uvicorn
 
+    from gateway.api.server import GatewayHttpProtocol
+
     config = uvicorn.Config(
         gateway,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools, sending each response head with its body
         lifespan="on",
         access_log=False,
         log_level=log_level,

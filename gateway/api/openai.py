@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any, Callable
 
 import orjson
@@ -27,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.proxy import sse
 from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
+from gateway.telemetry.ids import request_id
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -39,6 +39,50 @@ def header_safe(text: str) -> str:
     """Header values are latin-1: spell out the few symbols our messages use, drop the rest."""
     text = text.replace("₂", "2").replace("≥", ">=").replace("≤", "<=").replace("→", "->").replace("—", "-")
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
+
+
+class DisconnectWatch:
+    """Cancel the request's task when its client goes away (after the body has been read).
+
+    Watching needs a task blocked on ``receive()``. Most answers are done within a few
+    milliseconds, so the watching task is only started once the request has run for
+    ``delay`` seconds; until then a timer is all it costs. A client that left earlier is
+    noticed when the watcher starts (``receive()`` reports the disconnect at once), so the
+    request is cancelled at most ``delay`` late. ``stop()`` ends the watch; after it the
+    task is never cancelled by the watch.
+    """
+
+    __slots__ = ("request", "task", "handle", "watcher", "fired", "active")
+    delay = 0.01
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.task = asyncio.current_task()
+        self.watcher: asyncio.Task | None = None
+        self.fired = False
+        self.active = True
+        self.handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self.delay, self._start)
+
+    def _start(self) -> None:
+        self.handle = None
+        if self.active:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        await self.request.wait_disconnect()
+        if self.active and self.task is not None:
+            self.fired = True
+            self.active = False
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.active = False
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
 
 
 class OpenAIEndpoints:
@@ -67,6 +111,7 @@ class OpenAIEndpoints:
 
     async def generate(self, request: Request, endpoint: str, path: str, check: Callable[[dict], None]) -> None:
         ctx: RequestContext | None = None
+        watch: DisconnectWatch | None = None
         gw = self.gw
         gw.metrics.inflight.inc()
         try:
@@ -75,7 +120,7 @@ class OpenAIEndpoints:
             check(body)
             options = body.get("stream_options") or {}
             ctx = RequestContext(
-                request_id=uuid.uuid4().hex,
+                request_id=request_id(),
                 endpoint=endpoint,
                 body=body,
                 stream=bool(body.get("stream")),
@@ -83,7 +128,12 @@ class OpenAIEndpoints:
                 headers=request.headers,
                 requested_model=body.get("model") or "",
             )
-            await self._until_disconnect(request, ctx, path)
+            # Serve the request, cancelled as soon as the client goes away (as vLLM does).
+            watch = DisconnectWatch(request)
+            try:
+                await self._serve(request, ctx, path)
+            finally:
+                watch.stop()
         except GatewayError as err:
             if ctx is not None:
                 ctx.status, ctx.error_code = err.status, err.code
@@ -97,7 +147,9 @@ class OpenAIEndpoints:
         except asyncio.CancelledError:
             if ctx is not None:
                 ctx.outcome = "client_disconnect"
-            raise
+            if watch is None or not watch.fired:
+                raise  # cancelled from outside (server shutdown): let it go on
+            watch.task.uncancel()  # our own doing: the client left; the request ends here
         finally:
             gw.metrics.inflight.dec()
             if ctx is not None:
@@ -111,24 +163,6 @@ class OpenAIEndpoints:
                 if gw.policy is not None:
                     await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
-
-    async def _until_disconnect(self, request: Request, ctx: RequestContext, path: str) -> None:
-        """Serve the request, cancelling it as soon as the client goes away (as vLLM does)."""
-        work = asyncio.ensure_future(self._serve(request, ctx, path))
-        watch = asyncio.ensure_future(request.wait_disconnect())
-        try:
-            done, _ = await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            watch.cancel()
-            raise
-        if work in done:
-            watch.cancel()
-            work.result()
-            return
-        ctx.outcome = "client_disconnect"
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
 
     async def _serve(self, request: Request, ctx: RequestContext, path: str) -> None:
         gw = self.gw
@@ -157,7 +191,7 @@ class OpenAIEndpoints:
         ctx.route_reason = route.reason
         ctx.adequacy = route.adequacy
         ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
-        gw.metrics.routes.labels(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
+        gw.metrics.c_routes(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
 
         if policy is not None and ctx.endpoint != "embeddings":
             policy.shape(ctx, plan, route)

@@ -18,6 +18,24 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 ENERGY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 
+class Children:
+    """``metric.labels(*values)``, remembered: prometheus_client's ``labels()`` validates and
+    locks on every call (~4 µs); a dict lookup of the same values is ~0.1 µs. Only for label
+    sets that are bounded by the config (models, keys, teams, outcomes), never raw input."""
+
+    __slots__ = ("metric", "_cache")
+
+    def __init__(self, metric) -> None:
+        self.metric = metric
+        self._cache: dict[tuple, object] = {}
+
+    def __call__(self, *values: str):
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self.metric.labels(*values)
+        return child
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -132,6 +150,18 @@ class Metrics:
             ["model_name", "lever"],
             registry=r,
         )
+
+        # Cached children of the metrics touched by every request (see Children).
+        self.c_requests = Children(self.requests)
+        self.c_request_duration = Children(self.request_duration)
+        self.c_time_to_first_token = Children(self.time_to_first_token)
+        self.c_tokens = Children(self.tokens)
+        self.c_routes = Children(self.routes)
+        self.c_reasoning = Children(self.reasoning)
+        self.c_request_energy = Children(self.request_energy)
+        self.c_model_energy = Children(self.model_energy)
+        self.c_co2e = Children(self.co2e)
+        self.c_cost = Children(self.cost)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -22,21 +22,21 @@ class Recorder:
         model = ctx.model or "-"
         key = ctx.key_name or "anonymous"
         requested = ctx.requested_model if ctx.model else "-"  # never label with unvalidated input
-        m.requests.labels(model, requested or "-", ctx.endpoint, str(ctx.status), key, ctx.team).inc()
+        m.c_requests(model, requested or "-", ctx.endpoint, str(ctx.status), key, ctx.team).inc()
         if ctx.finished is not None:
-            m.request_duration.labels(model, ctx.endpoint, "true" if ctx.stream else "false").observe(
+            m.c_request_duration(model, ctx.endpoint, "true" if ctx.stream else "false").observe(
                 ctx.finished - ctx.received
             )
         if ctx.stream and ctx.first_byte is not None:
-            m.time_to_first_token.labels(model).observe(ctx.first_byte - ctx.received)
+            m.c_time_to_first_token(model).observe(ctx.first_byte - ctx.received)
         usage = ctx.usage
         if usage:
-            m.tokens.labels(model, "prompt", ctx.team).inc(usage.get("prompt_tokens") or 0)
-            m.tokens.labels(model, "completion", ctx.team).inc(usage.get("completion_tokens") or 0)
+            m.c_tokens(model, "prompt", ctx.team).inc(usage.get("prompt_tokens") or 0)
+            m.c_tokens(model, "completion", ctx.team).inc(usage.get("completion_tokens") or 0)
             if ctx.reasoning_tokens_seen:
-                m.tokens.labels(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens_seen)
+                m.c_tokens(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens_seen)
         if ctx.model and ctx.endpoint == "chat" and ctx.status == 200:
-            m.reasoning.labels(model, "on" if ctx.reasoning_tokens_seen else "off").inc()
+            m.c_reasoning(model, "on" if ctx.reasoning_tokens_seen else "off").inc()
         if not awaiting_energy:
             self._write(ctx)
 
