@@ -131,7 +131,7 @@ class OpenAIEndpoints:
             # Serve the request, cancelled as soon as the client goes away (as vLLM does).
             watch = DisconnectWatch(request)
             try:
-                await self._serve(request, ctx, path)
+                await self._serve(request, ctx, path, raw, check)
             finally:
                 watch.stop()
         except GatewayError as err:
@@ -164,39 +164,41 @@ class OpenAIEndpoints:
                     await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
 
-    async def _serve(self, request: Request, ctx: RequestContext, path: str) -> None:
+    async def _serve(
+        self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None]
+    ) -> None:
         gw = self.gw
         policy = gw.policy
         plan = await policy.admit(ctx) if policy is not None else None
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
-
-        started = time.perf_counter()
-        if ctx.endpoint == "embeddings":
-            route = gw.router.route_embedding(ctx, requested)
-        else:
-            if plan is not None:
-                friction = plan.large_tiers if plan.friction == "friction" and not plan.override else frozenset()
-                route = gw.router.route(
-                    ctx,
-                    requested,
-                    max_tier=plan.max_tier,
-                    reasoning=plan.reasoning,
-                    friction_tiers=friction,
-                    avoid_always_thinking=plan.avoid_always_thinking,
-                )
-            else:
-                route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body)
-        gw.metrics.route_seconds.observe(time.perf_counter() - started)
-        ctx.model = route.model.name
-        ctx.route_reason = route.reason
-        ctx.adequacy = route.adequacy
-        ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
-        gw.metrics.c_routes(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
-
+        route = self._route(ctx, plan, requested)
+        after_admit = (len(ctx.nudges), len(ctx.actions), dict(ctx.response_headers))
         if policy is not None and ctx.endpoint != "embeddings":
             policy.shape(ctx, plan, route)
         body = self._upstream_body(ctx)
-        upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+        try:
+            upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+        except GatewayError as err:
+            # Every backend of the routed model failed before sending a byte. A request the
+            # router placed ('auto') goes to the next tier that is up; a named model does not.
+            if err.status != 503 or ctx.endpoint == "embeddings" or gw.router.resolve(requested)[0] != "auto":
+                raise
+            failed = route.model.name
+            route = self._route(ctx, plan, requested)
+            if route.model.name == failed or not route.backends:
+                raise
+            route.reason = f"{failed} unreachable; {route.reason}"
+            ctx.route_reason = route.reason
+            # shape again from the client's own body: the new model may be of another family
+            nudges, actions, headers = after_admit
+            del ctx.nudges[nudges:], ctx.actions[actions:]
+            ctx.response_headers = dict(headers)
+            ctx.body = parse_json_object(raw)
+            check(ctx.body)
+            if policy is not None:
+                policy.shape(ctx, plan, route)
+            body = self._upstream_body(ctx)
+            upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
         try:
             if upstream.status >= 400:
                 raise await upstream_error(upstream)
@@ -206,6 +208,31 @@ class OpenAIEndpoints:
                 await self._unary(request, ctx, upstream)
         finally:
             Proxy.done(upstream)
+
+    def _route(self, ctx: RequestContext, plan, requested: str):
+        gw = self.gw
+        started = time.perf_counter()
+        if ctx.endpoint == "embeddings":
+            route = gw.router.route_embedding(ctx, requested)
+        elif plan is not None:
+            friction = plan.large_tiers if plan.friction == "friction" and not plan.override else frozenset()
+            route = gw.router.route(
+                ctx,
+                requested,
+                max_tier=plan.max_tier,
+                reasoning=plan.reasoning,
+                friction_tiers=friction,
+                avoid_always_thinking=plan.avoid_always_thinking,
+            )
+        else:
+            route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body)
+        gw.metrics.route_seconds.observe(time.perf_counter() - started)
+        ctx.model = route.model.name
+        ctx.route_reason = route.reason
+        ctx.adequacy = route.adequacy
+        ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
+        gw.metrics.c_routes(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
+        return route
 
     def _upstream_body(self, ctx: RequestContext) -> dict[str, Any]:
         body = ctx.body
