@@ -89,7 +89,8 @@ class RequestContext:
     first_byte: float | None = None  # first upstream body byte relayed to the client
     finished: float | None = None
     gen_tokens_seen: int = 0  # streamed token-bearing events so far (read by the energy sampler)
-    reasoning_tokens_seen: int = 0
+    reasoning_parts: list[str] = field(default_factory=list)  # reasoning text as relayed, to count exactly
+    reasoning_tokens: int = 0
     status: int = 0
     outcome: str = "pending"  # ok | client_error | upstream_error | client_disconnect | refused
     error_code: str | None = None

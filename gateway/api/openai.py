@@ -293,16 +293,12 @@ class OpenAIEndpoints:
             raise GatewayError(502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response")
         ctx.usage = payload.get("usage")
         if ctx.endpoint == "chat":
-            reasoning = []
             for choice in payload.get("choices") or ():
                 message = choice.get("message")
                 if isinstance(message, dict):
                     sse.both_reasoning_names(message)
                     if message.get("reasoning"):
-                        reasoning.append(message["reasoning"])
-            if reasoning:
-                ctx.reasoning_text_chars = sum(len(r) for r in reasoning)
-                ctx.reasoning_tokens_seen = await self.gw.proxy.count_tokens(upstream.backend, ctx.model, reasoning)
+                        ctx.reasoning_parts.append(message["reasoning"])
         extra = await self.finish(ctx)
         if ctx.usage is not None:
             payload["usage"] = ctx.usage
@@ -317,9 +313,14 @@ class OpenAIEndpoints:
         gw = self.gw
         ctx.finished = time.monotonic()
         usage = ctx.usage
+        if ctx.reasoning_parts and ctx.backend is not None:
+            # vLLM reports no reasoning_tokens: count the reasoning text with the backend's tokenizer
+            texts = ["".join(ctx.reasoning_parts)]
+            ctx.reasoning_text_chars = len(texts[0])
+            ctx.reasoning_tokens = await gw.proxy.count_tokens(gw.pool.by_name[ctx.backend], ctx.model, texts)
         if isinstance(usage, dict) and ctx.endpoint == "chat":
             details = usage.get("completion_tokens_details") or {}
-            details["reasoning_tokens"] = ctx.reasoning_tokens_seen
+            details["reasoning_tokens"] = ctx.reasoning_tokens
             usage["completion_tokens_details"] = details
         if gw.energy is not None and ctx.upstream_request_id is not None:
             ctx.energy = gw.energy.end(ctx)

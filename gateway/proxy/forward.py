@@ -259,8 +259,8 @@ async def relay_stream(
                 else:
                     ctx.gen_tokens_seen += 1
                     if sse.has_reasoning(event):
-                        ctx.reasoning_tokens_seen += 1
-                        event = sse.normalise_reasoning_event(event)
+                        event, texts = sse.reasoning_event(event)
+                        ctx.reasoning_parts.extend(texts)
                     if sse.has_finish(event):
                         if held is not None:
                             out.append(held)

@@ -96,14 +96,19 @@ def both_reasoning_names(holder: dict[str, Any]) -> bool:
     return True
 
 
-def normalise_reasoning_event(event: bytes) -> bytes:
-    """Re-encode a chunk only if one of its deltas lacks a reasoning field name."""
-    if b'"reasoning":' in event and b'"reasoning_content":' in event:
-        return event
+def reasoning_event(event: bytes) -> tuple[bytes, list[str]]:
+    """The reasoning text a chunk carries, and the chunk with both field names.
+
+    The chunk is re-encoded only if one of its deltas lacks one of the two names.
+    """
     chunk = decode(event)
     changed = False
+    texts = []
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta")
         if isinstance(delta, dict):
             changed |= both_reasoning_names(delta)
-    return encode(chunk) if changed else event
+            text = delta.get("reasoning")
+            if isinstance(text, str) and text:
+                texts.append(text)
+    return (encode(chunk) if changed else event), texts

@@ -151,7 +151,7 @@ class Ledger:
         details = usage.get("completion_tokens_details") or {}
         reasoning_tokens = details.get("reasoning_tokens") if isinstance(details, dict) else None
         if not isinstance(reasoning_tokens, int):
-            reasoning_tokens = ctx.reasoning_tokens_seen
+            reasoning_tokens = ctx.reasoning_tokens
         energy = ctx.energy
         return {
             "request_id": ctx.request_id,

@@ -33,10 +33,10 @@ class Recorder:
         if usage:
             m.c_tokens(model, "prompt", ctx.team).inc(usage.get("prompt_tokens") or 0)
             m.c_tokens(model, "completion", ctx.team).inc(usage.get("completion_tokens") or 0)
-            if ctx.reasoning_tokens_seen:
-                m.c_tokens(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens_seen)
+            if ctx.reasoning_tokens:
+                m.c_tokens(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens)
         if ctx.model and ctx.endpoint == "chat" and ctx.status == 200:
-            m.c_reasoning(model, "on" if ctx.reasoning_tokens_seen else "off").inc()
+            m.c_reasoning(model, "on" if ctx.reasoning_tokens else "off").inc()
         if not awaiting_energy:
             self._write(ctx)
 

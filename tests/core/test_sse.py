@@ -31,13 +31,16 @@ def test_classification():
 
 def test_reasoning_event_gets_both_names_only_when_missing():
     new_style = b'data: {"choices":[{"index":0,"delta":{"reasoning":"hm"}}]}\n\n'
-    out = sse.decode(sse.normalise_reasoning_event(new_style))
-    assert out["choices"][0]["delta"] == {"reasoning": "hm", "reasoning_content": "hm"}
+    event, texts = sse.reasoning_event(new_style)
+    assert sse.decode(event)["choices"][0]["delta"] == {"reasoning": "hm", "reasoning_content": "hm"}
+    assert texts == ["hm"]
     old_style = b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}\n\n'
-    out = sse.decode(sse.normalise_reasoning_event(old_style))
-    assert out["choices"][0]["delta"] == {"reasoning_content": "hm", "reasoning": "hm"}
+    event, texts = sse.reasoning_event(old_style)
+    assert sse.decode(event)["choices"][0]["delta"] == {"reasoning_content": "hm", "reasoning": "hm"}
+    assert texts == ["hm"]
     both = b'data: {"choices":[{"index":0,"delta":{"reasoning":"hm","reasoning_content":"hm"}}]}\n\n'
-    assert sse.normalise_reasoning_event(both) is both  # untouched: no re-serialisation
+    event, texts = sse.reasoning_event(both)
+    assert event is both and texts == ["hm"]  # untouched: no re-serialisation
 
 
 def test_encode_is_sse_framing():
