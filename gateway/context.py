@@ -57,6 +57,7 @@ class RequestContext:
     body: dict[str, Any]  # the client's JSON; policy and routing edit the copy sent upstream
     stream: bool = False
     include_usage: bool = False  # the client asked for the streaming usage chunk
+    continuous_usage: bool = False  # ... and for the running usage on every chunk
     received_wall: float = field(default_factory=time.time)
     received: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)  # request headers, lower-case names

@@ -125,6 +125,7 @@ class OpenAIEndpoints:
                 body=body,
                 stream=bool(body.get("stream")),
                 include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
+                continuous_usage=bool(options.get("continuous_usage_stats")),
                 headers=request.headers,
                 requested_model=body.get("model") or "",
             )
@@ -244,9 +245,11 @@ class OpenAIEndpoints:
             body["max_tokens"] = self.gw.config.server.default_max_tokens
             ctx.actions.append("max_tokens:default")
         if ctx.stream:
-            # Always ask for the usage chunk: the gateway needs the token counts.
+            # Always ask for the usage chunk and the running usage on every chunk: the gateway
+            # needs exact token counts, as they happen, to split energy between requests.
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True
+            options["continuous_usage_stats"] = True
             body["stream_options"] = options
         return body
 

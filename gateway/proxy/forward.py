@@ -41,13 +41,14 @@ class AttemptHooks(Protocol):
 class Upstream:
     """An open upstream response: status, and either a body to read or a stream to relay."""
 
-    __slots__ = ("response", "backend", "status", "first")
+    __slots__ = ("response", "backend", "status", "first", "body")
 
     def __init__(self, response: Response, backend: Backend):
         self.response = response
         self.backend = backend
         self.status = response.status
         self.first = b""  # a stream's first bytes, read before committing to this backend
+        self.body: bytes | None = None  # a unary answer, read whole before committing to it
 
     def close(self) -> None:
         # An unfinished answer: drop the TCP connection, which makes vLLM abort the request.
@@ -55,7 +56,7 @@ class Upstream:
         self.response.release()
 
     async def read_json(self) -> Any:
-        raw = await self.response.read()
+        raw = self.body if self.body is not None else await self.response.read()
         return orjson.loads(raw) if raw else None
 
 
@@ -116,7 +117,8 @@ class Proxy:
 
         Nothing has reached the client until this returns, so any failure up to here is
         safe to retry elsewhere: a refused connection, a 5xx, a connection that dies while
-        vLLM generates a unary answer, or a stream that dies before its first event.
+        vLLM generates or sends a unary answer (read whole here), or a stream that dies
+        before its first event.
         Returns the open response (2xx or 4xx). Raises GatewayError 502/503 when every
         backend failed, with ``retry-after`` so clients back off.
         """
@@ -142,11 +144,14 @@ class Proxy:
             try:
                 response = await client.pool(backend.url).request(_POST, path, headers, body, self.request_timeout_s)
                 first = b""
+                whole = None
                 if stream and response.status == 200:
                     first = await response.readany()
                     if not first:
                         response.close()
                         raise aiohttp.ServerDisconnectedError("stream closed before its first event")
+                elif response.status == 200:
+                    whole = await response.read()  # a backend dying mid-body can still be replaced
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, OSError) as exc:
                 backend.inflight -= 1
                 if self.hooks is not None:
@@ -165,6 +170,7 @@ class Proxy:
                 raise
             upstream = Upstream(response, backend)
             upstream.first = first
+            upstream.body = whole
             if response.status >= 500:
                 last = await upstream_error(upstream)
                 backend.inflight -= 1
@@ -257,7 +263,13 @@ async def relay_stream(
                 elif sse.is_comment(event):
                     out.append(event)
                 else:
-                    ctx.gen_tokens_seen += 1
+                    event, prompt, generated = sse.running_usage(event, strip=not ctx.continuous_usage)
+                    if generated >= 0:
+                        ctx.gen_tokens_seen = generated  # read by the energy sampler
+                        if prompt > 0:
+                            ctx.prompt_tokens_est = prompt  # exact, from the backend
+                    else:  # a backend without running usage: one token per event
+                        ctx.gen_tokens_seen += 1
                     if sse.has_reasoning(event):
                         event, texts = sse.reasoning_event(event)
                         ctx.reasoning_parts.extend(texts)

@@ -76,6 +76,45 @@ def is_comment(event: bytes) -> bool:
     return event.startswith(b":")
 
 
+# --------------------------------------------------------------------- running usage
+
+_USAGE = b',"usage":{'
+_PROMPT = b'"prompt_tokens":'
+_COMPLETION = b'"completion_tokens":'
+
+
+def _int_after(raw: bytes, key: bytes) -> int:
+    at = raw.find(key)
+    if at < 0:
+        return -1
+    at += len(key)
+    end = at
+    while end < len(raw) and 48 <= raw[end] <= 57:  # digits
+        end += 1
+    return int(raw[at:end]) if end > at else -1
+
+
+def running_usage(event: bytes, strip: bool) -> tuple[bytes, int, int]:
+    """``(event, prompt_tokens, completion_tokens)`` from a chunk's running ``usage`` object.
+
+    The gateway asks vLLM for ``stream_options.continuous_usage_stats`` so every chunk says
+    how many tokens were generated so far (events can carry several tokens). With ``strip``
+    the object is cut out of the event bytes (no JSON round trip) for clients that did not
+    ask for it. Counts are -1 when the chunk has no usage object.
+    """
+    start = event.rfind(_USAGE)
+    if start < 0:
+        return event, -1, -1
+    end = event.find(b"}", start)
+    if event.find(b"{", start + len(_USAGE), end) >= 0:  # a nested object (prompt_tokens_details)
+        end = event.find(b"}", end + 1)
+    usage = event[start:end]
+    counts = _int_after(usage, _PROMPT), _int_after(usage, _COMPLETION)
+    if strip and end > 0:
+        event = event[:start] + event[end + 1 :]
+    return (event, *counts)
+
+
 # --------------------------------------------------------------------- reasoning field names
 
 

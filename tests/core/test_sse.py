@@ -46,3 +46,23 @@ def test_reasoning_event_gets_both_names_only_when_missing():
 def test_encode_is_sse_framing():
     assert sse.encode({"a": 1}) == b'data: {"a":1}\n\n'
     assert orjson.loads(sse.encode({"a": 1})[6:]) == {"a": 1}
+
+
+def test_running_usage_is_read_and_cut_out_without_a_json_round_trip():
+    event = (b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"ab"},"finish_reason":null}],'
+             b'"usage":{"prompt_tokens":12,"total_tokens":15,"completion_tokens":3}}\n\n')
+    stripped, prompt, generated = sse.running_usage(event, strip=True)
+    assert (prompt, generated) == (12, 3)
+    assert stripped == b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"ab"},"finish_reason":null}]}\n\n'
+    assert sse.running_usage(event, strip=False) == (event, 12, 3)
+
+
+def test_running_usage_with_nested_details_and_without_usage():
+    event = (b'data: {"choices":[],"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":4},'
+             b'"completion_tokens":2}}\n\n')
+    stripped, prompt, generated = sse.running_usage(event, strip=True)
+    assert (prompt, generated) == (7, 2) and stripped == b'data: {"choices":[]}\n\n'
+    plain = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+    assert sse.running_usage(plain, strip=True) == (plain, -1, -1)
+    completion_null = b'data: {"choices":[{"index":0,"text":"x"}],"usage":null}\n\n'
+    assert sse.running_usage(completion_null, strip=True) == (completion_null, -1, -1)

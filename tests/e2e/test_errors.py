@@ -118,3 +118,18 @@ def test_mid_stream_failure_ends_with_error_event_and_done(tmp_path):
             assert events[-1] == "data: [DONE]"
             assert events[-2].startswith('data: {"error"')
             assert '"type":"server_error"' in events[-2]
+
+
+def test_unary_answer_cut_mid_body_is_retried_on_another(tmp_path):
+    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
+            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
+        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
+                             server={"health_interval_s": 30, "load_interval_s": 30})
+        with GatewayProcess(write_config(tmp_path, config)) as gw:
+            # a sends half of its next answer, then drops the connection: nothing reached the client yet
+            httpx.post(f"{a.url}/debug/fault", json={"mode": "die_midstream", "count": 1})
+            r = post(gw, CHAT)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"]
+            metrics = httpx.get(f"{gw.url}/metrics").text
+            assert 'gateway_upstream_attempts_total{backend="a",result="connect_error"} 1.0' in metrics
