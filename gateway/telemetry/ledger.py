@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import queue
+import os
 import sqlite3
 import threading
 import time
@@ -74,7 +74,10 @@ _INSERT = (
     f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     f"ON CONFLICT(request_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
-_CLOSE = object()
+# How much nicer (OS priority) the writer thread is than the process: its SQLite work runs
+# without the GIL, so on a busy core it competes with the event loop for the CPU; the loop
+# should win.
+WRITER_NICE = 10
 _memory_ids = itertools.count()
 
 
@@ -108,9 +111,16 @@ class Ledger:
             self._target, self._uri = path, False
         self._keeper = self._connect()  # also keeps a memory database alive
         self._migrate(self._keeper)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        # Rows wait in a deque: appending is one atomic operation, and the writer thread is
+        # woken only when a batch is full (or by its flush interval), not once per row: every
+        # wake-up of a Python thread is a GIL hand-off the event loop may have to wait for.
+        self._rows: deque[dict[str, Any]] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition(threading.Lock())  # back-pressure: plain threads wait here
         self._overflow: deque[dict[str, Any]] = deque()
         self._overflow_lock = threading.Lock()
+        self._closing = False  # close() asked the writer to finish
         self._closed = False
         self._count_lock = threading.Lock()
         self._accepted = 0
@@ -188,13 +198,21 @@ class Ledger:
         if self._closed:  # shutting down: the writer is gone, write it here
             self._insert([row])
             return
-        try:
-            self._queue.put_nowait(row)
+        rows = self._rows
+        if len(rows) < self.max_queue:
+            rows.append(row)
+            if len(rows) >= self.batch_size:
+                self._wake.set()
             return
-        except queue.Full:
-            pass
-        if not _on_event_loop():
-            self._queue.put(row)  # back-pressure on a background thread
+        if not _on_event_loop():  # back-pressure on a background thread
+            with self._room:
+                while len(rows) >= self.max_queue and not self._closing:
+                    self._room.wait(0.05)
+            if self._closed:
+                self._insert([row])
+            else:
+                rows.append(row)
+                self._wake.set()
             return
         with self._overflow_lock:
             if len(self._overflow) < self.max_overflow:
@@ -224,13 +242,22 @@ class Ledger:
         """Write everything still queued, then stop the writer."""
         if self._closed:
             return
-        self._queue.put(_CLOSE)
+        self._closing = True
+        self._wake.set()
         self._thread.join()
         self._closed = True
+        late = self._drain_all()  # rows a waiting thread added while the writer finished
+        if late:
+            self._insert(late)
         if not self._uri:  # a memory database lives as long as a connection to it
             self._keeper.close()
 
     def _writer(self) -> None:
+        try:  # Linux: a thread is a task with its own nice value
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE))
+        except (AttributeError, OSError):  # elsewhere, or not allowed: keep the default priority
+            pass
         conn = self._connect()
         try:
             while True:
@@ -246,36 +273,38 @@ class Ledger:
         """The next batch: overflow first, then queued rows until it is full or the interval is up."""
         with self._overflow_lock:
             batch = [self._overflow.popleft() for _ in range(min(self.batch_size, len(self._overflow)))]
+        rows = self._rows
         deadline = time.monotonic() + self.flush_interval_s
-        while len(batch) < self.batch_size:
+        while len(batch) + len(rows) < self.batch_size and not self._closing:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 break
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                break
-            if item is _CLOSE:
-                return batch + self._drain_all(), True
-            batch.append(item)
+            self._wake.wait(timeout)
+            self._wake.clear()
+        if self._closing:
+            return batch + self._drain_all(), True
+        while rows and len(batch) < self.batch_size:
+            batch.append(rows.popleft())
+        self._made_room()
         return batch, False
+
+    def _made_room(self) -> None:
+        with self._room:
+            self._room.notify_all()
 
     def _drain_all(self) -> list[dict[str, Any]]:
         rest: list[dict[str, Any]] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _CLOSE:
-                rest.append(item)
+        rows = self._rows
+        while rows:
+            rest.append(rows.popleft())
         with self._overflow_lock:
             rest.extend(self._overflow)
             self._overflow.clear()
+        self._made_room()
         return rest
 
     def _insert(self, rows: list[dict[str, Any]], conn: sqlite3.Connection | None = None) -> None:
-        values = [tuple(_value(row, c) for c in COLUMNS) for row in rows]
+        values = [_values(row) for row in rows]
         own = conn is None
         conn = conn or self._connect()
         delay = 0.05
@@ -386,6 +415,20 @@ def parse_when(value: str, now: float | None = None) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+_NUDGES = COLUMNS.index("nudges")
+_TS = COLUMNS.index("ts")
+
+
+def _values(row: dict[str, Any]) -> list[Any]:
+    """One row's values in column order (what ``_value`` gives, column by column)."""
+    get = row.get
+    values = [get(c) for c in COLUMNS]
+    values[_NUDGES] = orjson.dumps(values[_NUDGES] or []).decode()
+    if values[_TS] is None:
+        values[_TS] = time.time()
+    return values
 
 
 def _value(row: dict[str, Any], column: str) -> Any:
