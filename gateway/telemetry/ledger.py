@@ -201,7 +201,7 @@ class Ledger:
         rows = self._rows
         if len(rows) < self.max_queue:
             rows.append(row)
-            if len(rows) >= self.batch_size:
+            if len(rows) >= self.batch_size and not self._wake.is_set():  # set() takes a lock
                 self._wake.set()
             return
         if not _on_event_loop():  # back-pressure on a background thread
