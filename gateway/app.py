@@ -120,7 +120,9 @@ class Gateway:
         if self.ledger is not None:
             from gateway.api.usage import UsageEndpoint
 
-            routes.add("/v1/usage", UsageEndpoint(self.ledger))
+            from gateway.policy.keys import KeyRing
+
+            routes.add("/v1/usage", UsageEndpoint(self.ledger, KeyRing(self.config.keys)))
         return routes
 
     # ------------------------------------------------------------------ lifecycle

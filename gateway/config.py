@@ -190,6 +190,7 @@ class ApiKeyConfig(Strict):
     name: str | None = None
     team: str = "default"
     policy: str | None = Field(None, description="policy section for this key; default: the team's, else default")
+    admin: bool = Field(False, description="may read every team's usage in GET /v1/usage (others see their team's)")
 
 
 class KeysConfig(Strict):

@@ -28,6 +28,7 @@ import asyncio
 from typing import Any
 
 from gateway.errors import GatewayError, bad_request
+from gateway.policy.keys import KeyRing
 from gateway.telemetry.ledger import Ledger, parse_when
 
 MAX_LIMIT = 1000
@@ -92,14 +93,32 @@ async def usage_endpoint(ledger: Ledger, query: dict[str, list[str]]) -> tuple[i
 
 
 class UsageEndpoint:
-    """The route handler for ``gateway.api.http.Router`` (``routes.add("/v1/usage", UsageEndpoint(ledger))``)."""
+    """The route handler for ``GET /v1/usage``.
 
-    def __init__(self, ledger: Ledger) -> None:
+    Who sees what: with no API keys configured (a private deployment) the ledger is open.
+    Once keys exist, a key is needed; a key sees its own team's rows, an ``admin`` key
+    every team's.
+    """
+
+    def __init__(self, ledger: Ledger, keys: KeyRing | None = None) -> None:
         self.ledger = ledger
+        self.keys = keys
 
     async def __call__(self, request) -> None:
         try:
-            status, body = await usage_endpoint(self.ledger, request.query())
+            query = request.query()
+            if self.keys is not None and len(self.keys):
+                who = self.keys.authenticate(request.headers)
+                if who.key_hash is None:
+                    raise GatewayError(401, "Reading usage needs an API key.", code="invalid_api_key",
+                                       type="invalid_request_error")
+                if not who.admin:
+                    asked = query.get("team")
+                    if asked and asked != [who.team]:
+                        raise GatewayError(403, f"This key may read the usage of team {who.team!r} only.",
+                                           param="team", code="permission_denied")
+                    query = {**query, "team": [who.team]}
+            status, body = await usage_endpoint(self.ledger, query)
         except GatewayError as err:
             await request.error(err)
             return

@@ -35,6 +35,7 @@ class Identity:
     key_name: str | None  # the configured name (or None)
     team: str
     section: str | None  # the key's configured policy section, if any
+    admin: bool = False  # may read every team's usage (GET /v1/usage)
 
     @property
     def label(self) -> str:
@@ -92,7 +93,7 @@ class KeyRing:
 
 
 def _identity(k: ApiKeyConfig) -> Identity:
-    return Identity(key_hash=k.hash, key_name=k.name, team=k.team, section=k.policy)
+    return Identity(key_hash=k.hash, key_name=k.name, team=k.team, section=k.policy, admin=k.admin)
 
 
 def _unauthorized(message: str) -> GatewayError:
