@@ -69,6 +69,7 @@ class RequestContext:
     policy_version: str | None = None
     policy_section: str | None = None
     reasoning: bool = False  # reasoning will run for this request
+    reasoning_avoided: bool = False  # policy switched off a model's default thinking
     nudges: list[Nudge] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # e.g. "reasoning:off", "max_tokens:cap"
     response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage

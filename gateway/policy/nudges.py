@@ -297,6 +297,7 @@ class PolicyEngine:
             elif kind == "none" and plan.reasoning:
                 why = f"{facts.model} does not reason"
             ctx.reasoning = runs
+            ctx.reasoning_avoided = kind == "hybrid" and not runs  # it would have thought by default
             ctx.actions.append(f"reasoning:{label}")
             explain[REASONING_HEADER] = f"{label} ({why})"
         else:

@@ -119,3 +119,23 @@ async def test_async_client_streaming_and_not(aclient):
     stream = await aclient.chat.completions.create(model=SMALL, messages=PROMPT, max_tokens=10, stream=True)
     parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
     assert "".join(parts)
+
+
+def test_energy_saved_by_reasoning_off_and_by_routing_is_exported(client, gateway):
+    import httpx
+
+    from tests.support import wait_until
+
+    def saved(lever: str) -> float:
+        total = 0.0
+        for line in httpx.get(f"{gateway.url}/metrics").text.splitlines():
+            if line.startswith("gateway_energy_saved_joules_total{") and f'lever="{lever}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = saved("reasoning")
+    client.chat.completions.create(model=LARGE, messages=PROMPT, max_tokens=16)  # Qwen3 with thinking off
+    client.chat.completions.create(model="auto", messages=PROMPT, max_tokens=16)
+    # counted once the request's energy is final (the meter has passed its end)
+    wait_until(lambda: saved("reasoning") > before, 10, what="reasoning lever")
+    assert 'lever="routing"' in httpx.get(f"{gateway.url}/metrics").text
