@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-litellm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,20 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The overhead benchmark (bench/overhead.py, ~4 minutes on 2 cores; needs wrk, nginx, taskset)
+# against nginx and LiteLLM; LiteLLM goes into its own venv, never into the gateway's.
+LITELLM_VENV = bench/.litellm-venv
+
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]'
+
+bench-litellm: $(LITELLM_VENV)/bin/litellm
+
+bench: $(VENV)/.installed $(LITELLM_VENV)/bin/litellm
+	$(PY) bench/overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
