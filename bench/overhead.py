@@ -41,7 +41,10 @@ Measured from the client, per arm and round:
   counting: no coordinated omission). *Added* = arm percentile - direct percentile, same round.
 * **Streaming**: the same paced client, ``stream: true`` with the usage chunk, 32 tokens, each
   its own SSE event (the simulator's ``--no-coalesce``); time to the first content token
-  (TTFT) and to ``[DONE]``. Per-chunk added latency = (added total - added TTFT) / (events - 1).
+  (TTFT) and to ``[DONE]``. Per-chunk added latency = (added total - added TTFT) / (events - 1);
+  with an instant backend a whole stream arrives in one or two reads, so that is ~0 by
+  construction. What a chunk really costs is measured as CPU: (the proxy's CPU per stream - its
+  CPU per identical unary request at the same rate) / events, from /proc/*/task/*/schedstat.
 * **Peak RSS** (VmHWM of the process tree) and **cold start** (spawn to the first 200 answer).
 * **Other tenants' load**: the CPU that processes other than this benchmark's used while an
   arm's latency runs went on (in cores, of 2), so a noisy run can be recognised as such.
@@ -103,7 +106,7 @@ def client_main(spec: dict) -> None:
 async def _client_runs(spec: dict) -> list[dict]:
     out = []
     for run in spec["runs"]:
-        out.append(await _open_loop(spec["host"], spec["port"], spec["path"], spec["headers"], run))
+        out.append(await _open_loop(spec["host"], spec["port"], spec["path"], spec["headers"], run, spec["pids"]))
     return out
 
 
@@ -249,7 +252,7 @@ class _OpenLoop:
             self.all_done.set()
 
 
-async def _open_loop(host, port, path, headers, run) -> dict:
+async def _open_loop(host, port, path, headers, run, cpu_pids=()) -> dict:
     body = {"model": run["model"], "messages": PROMPT, "max_tokens": run.get("max_tokens", 16)}
     if run.get("stream"):
         body.update(stream=True, stream_options={"include_usage": True})
@@ -262,6 +265,7 @@ async def _open_loop(host, port, path, headers, run) -> dict:
     bench.free.extend(conns)
     rate, total = run["rate"], max(1, int(run["rate"] * run["duration"]))
     await asyncio.sleep(0.05)
+    cpu0 = _cpu_ns(cpu_pids)
     t0 = time.perf_counter()
     i = 0
     while i < total:
@@ -277,6 +281,7 @@ async def _open_loop(host, port, path, headers, run) -> dict:
             await asyncio.wait_for(bench.all_done.wait(), 15.0)
     except asyncio.TimeoutError:
         bench.errors["no answer within 15 s"] = bench.outstanding
+    cpu = _cpu_ns(cpu_pids) - cpu0
     bench.closing = True
     for conn in conns:
         if conn.transport is not None:
@@ -286,6 +291,7 @@ async def _open_loop(host, port, path, headers, run) -> dict:
         "ok": len(bench.latencies), "errors": bench.errors, "reconnects": bench.reconnects,
         "latency_ms": _pcts(bench.latencies), "ttft_ms": _pcts(bench.ttfts), "gap_ms": _pcts(bench.gaps),
         "events": statistics.median(bench.events) if bench.events else None,
+        "proxy_cpu_us_per_req": cpu / 1e3 / len(bench.latencies) if cpu_pids and bench.latencies else None,
     }  # fmt: skip
 
 
@@ -351,6 +357,23 @@ def _cpu_ticks(pids: list[int]) -> int:
             total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
         except OSError:
             pass
+    return total
+
+
+def _cpu_ns(pids: list[int]) -> int:
+    """CPU time of every thread of these processes, in ns (/proc/*/task/*/schedstat)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
     return total
 
 
@@ -593,27 +616,26 @@ def wrk(arm: Arm, lua: Path, conns: int, duration: float, nice) -> dict:
     cmd = [*_prefix(LOAD_CORE, nice), "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
            "-s", str(lua), f"{arm.url}/v1/chat/completions"]  # fmt: skip
     pids = arm.pids
-    ticks0 = _cpu_ticks(pids)
+    ns0 = _cpu_ns(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY": body}, timeout=120)
-    ticks = _cpu_ticks(pids) - ticks0
+    ns = _cpu_ns(pids) - ns0
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
     r = json.loads(line[5:])
     secs = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"]
-    hz = os.sysconf("SC_CLK_TCK")
     return {
         "conns": conns, "requests": r["requests"], "rps": r["requests"] / secs,
         "p50_ms": r["p50"] / 1e3, "p90_ms": r["p90"] / 1e3, "p99_ms": r["p99"] / 1e3, "max_ms": r["max"] / 1e3,
         "errors": errors, "error_detail": {k: r[k] for k in ("connect", "read", "write", "timeout", "status")},
-        "cpu_us_per_req": (ticks / hz * 1e6 / r["requests"]) if pids and r["requests"] else None,
+        "cpu_us_per_req": (ns / 1e3 / r["requests"]) if pids and r["requests"] else None,
     }  # fmt: skip
 
 
 def paced(arm: Arm, runs: list[dict], nice) -> list[dict]:
     spec = {"host": arm.host, "port": arm.port, "path": "/v1/chat/completions",
-            "headers": {"authorization": f"Bearer {API_KEY}"}, "runs": runs}  # fmt: skip
+            "headers": {"authorization": f"Bearer {API_KEY}"}, "runs": runs, "pids": arm.pids}  # fmt: skip
     cmd = [*_prefix(LOAD_CORE, nice), PY, str(Path(__file__).resolve()), "--client", json.dumps(spec)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -630,6 +652,9 @@ def latency_runs(model: str, slow: bool, short: float, names=("c1", "c16", "c64"
             runs.append({"name": "c1", "conns": 1, "rate": c1, "duration": dur, "model": model})
         elif name == "stream":
             runs.append({"name": "stream", "conns": 16, "rate": srate, "duration": dur, "model": model, "stream": True,
+                         "max_tokens": 32})  # fmt: skip
+            # the same requests unary, at the same rate: the base for the stream's CPU per chunk
+            runs.append({"name": "stream-twin", "conns": 16, "rate": srate, "duration": dur, "model": model,
                          "max_tokens": 32})  # fmt: skip
         else:
             runs.append({"name": name, "conns": int(name[1:]), "rate": rate, "duration": dur, "model": model})
@@ -791,6 +816,12 @@ def summarise(rounds: list[dict], arms: list[Arm], breakdown: list[Arm]) -> dict
                             added_ttft = m["ttft_ms"]["p50"] - b["ttft_ms"]["p50"]
                             per_chunk.append((added_total - added_ttft) / (m["events"] - 1) * 1e3)
                     st["added_per_chunk_us"] = median(per_chunk)
+                    twins = [p["paced"].get("stream-twin") for p in per]
+                    st["proxy_cpu_per_chunk_us"] = median([
+                        (m["proxy_cpu_us_per_req"] - t["proxy_cpu_us_per_req"]) / m["events"]
+                        for m, t in zip(mine, twins)
+                        if t and m["events"] and m["proxy_cpu_us_per_req"] is not None
+                        and t["proxy_cpu_us_per_req"] is not None])  # fmt: skip
                     st["gap_p50_ms"] = median([m["gap_ms"]["p50"] for m in mine if m["gap_ms"]])
                     st["gap_p99_ms"] = median([m["gap_ms"]["p99"] for m in mine if m["gap_ms"]])
         s[arm.name] = a
@@ -829,6 +860,7 @@ def table(s: dict) -> str:
     row("streaming added TTFT p50 (ms)", "open_stream", "added_ttft_p50_ms", "", 3)
     row("streaming added TTFT p99 (ms)", "open_stream", "added_ttft_p99_ms", "", 3)
     row("streaming added per chunk (us)", "open_stream", "added_per_chunk_us", "", 1)
+    row("streaming proxy CPU per chunk (us)", "open_stream", "proxy_cpu_per_chunk_us", "", 1)
     row("max sustained req/s (p99<50ms)", "max_sustained_rps", None, "", 0)
     row("peak req/s (closed loop)", "peak_rps", None, "", 0)
     row("req/s closed loop c16", "wrk_c16", "rps", "", 0)
