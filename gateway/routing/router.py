@@ -63,6 +63,24 @@ class Router:
         else:
             default = adequacy.default_threshold if adequacy is not None else 0.5
             self.threshold = config.threshold if config.threshold is not None else default
+        # Per set of fitting models: its tiers (smallest first), each tier's size and the largest
+        # model. The set hardly ever changes (only a prompt near a context limit drops a model),
+        # so this is worked out once per catalog rather than on every request.
+        self._plans: dict[tuple[str, ...], tuple[list[str], list[float], ModelInfo]] = {}
+        self._plans_of: object = None  # the catalog.models dict the cached plans belong to
+
+    def _plan(self, fits: list[ModelInfo]) -> tuple[list[str], list[float], ModelInfo]:
+        models = self.catalog.models
+        if models is not self._plans_of:  # the catalog was rebuilt: new models, maybe new tiers
+            self._plans, self._plans_of = {}, models
+        key = tuple(m.name for m in fits)
+        plan = self._plans.get(key)
+        if plan is None:
+            tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
+            sizes = [max(m.params_b or 0.0 for m in fits if m.tier == t) or 1e3 for t in tiers]
+            largest = max(fits, key=lambda m: (m.rank, m.params_b or 0))
+            plan = self._plans[key] = (tiers, sizes, largest)
+        return plan
 
     # ------------------------------------------------------------------ resolution
 
@@ -123,7 +141,7 @@ class Router:
             )
         probs, scores = self._predict(body, reasoning, fits)
         recommended, rec_p, why = self._smallest_adequate(fits, probs, scores, ceiling, reasoning)
-        largest = max(fits, key=lambda m: (m.rank, m.params_b or 0))
+        largest = self._plan(fits)[2]
         friction = False
 
         if kind == "auto":
@@ -190,11 +208,10 @@ class Router:
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Per tier: predicted adequacy (vs the largest fitting tier), and the score the
         threshold is compared with (the adequacy itself, or the energy-weighted score)."""
-        tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
+        tiers, sizes, _ = self._plan(fits)
         if self.adequacy is None or len(tiers) == 1:
             ones = {t: 1.0 for t in tiers}
             return ones, ones
-        sizes = [max(m.params_b or 0.0 for m in fits if m.tier == t) or 1e3 for t in tiers]
         features = from_request(body, reasoning=reasoning)
         if not self.energy_rule:
             probs = dict(zip(tiers, self.adequacy.predict(features, sizes)))
@@ -210,8 +227,8 @@ class Router:
         ceiling: int | None,
         reasoning: bool,
     ) -> tuple[ModelInfo, float | None, str]:
-        tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
-        allowed = [t for t in tiers if ceiling is None or self.catalog.tiers.index(t) <= ceiling] or tiers[:1]
+        tiers = self._plan(fits)[0]
+        allowed = tiers if ceiling is None else [t for t in tiers if self.catalog.tiers.index(t) <= ceiling] or tiers[:1]
         measure = "energy-weighted adequacy" if self.energy_rule else "predicted adequacy"
         spilled = False
         for i, tier in enumerate(allowed):
