@@ -910,7 +910,8 @@ def markdown(result: dict) -> str:
     lines = [
         "# Overhead benchmark: the latest published run",
         "",
-        f"Run {result['when']} with `python bench/overhead.py --publish` ({result['wall_s']:.0f} s). "
+        f"Run {result['when']} at commit {result.get('commit')} with `python bench/overhead.py --publish` "
+        f"({result['wall_s']:.0f} s). "
         "Method: see the docstring of `bench/overhead.py` and `bench/NOTES.md`.",
         "",
         f"**Machine**: {m.get('cpu_model')}, {m['cpus']} vCPUs, {m.get('mem_gb')} GiB, {m['platform']}, "
@@ -1041,8 +1042,16 @@ def main(argv=None) -> int:
                 sim.wait(10)
             except subprocess.TimeoutExpired:
                 sim.kill()
+    commit = os.environ.get("BENCH_COMMIT")
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or None  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            commit = None
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit,
         "machine": info,
         "litellm_version": None if args.no_litellm else litellm_version(venv),
         "method": {
