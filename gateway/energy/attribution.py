@@ -70,13 +70,15 @@ log = logging.getLogger("gateway.energy")
 class Interval:
     t0: float
     t1: float
-    joules: float  # energy of the backend's GPUs in [t0, t1)
+    joules: float  # energy of the backend's GPUs read at t1: the energy of [since, until)
     measured: bool = True  # False: the joules are an estimate (no meter, or it failed)
     prompt_tokens: float | None = 0.0  # the backend's own counters over the interval; None = unknown
     gen_tokens: float | None = 0.0
     running: float = 0.0  # most sequences running at either end
     batch: float = 0.0  # mean sequences running
     watts: float | None = None
+    since: float | None = None  # the span the meter's energy covers (None: [t0, t1)); a counter
+    until: float | None = None  # that moves in steps is behind the token counters read at t1
 
 
 class Track:
@@ -137,6 +139,7 @@ class _Share:
 @dataclass(slots=True)
 class _Open:
     iv: Interval
+    joules: float = 0.0  # the meter's energy laid over [iv.t0, iv.t1)
     ours: dict[Track, _Share] = field(default_factory=dict)
     ctx_sum: float = 0.0  # contexts of our generated tokens (for the others' average)
     rec: Closed | None = None  # once closed
@@ -261,6 +264,7 @@ class Book:
         costs = self.costs()
         op = _Open(iv)
         self._open.append(op)
+        self._lay_energy(iv)
         self.measured_now = iv.measured
         self.batch_now = iv.batch or self.batch_now
         batch = max(1.0, iv.batch)
@@ -316,6 +320,40 @@ class Book:
                     parts.append((op, overlap / (end - start)))
         return parts or [(self._open[-1], 1.0)]
 
+    def _lay_energy(self, iv: Interval) -> None:
+        """Put the energy the meter read over the open intervals of the time it was used in.
+
+        A counter that moves in steps gives, at ``t1``, the energy up to its last update
+        (``until``, a little before ``t1``), since the previous one: that span at constant
+        power, over the intervals it overlaps (an interval's tail gets its energy with the next
+        reading). Only intervals measured alike share it; what falls before them goes to the
+        first.
+        """
+        energy = iv.joules
+        start = iv.since if iv.since is not None else iv.t0
+        end = iv.until if iv.until is not None else iv.t1
+        targets = []
+        for op in reversed(self._open):
+            if op.iv.measured != iv.measured or (targets and op.iv.t1 < targets[-1].iv.t0 - 1e-9):
+                break
+            targets.append(op)
+            if op.iv.t0 <= start:
+                break
+        targets.reverse()
+        start = max(start, targets[0].iv.t0)
+        end = min(end, iv.t1)
+        if end <= start or len(targets) == 1:
+            targets[-1].joules += energy
+            return
+        laid = 0.0
+        for op in targets:
+            overlap = min(op.iv.t1, end) - max(op.iv.t0, start)
+            if overlap > 0:
+                part = energy * overlap / (end - start)
+                op.joules += part
+                laid += part
+        targets[-1].joules += energy - laid
+
     def _retime_counted_prompts(self, iv: Interval, costs: TokenCosts) -> None:
         """Move the prompts the backend counted now back to when they were prefilled.
 
@@ -368,7 +406,7 @@ class Book:
     def _close(self, op: _Open) -> None:
         iv = op.iv
         costs = self.costs()
-        energy = iv.joules
+        energy = op.joules
         self.total_j += energy
         ours_p = sum(s.prompt for s in op.ours.values())
         ours_g = sum(s.gen for s in op.ours.values())

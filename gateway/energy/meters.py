@@ -40,6 +40,7 @@ class Reading:
     joules: float  # cumulative since the meter opened, all GPUs, monotone
     watts: float | None  # power now, all GPUs (None when unknown)
     fresh: bool = True  # the energy moved since the previous reading
+    at: float | None = None  # the moment ``joules`` is the energy up to (None: ``t``); a coarse counter lags
 
 
 class EnergyCounter:
@@ -49,43 +50,54 @@ class EnergyCounter:
     reload, exporter or node restart): then the new value is the energy since the restart, if
     that is plausible, else the caller's fallback (power x time). A jump larger than any GPU
     could draw is a glitch and is replaced by the fallback too, so nothing is double counted.
+    A counter that moves in steps read more often than it moves: a step is the energy since
+    its previous step, which may be as old as the read before the one that first saw it.
     """
 
-    __slots__ = ("raw", "t", "joules", "resets")
+    __slots__ = ("raw", "t", "joules", "resets", "moved_t", "before_t")
 
     def __init__(self) -> None:
         self.raw: float | None = None
-        self.t = 0.0
+        self.t = 0.0  # the latest read
         self.joules = 0.0
         self.resets = 0
+        self.moved_t = 0.0  # the read that first saw the current value
+        self.before_t = 0.0  # the read before it: the current value was reached after it
 
     def update(self, raw_mj: float, t: float, fallback_j: float | None = None) -> float:
         """Take a new raw value; returns the joules added."""
         if self.raw is None:
-            self.raw, self.t = raw_mj, t
+            self.raw, self.t, self.moved_t, self.before_t = raw_mj, t, t, t - 1.0
             return 0.0
-        plausible_mj = MAX_WATTS_PER_GPU * max(t - self.t, 0.0) * 1000.0 + 1000.0
         delta = raw_mj - self.raw
+        if delta == 0:
+            self.t = t
+            return 0.0
         if delta < 0:
             if self.raw > COUNTER_WRAP * 0.9 and raw_mj < COUNTER_WRAP * 0.1:
                 delta = raw_mj + COUNTER_WRAP - self.raw
-            else:
+            else:  # restarted since the latest read
                 self.resets += 1
-                delta = raw_mj if raw_mj <= plausible_mj else None
-        elif delta > plausible_mj:
+                delta = raw_mj if raw_mj <= _plausible_mj(t - self.t) else None
+        elif delta > _plausible_mj(t - self.before_t):
             delta = None
         if delta is None:
             added = max(0.0, fallback_j or 0.0)
         else:
             added = delta / 1000.0
-        self.raw, self.t = raw_mj, t
+        self.raw, self.before_t, self.moved_t, self.t = raw_mj, self.t, t, t
         self.joules += added
         return added
+
+
+def _plausible_mj(seconds: float) -> float:
+    return MAX_WATTS_PER_GPU * max(seconds, 0.0) * 1000.0 + 1000.0
 
 
 class Meter:
     kind = "meter"
     measured = True
+    polls = 1  # reads per sampling interval: more for a counter that moves in coarse steps (see DcgmMeter)
 
     def __init__(self) -> None:
         self.available = True
@@ -263,7 +275,19 @@ class NvmlMeter(Meter):
 
 
 class DcgmMeter(Meter):
+    """The energy counter of a dcgm-exporter page.
+
+    The counter moves in steps (the GPU updates it every ~100 ms, an exporter re-reads it every
+    collection period), so a value read now is the energy up to some moment since the previous
+    read that saw an older value. Read ``polls`` times per sampling interval, that moment is
+    known to a fraction of the interval: ``Reading.at`` is the middle of the span between the
+    last read that saw the old value and the first that saw the new one. Without it, an
+    interval's energy would be that of up to one counter period before its tokens, which is
+    most of a short request.
+    """
+
     kind = "dcgm"
+    polls = 4
 
     def __init__(self, url: str, select: dict[str, list[str]] | None = None, timeout: float = 2.0) -> None:
         super().__init__()
@@ -274,6 +298,7 @@ class DcgmMeter(Meter):
         self._watts: dict[str, float] = {}
         self._joules = 0.0
         self._t: float | None = None
+        self._at: float | None = None  # when the current value was (likely) reached
         self.error: str | None = None
 
     @property
@@ -293,22 +318,26 @@ class DcgmMeter(Meter):
             self.error = f"no GPU on {self.url} matches {self.select or 'anything'}"
             return None
         self.error = None
-        dt = 0.0 if self._t is None else now - self._t
         fresh = self._t is None
         for key, (mj, watts) in gpus.items():
             counter = self._gpus.get(key)
             if counter is None:  # a GPU we have not seen: its energy so far is not ours
                 counter = self._gpus[key] = EnergyCounter()
             previous = counter.raw
+            dt = 0.0 if previous is None else max(0.0, now - counter.moved_t)  # since its previous step
             fallback = (watts if watts is not None else self._watts.get(key, 0.0)) * dt
             self._joules += counter.update(mj, now, fallback_j=fallback)
             if previous is not None and mj != previous:
                 fresh = True
             if watts is not None:
                 self._watts[key] = watts
+        if self._t is None or self._at is None:
+            self._at = now
+        elif fresh:
+            self._at = (self._t + now) / 2.0  # the counter moved somewhere since the previous read
         self._t = now
         watts = sum(self._watts[k] for k in gpus if k in self._watts) if self._watts else None
-        return Reading(now, self._joules, watts, fresh)
+        return Reading(now, self._joules, watts, fresh, self._at)
 
 
 # ---------------------------------------------------------------- estimate

@@ -74,6 +74,8 @@ class BackendSampler:
         self._current: dict[int, Track] = {}  # entry id -> this backend's live track for it
         self._last_t: float | None = None  # the previous cut
         self._last_j: float | None = None
+        self._last_at: float | None = None  # the moment the meter's energy at the previous cut was reached
+        self._moved = False  # a coarse meter's counter moved since the previous cut
         self._last_counters: VllmCounters | None = None
         self._next_retry = 0.0
         self._stop = threading.Event()
@@ -114,13 +116,17 @@ class BackendSampler:
                 self.tick()
             except Exception:
                 log.exception("energy sampler tick of %s failed", self.name)
-            next_tick += self.interval_s
+            next_tick += self.interval_s / max(1, self.meter.polls)
             delay = next_tick - time.monotonic()
             if delay < 0:  # a slow scrape: skip ahead rather than burst
                 next_tick, delay = time.monotonic(), 0.0
             self._stop.wait(delay)
         self.running = False
         try:
+            try:
+                self.tick(last=True)  # what the meter counted since the last cut
+            except Exception:
+                log.exception("energy sampler tick of %s failed", self.name)
             self._drain()
             self.on_final(self.book.flush())
             self.on_interval(self, None)  # publish what the flush settled
@@ -131,24 +137,44 @@ class BackendSampler:
 
     # ------------------------------------------------------------------ one tick
 
-    def tick(self) -> None:
+    def tick(self, last: bool = False) -> None:
+        """One poll. A meter whose counter moves in coarse steps (``meter.polls`` > 1) is read at
+        every poll, and the backend is scraped only once the counter has moved (at most about
+        once per ``interval_s``), so that a cut follows the counter's update closely; any other
+        meter is read with every scrape. ``last``: the sampler is stopping, cut what has moved now."""
         self._drain()
+        coarse = self.meter.polls > 1 and self._last_t is not None
+        reading: Reading | None = None
+        if coarse:
+            reading = self._read(time.monotonic(), self.counters)
+            if reading is not None:
+                self.reading = reading
+                self._moved = self._moved or reading.fresh
+            elif self._moved:
+                reading = self.reading  # the counter moved at an earlier poll
+            since = time.monotonic() - self._last_t
+            if since < self.max_merge_s and not (self._moved and (last or since >= 0.75 * self.interval_s)):
+                return
         text = self._scrape()
         counters = parse_vllm(text) if text else None
         now = time.monotonic()
-        reading = self._read(now, counters)
+        if not coarse:
+            reading = self._read(now, counters)
+            if reading is not None:
+                self.reading = reading
+            self._moved = reading is not None and reading.fresh
         if counters is not None:
             self.counters = counters
             if counters.models:
                 self.models = counters.models
-        if reading is not None:
-            self.reading = reading
         if self._last_t is None:  # the first tick is the baseline
             self._last_t, self._last_counters = now, counters
             self._last_j = reading.joules if reading is not None else None
+            self._last_at = _reached(reading, now)
+            self._moved = False
             return
 
-        ready = reading is not None and reading.fresh
+        ready = reading is not None and self._moved
         split = counters is not None and self._last_counters is not None
         if ready and split and self._last_j is not None:
             self._cut(now, reading, counters, split=True)
@@ -173,6 +199,7 @@ class BackendSampler:
                     self.primary.available, self.primary.reason = True, None
                     self.meter = self.primary
                     self._last_j = probe.joules
+                    self._last_at = _reached(probe, now)
                     return None  # the next interval is measured again
         elif not self.meter.available:
             self._fall_back(now)
@@ -199,10 +226,13 @@ class BackendSampler:
         else:
             d_prompt = d_gen = None
             running = batch = counters.running if counters is not None else 0.0
+        until = _reached(reading, now) if reading is not None else now
         iv = Interval(
             t0=self._last_t,
             t1=now,
             joules=joules,
+            since=self._last_at if self._last_at is not None and self._last_at <= until else self._last_t,
+            until=until,
             measured=self.meter.measured and reading is not None,
             prompt_tokens=d_prompt,
             gen_tokens=d_gen,
@@ -212,6 +242,8 @@ class BackendSampler:
         )
         self._last_t, self._last_counters = now, counters
         self._last_j = reading.joules if reading is not None else None
+        self._last_at = until
+        self._moved = False
         final = self.book.push(iv)
         self.on_interval(self, iv)
         if final:
@@ -237,3 +269,10 @@ class BackendSampler:
             usage = ctx.usage if kind == "end" else None  # an abandoned attempt's usage is not its own
             finished = (ctx.finished if kind == "end" and ctx.finished is not None else t)
             self.book.end(track, finished, dict(usage) if isinstance(usage, dict) else None)
+
+
+def _reached(reading: Reading | None, now: float) -> float:
+    """The moment a reading's energy is the energy up to."""
+    if reading is None or reading.at is None:
+        return now
+    return min(reading.at, now)

@@ -238,8 +238,9 @@ def test_the_sampler_thread_drives_a_fake_nvml_and_shuts_it_down(backend, monkey
 
 
 def test_the_sampler_waits_for_the_counter_to_move_and_survives_a_backend_restart(backend):
-    """Driven tick by tick (no thread): merging while the exporter's counter stands still, and a
-    vLLM restart whose counters go back to small values."""
+    """Driven tick by tick (no thread; an interval so short that every tick may cut): merging
+    while the exporter's counter stands still, and a vLLM restart whose counters go back to
+    small values."""
     from gateway.energy.attribution import Book
     from gateway.energy.coefficients import TokenCosts
     from gateway.energy.meters import DcgmMeter
@@ -249,7 +250,7 @@ def test_the_sampler_waits_for_the_counter_to_move_and_survives_a_backend_restar
     intervals = []
     sampler = BackendSampler(
         cfg, DcgmMeter(f"{backend.url}/dcgm/metrics"), Book(lambda: TokenCosts(8.0), horizon_s=0.0),
-        lambda: TokenCosts(8.0), lambda final: None, lambda s, iv: intervals.append(iv),
+        lambda: TokenCosts(8.0), lambda final: None, lambda s, iv: intervals.append(iv), interval_s=1e-6,
     )  # fmt: skip
     with backend.lock:
         backend.prompt, backend.gen, backend.running = 1000, 5000, 2
