@@ -158,6 +158,16 @@ class _Open:
 
 
 @dataclass(slots=True)
+class _Spread:
+    """A prompt count of the backend's, spread back over its prefill."""
+
+    t0: float  # the interval it was counted in
+    t1: float
+    left: float  # tokens not yet known to be one of our streaming prompts
+    parts: list[tuple[_Open, float]]
+
+
+@dataclass(slots=True)
 class Closed:
     """What a closed interval keeps for later claims and for the 'other' metric."""
 
@@ -200,8 +210,8 @@ class Book:
         self.max_age_s = max_age_s
         self.tracks: list[Track] = []
         self._open: deque[_Open] = deque()
-        self._spreads: deque[tuple[float, list[tuple[_Open, float]]]] = deque(maxlen=8)  # recent counted prompts
-        self.count_lag_s = 0.25  # a first byte this long after a count belongs to it
+        self._spreads: deque[_Spread] = deque(maxlen=8)  # recent counted prompts
+        self.count_lag_s = 0.25  # a first byte this long after a count may belong to it
         self._ring: deque[Closed] = deque(maxlen=ring)
         self._unpublished: deque[Closed] = deque()
         self._prompt = Balance()
@@ -268,13 +278,18 @@ class Book:
         self.measured_now = iv.measured
         self.batch_now = iv.batch or self.batch_now
         batch = max(1.0, iv.batch)
-        self._retime_counted_prompts(iv, costs)
+        # streaming requests whose first token came in this interval: their prompts were counted now
+        firsts = [t for t in self.tracks if t.stream and t.prompt_placed is None and not t.drained and not t.final
+                  and t.ctx.first_byte is not None and t.ctx.first_byte <= iv.t1]  # fmt: skip
+        self._retime_counted_prompts(iv, costs, firsts)
+        for track in firsts:
+            self._place_prompt(track, track.ctx.first_byte, costs)
         for track in self.tracks:
             if track.drained or track.final:
                 continue
             ctx = track.ctx
             if track.stream:
-                if track.prompt_placed is None and ctx.first_byte is not None:
+                if track.prompt_placed is None and ctx.first_byte is not None and track.ended:
                     self._place_prompt(track, min(ctx.first_byte, iv.t1), costs)
                 seen = track.gen_tokens_now()
                 if seen > track.gen_seen:
@@ -354,32 +369,40 @@ class Book:
                 laid += part
         targets[-1].joules += energy - laid
 
-    def _retime_counted_prompts(self, iv: Interval, costs: TokenCosts) -> None:
+    def _retime_counted_prompts(self, iv: Interval, costs: TokenCosts, firsts: list[Track]) -> None:
         """Move the prompts the backend counted now back to when they were prefilled.
 
-        vLLM counts a prompt when its prefill completes; its energy was spent over the prefill
-        before. Spreading the count over the predicted prefill time keeps the work and the
-        energy in the same intervals, for other clients' and our unary requests' prompts alike.
+        vLLM counts a prompt when its prefill completes, and sends its first token at once; the
+        energy was spent over the prefill before. The count is spread over the predicted
+        prefill time of all the tokens counted, ending at the latest first token of our
+        streaming requests counted in it, or (without one) in the middle of the interval: the
+        counter was read at its end, the prefill ended somewhere in it. The work and the energy
+        so stay in the same intervals, for other clients' and our unary requests' prompts alike.
         The spread is remembered: our streaming prompts counted in it are placed the same way.
         """
         counted = iv.prompt_tokens
         if not counted or counted <= 0:
             return
+        end = (iv.t0 + iv.t1) / 2.0
+        ours = [t for t in firsts if t.ctx.first_byte > iv.t0 and t.prompt_tokens() > 0]
+        if ours and sum(t.prompt_tokens() for t in ours) <= counted + 0.5:
+            end = max(t.ctx.first_byte for t in ours)
         d = costs.prefill_seconds(counted)
-        parts = [(op, f) for op, f in self._spread(iv.t1 - d, iv.t1) if op.iv.prompt_tokens is not None]
+        parts = [(op, f) for op, f in self._spread(end - d, end) if op.iv.prompt_tokens is not None]
         total = sum(f for _, f in parts) or 1.0
         parts = [(op, f / total) for op, f in parts]
         iv.prompt_tokens = 0.0
         for op, fraction in parts:
             op.iv.prompt_tokens += counted * fraction
-        self._spreads.append((iv.t1, parts))
+        self._spreads.append(_Spread(iv.t0, iv.t1, counted, parts))
 
     def _place_prompt(self, track: Track, first_byte: float, costs: TokenCosts) -> None:
         """Place a streaming request's prompt where the backend's count of it was placed.
 
-        Its first byte follows the count (by the relay's latency): the latest spread counted
-        shortly before the first byte is its. Without one, the prompt goes over its predicted
-        prefill time before the first byte.
+        Its first token follows the count at once: the count read in the interval of the first
+        token is its, or the one before if that one has too few tokens left (the relay took a
+        moment and a read came between). Without one, the prompt goes over its predicted
+        prefill time before the first token.
         """
         prompt = float(track.prompt_tokens())
         track.prompt_placed = prompt
@@ -387,10 +410,13 @@ class Book:
         if prompt <= 0:
             return
         parts = None
-        for counted_at, spread in reversed(self._spreads):
-            if counted_at <= first_byte + 1e-3 and first_byte - counted_at <= self.count_lag_s and counted_at > track.sent:
+        for spread in reversed(self._spreads):
+            if spread.t1 < first_byte - self.count_lag_s or spread.t1 <= track.sent:
+                break
+            if spread.t0 < first_byte + 1e-3 and spread.left >= prompt - 0.5:
+                spread.left -= prompt
                 open_ops = {id(op) for op in self._open}
-                parts = [(op, f) for op, f in spread if id(op) in open_ops]
+                parts = [(op, f) for op, f in spread.parts if id(op) in open_ops]
                 break
         if not parts:
             d = min(first_byte - track.sent, costs.prefill_seconds(prompt))
