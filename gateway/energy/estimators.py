@@ -16,13 +16,21 @@ class Calibration:
     measured. Each busy interval is a data point ``E = a·step + b·token + c·prefill`` (its
     modelled joules in three parts: the steps' shared cost, the generated tokens' own cost,
     the prompt tokens'); a least-squares fit with exponential forgetting, pulled towards the
-    model (1, 1, 1) by a prior worth ``prior`` intervals, gives the factors that weigh each
-    part in later splits (bounded to 1/4..4). A part never seen keeps the model's weight.
+    model (1, 1, 1) by a prior worth ``prior`` intervals per part, gives the factors that
+    weigh each part in later splits (bounded to 1/4..4). A part never seen keeps the model's
+    weight.
+
+    The tokens' own cost is held to the model ten times more firmly than the others: in every
+    interval it moves with the step cost (both grow with the tokens generated) and is a small
+    share of it, so the meter barely tells them apart, and a loose fit wanders far on noise
+    (a factor of 0.4 or 4 after a few hundred intervals where the truth was 0.9), which
+    mis-weighs long contexts against short ones. It is also the best-founded term (the
+    FLOP and the KV-cache bytes of each token).
     """
 
     __slots__ = ("decay", "prior", "xx", "xe", "seen", "_factors", "_dirty")
 
-    def __init__(self, decay: float = 0.999, prior: float = 3.0) -> None:
+    def __init__(self, decay: float = 0.999, prior: tuple[float, float, float] = (3.0, 30.0, 3.0)) -> None:
         self.decay = decay
         self.prior = prior
         self.xx = [[0.0] * 3 for _ in range(3)]
@@ -51,7 +59,7 @@ class Calibration:
         a = [row[:] for row in self.xx]
         b = self.xe[:]
         for i in range(3):  # ridge towards 1: `prior` typical intervals' worth of the model
-            ridge = self.prior * self.xx[i][i] / self.seen[i] if self.seen[i] >= 1.0 else 1.0
+            ridge = self.prior[i] * self.xx[i][i] / self.seen[i] if self.seen[i] >= 1.0 else 1.0
             a[i][i] += ridge
             b[i] += ridge
         x = _solve3(a, b)
