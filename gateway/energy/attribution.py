@@ -94,7 +94,8 @@ class Track:
         self.ctx = ctx
         self.owner: object = None  # whatever the service ties the attempt to
         self.stream = ctx.stream
-        self.skip_events = 1 if ctx.endpoint == "chat" else 0  # vLLM's first chat event is the role
+        # Counting events (a backend without running usage), vLLM's first chat event is the role
+        self.skip_events = 1 if ctx.endpoint == "chat" else 0
         self.sent = sent
         self.finished: float | None = None
         self.ended = False  # end() seen
@@ -223,8 +224,12 @@ class Book:
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
         self.calibration = Calibration()
+        # The proxy reads each streamed chunk's running usage (exact token counts, the role chunk
+        # at 0) where the backend gives it, else counts events; the end of each chat stream tells which.
+        self.exact_counts = True
         self.calibrate = calibrate  # learn the work weights from the meter (off: the model's as they are)
-        self._k_num = 0.0  # measured / modelled, decayed: prices pending work in provisional values
+        self._k_num = 0.0  # measured / modelled in busy intervals, decayed: prices provisional values, idle edges
+        self._idle_w = 0.0  # the backend's power with nothing running, learnt from idle intervals
         self._k_den = 0.0
         # conservation books (joules)
         self.total_j = 0.0  # every interval's energy, measured or estimated
@@ -237,6 +242,8 @@ class Book:
 
     def begin(self, ctx: RequestContext, sent: float) -> Track:
         track = Track(ctx, sent, self._ring.maxlen)
+        if self.exact_counts:
+            track.skip_events = 0
         self.tracks.append(track)
         return track
 
@@ -460,7 +467,8 @@ class Book:
             o_token + sum(s.token for s in op.ours.values()),
             o_prefill + sum(s.prefill for s in op.ours.values()),
         )
-        clean = iv.measured and energy > 0 and not self._carry and not self._idle_pool and iv.running > 0
+        quiet = 2.0 * iv.batch - iv.running  # sequences running at the quieter end of the interval
+        clean = iv.measured and energy > 0 and not self._carry and not self._idle_pool and quiet > 0
         if self.calibrate and clean and sum(parts) > 0:
             self.calibration.update(energy, parts)
         fs, ft, fp = rec.factors = self.calibration.factors
@@ -479,13 +487,23 @@ class Book:
                 elif iv.t1 - self._carry_since > self.max_carry_s:
                     self._book_other(self._carry, known=True, measured=iv.measured, rec=rec)
                     self._carry, self._carry_since = 0.0, None
-            elif self.amortise_idle:
-                self._idle_pool += energy
             else:
-                self.idle_j += energy
-                self._add_tally("idle", source, energy)
+                if iv.measured and iv.t1 > iv.t0:
+                    watts = energy / (iv.t1 - iv.t0)
+                    self._idle_w = 0.9 * self._idle_w + 0.1 * watts if self._idle_w else watts
+                self._book_idle(energy, source)
             self._append(rec)
             return
+
+        if quiet <= 0 and iv.measured and self._k_den > 0:
+            # Nothing ran at one end: part of the interval was idle. The work is priced at what
+            # it costs in busy intervals; the rest, up to idle power, is idle, not the work's.
+            idle_w = self._idle_w or costs.idle_w
+            idle = min(energy - min(energy, self.k * total), idle_w * (iv.t1 - iv.t0))
+            if idle > 0:
+                energy -= idle
+                rec.joules = energy
+                self._book_idle(idle, source)
 
         energy += self._carry + self._idle_pool
         self._carry = self._idle_pool = 0.0
@@ -494,7 +512,7 @@ class Book:
         rec.price = price
         rec.others_work = others_work
         rec.joules = energy
-        if iv.measured:
+        if clean:
             self._k_num = self._k_num * 0.98 + energy
             self._k_den = self._k_den * 0.98 + total
         self._shape(op, rec, others_p, others_g)
@@ -538,6 +556,13 @@ class Book:
                 track.shape.append((rec, each))
             if others_prompt > 0:
                 track.pshape.append((rec, others_prompt))
+
+    def _book_idle(self, joules: float, source: str) -> None:
+        if self.amortise_idle:
+            self._idle_pool += joules
+        else:
+            self.idle_j += joules
+            self._add_tally("idle", source, joules)
 
     def _book_other(self, joules: float, known: bool, measured: bool, rec: Closed | None = None) -> None:
         self.other_j += joules
@@ -592,6 +617,8 @@ class Book:
         prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
         gen = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
         finished = track.finished if track.finished is not None else track.sent
+        if track.stream and track.ctx.endpoint == "chat" and track.ctx.gen_tokens_seen > 0:
+            self.exact_counts = track.ctx.gen_tokens_seen == gen
         if track.stream and track.prompt_placed is not None:
             extra_p = prompt - track.prompt_placed
             pf_end = track.placed_at

@@ -108,6 +108,29 @@ def test_idle_energy_is_reported_and_never_charged():
     conserved(b)
 
 
+def test_a_request_that_starts_in_an_idle_interval_is_not_charged_its_idle_part():
+    b = book()
+    steady = ctx("steady")
+    steady.first_byte = 0.0
+    first = b.begin(steady, sent=0.0)
+    for i in range(10):  # busy at both ends: the work costs what the model says
+        steady.gen_tokens_seen = 10 * (i + 1)
+        work = COSTS.decode_run(1, 10, context_sum(0, 10 * i, 10 * (i + 1)))
+        b.push(Interval(i * 0.1, (i + 1) * 0.1, work, True, 0.0, 10, 1, 1))
+    b.end(first, 1.0, {"prompt_tokens": 0, "completion_tokens": 100})
+    b.push(Interval(1.0, 1.1, 8.0, True, 0.0, 0, 0, 0))  # it ended; idle: 80 W
+    idle = b.idle_j
+    late = ctx("late")
+    track = b.begin(late, sent=1.15)
+    late.first_byte, late.gen_tokens_seen = 1.15, 5
+    work = COSTS.decode_run(1, 5, context_sum(0, 0, 5))
+    # idle until 1.15, then the request: nothing was running when the interval began
+    b.push(Interval(1.1, 1.2, work + 4.0, True, 0.0, 5, 1, 0.5))
+    assert track.joules == pytest.approx(work, rel=0.02)
+    assert b.idle_j - idle == pytest.approx(4.0, rel=0.05)
+    conserved(b)
+
+
 def test_idle_can_be_amortised_over_the_next_busy_interval():
     b = book(amortise_idle=True)
     a = ctx("a")
@@ -228,13 +251,25 @@ def test_a_one_tick_lag_of_our_proxy_does_not_leak_energy_to_others():
     conserved(b)
 
 
-def test_the_chat_role_event_is_not_a_token():
+def test_exact_running_counts_are_taken_as_they_are_and_counted_events_lose_the_chat_role_event():
     b = book()
-    a = ctx("a", endpoint="chat")
-    a.first_byte = 0.0
-    a.gen_tokens_seen = 11  # the role delta and 10 tokens
-    b.begin(a, sent=0.0)
+    first = ctx("first", endpoint="chat")
+    first.first_byte = 0.0
+    first.gen_tokens_seen = 10  # running usage: exact, the role chunk said 0
+    b.begin(first, sent=0.0)
     b.push(interval(0.0, 1.0, 100.0, gen=10, running=1))
+    assert b.tracks[0].gen_seen == 10
+    # a backend without running usage: the proxy counts events, and the role delta is one of them
+    first.gen_tokens_seen = 21
+    b.push(interval(1.0, 2.0, 100.0, gen=10, running=1))
+    b.end(b.tracks[0], 2.0, {"prompt_tokens": 0, "completion_tokens": 20})
+    b.push(interval(2.0, 3.0, 10.0))
+    assert not b.tracks and not b.exact_counts  # the end showed one event more than tokens
+    a = ctx("a", endpoint="chat")
+    a.first_byte = 3.0
+    a.gen_tokens_seen = 11  # the role delta and 10 tokens
+    b.begin(a, sent=3.0)
+    b.push(interval(3.0, 4.0, 100.0, gen=10, running=1))
     assert b.tracks[0].gen_seen == 10
 
 
