@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -64,3 +66,15 @@ def sim_counter(sim, name: str, **labels) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@contextlib.contextmanager
+def twin_backends(tmp_path):
+    """Two instant simulators serving the same model behind one gateway whose health checks are
+    slow, so the gateway tries ``a`` first and learns of a failure only from the request itself."""
+    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
+            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
+        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
+                             server={"health_interval_s": 30, "load_interval_s": 30})
+        with GatewayProcess(write_config(tmp_path, config)) as gw:
+            yield gw, a, b

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config, sim_counter
+from tests.e2e.conftest import MEDIUM, backend_entry, base_config, twin_backends, sim_counter
 from tests.support import GatewayProcess, write_config
 
 CHAT = {"model": MEDIUM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -71,19 +70,15 @@ def test_unknown_path_and_method(gateway):
 
 
 def test_backend_failing_before_first_byte_is_retried_on_another(tmp_path):
-    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
-            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
-        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
-                             server={"health_interval_s": 30, "load_interval_s": 30})
-        with GatewayProcess(write_config(tmp_path, config)) as gw:
-            # a answers its next 3 requests with a 500 before any byte
-            httpx.post(f"{a.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 3})
-            for stream in (False, True, False):
-                r = post(gw, {**CHAT, "stream": stream})
-                assert r.status_code == 200, r.text
-            metrics = httpx.get(f"{gw.url}/metrics").text
-            assert 'gateway_upstream_attempts_total{backend="a",result="http_500"} 3.0' in metrics
-            assert 'gateway_upstream_attempts_total{backend="b",result="ok"} 3.0' in metrics
+    with twin_backends(tmp_path) as (gw, a, b):
+        # a answers its next 3 requests with a 500 before any byte
+        httpx.post(f"{a.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 3})
+        for stream in (False, True, False):
+            r = post(gw, {**CHAT, "stream": stream})
+            assert r.status_code == 200, r.text
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert 'gateway_upstream_attempts_total{backend="a",result="http_500"} 3.0' in metrics
+        assert 'gateway_upstream_attempts_total{backend="b",result="ok"} 3.0' in metrics
 
 
 def test_every_backend_down_is_503_with_retry_after(tmp_path):
@@ -121,15 +116,11 @@ def test_mid_stream_failure_ends_with_error_event_and_done(tmp_path):
 
 
 def test_unary_answer_cut_mid_body_is_retried_on_another(tmp_path):
-    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
-            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
-        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
-                             server={"health_interval_s": 30, "load_interval_s": 30})
-        with GatewayProcess(write_config(tmp_path, config)) as gw:
-            # a sends half of its next answer, then drops the connection: nothing reached the client yet
-            httpx.post(f"{a.url}/debug/fault", json={"mode": "die_midstream", "count": 1})
-            r = post(gw, CHAT)
-            assert r.status_code == 200, r.text
-            assert r.json()["choices"][0]["message"]["content"]
-            metrics = httpx.get(f"{gw.url}/metrics").text
-            assert 'gateway_upstream_attempts_total{backend="a",result="connect_error"} 1.0' in metrics
+    with twin_backends(tmp_path) as (gw, a, b):
+        # a sends half of its next answer, then drops the connection: nothing reached the client yet
+        httpx.post(f"{a.url}/debug/fault", json={"mode": "die_midstream", "count": 1})
+        r = post(gw, CHAT)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert 'gateway_upstream_attempts_total{backend="a",result="connect_error"} 1.0' in metrics

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config
+from tests.e2e.conftest import MEDIUM, backend_entry, base_config, twin_backends
 from tests.support import GatewayProcess, write_config
 
 EMBED = "BAAI/bge-small-en-v1.5"
@@ -29,20 +29,16 @@ def test_embeddings_pass_through_to_the_embedding_backend(sims, tmp_path):
 
 
 def test_each_upstream_attempt_gets_a_fresh_request_id(tmp_path):
-    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
-            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
-        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
-                             server={"health_interval_s": 30, "load_interval_s": 30})
-        with GatewayProcess(write_config(tmp_path, config)) as gw:
-            httpx.post(f"{a.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 1})
-            r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
-                           json={"model": MEDIUM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-            assert r.status_code == 200
-            rid = r.headers["x-request-id"]
-            seen_a = set(httpx.get(f"{a.url}/debug/energy").json()["requests"])
-            seen_b = set(httpx.get(f"{b.url}/debug/energy").json()["requests"])
-            # vLLM uses the incoming X-Request-Id as its own: one id per attempt, both traceable to ours
-            assert f"{rid}-2" in seen_b
-            assert f"{rid}-1" not in seen_b
-            assert r.json()["id"].endswith(f"{rid}-2")
-            assert not seen_a or f"{rid}-1" in seen_a  # the refused attempt, if the sim booked it
+    with twin_backends(tmp_path) as (gw, a, b):
+        httpx.post(f"{a.url}/debug/fault", json={"mode": "error_before_first_byte", "count": 1})
+        r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30,
+                       json={"model": MEDIUM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        seen_a = set(httpx.get(f"{a.url}/debug/energy").json()["requests"])
+        seen_b = set(httpx.get(f"{b.url}/debug/energy").json()["requests"])
+        # vLLM uses the incoming X-Request-Id as its own: one id per attempt, both traceable to ours
+        assert f"{rid}-2" in seen_b
+        assert f"{rid}-1" not in seen_b
+        assert r.json()["id"].endswith(f"{rid}-2")
+        assert not seen_a or f"{rid}-1" in seen_a  # the refused attempt, if the sim booked it
