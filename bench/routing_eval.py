@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     if llmr is not None:
         ladders.append(("LLMRouter: 7B -> 8B -> 9B -> 49B -> 51B", ladder_report(model, llmr, LLMR_LADDER, energy, llmr_train)))
 
-    lines = [f"# Routing evaluation\n", f"Produced by `python bench/routing_eval.py"
+    lines = ["# Routing evaluation\n", "Produced by `python bench/routing_eval.py"
              + (f" --data {args.data}" if args.data else "") + f"` on the {mode}; model version "
              f"`{model.version}`. Unless a row says otherwise, the router is the energy-aware rule "
              f"(`AdequacyModel.route_scores` / `choose`, default threshold {model.energy_threshold}); "
