@@ -3,9 +3,11 @@
 A mixed concurrent load (bench/attribution_eval.py's workload) goes through the gateway while
 other clients talk to the simulators directly, and one simulator's energy counter restarts
 (a driver reload) mid-run. Then every request's final energy in the ledger is compared with
-the simulator's ground truth (GET /debug/energy). The bounds are looser than the benchmark's
-target (p50 <= 5 %, p90 <= 15 %, see bench/attribution_eval.py) so the test stays stable on a
-loaded machine; the simulators run at 2x speed.
+the simulator's ground truth (GET /debug/energy). The simulators run at realistic speed: the
+attribution times prefills and energy-counter steps in wall-clock seconds, and a simulator
+running faster than its GPUs would is not a machine it is built for (at 2x the same run gives
+p50 ~8 %, p90 ~19 %). Measured on a busy 2-core machine: p50 3.6-4.4 %, p90 6.7-7.7 %
+(4 runs, 18 requests); the bounds leave room for a noisier one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from gateway.sim.process import start_sim
 from tests.support import InProcessGateway
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEED = "2"
+SPEED = "realistic"
 
 
 def load_bench():
@@ -105,7 +107,7 @@ def test_every_request_gets_a_final_measured_value_in_the_ledger(run):
 def test_per_request_energy_matches_the_simulators_ground_truth(run):
     errs = errors(run)
     p50, p90 = errs[len(errs) // 2], errs[int(0.9 * (len(errs) - 1))]
-    assert p50 <= 0.10 and p90 <= 0.35, f"p50 {p50:.1%} p90 {p90:.1%}"
+    assert p50 <= 0.08 and p90 <= 0.18, f"p50 {p50:.1%} p90 {p90:.1%}"
 
 
 def test_what_the_meters_measured_is_split_without_loss_across_a_counter_restart(run):
