@@ -90,7 +90,8 @@ class RequestContext:
     sent: float | None = None  # monotonic time the upstream request was sent
     first_byte: float | None = None  # first upstream body byte relayed to the client
     finished: float | None = None
-    gen_tokens_seen: int = 0  # streamed token-bearing events so far (read by the energy sampler)
+    gen_tokens_seen: int = 0  # tokens streamed so far (read by the energy sampler)
+    gen_tokens_exact: bool = False  # ...from vLLM's running usage, else counted one per event
     reasoning_parts: list[str] = field(default_factory=list)  # reasoning text as relayed, to count exactly
     reasoning_tokens: int = 0
     status: int = 0

@@ -124,6 +124,10 @@ class Track:
         return max(0, self.ctx.prompt_tokens_est or 0)
 
     def gen_tokens_now(self) -> int:
+        # Exact when the backend sends running usage; else one event per token, after the
+        # chat stream's role chunk.
+        if self.ctx.gen_tokens_exact:
+            return self.ctx.gen_tokens_seen
         return max(0, self.ctx.gen_tokens_seen - self.skip_events)
 
 
@@ -224,9 +228,6 @@ class Book:
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
         self.calibration = Calibration()
-        # The proxy reads each streamed chunk's running usage (exact token counts, the role chunk
-        # at 0) where the backend gives it, else counts events; the end of each chat stream tells which.
-        self.exact_counts = True
         self.calibrate = calibrate  # learn the work weights from the meter (off: the model's as they are)
         self._k_num = 0.0  # measured / modelled in busy intervals, decayed: prices provisional values, idle edges
         self._idle_w = 0.0  # the backend's power with nothing running, learnt from idle intervals
@@ -242,8 +243,6 @@ class Book:
 
     def begin(self, ctx: RequestContext, sent: float) -> Track:
         track = Track(ctx, sent, self._ring.maxlen)
-        if self.exact_counts:
-            track.skip_events = 0
         self.tracks.append(track)
         return track
 
@@ -617,8 +616,6 @@ class Book:
         prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
         gen = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
         finished = track.finished if track.finished is not None else track.sent
-        if track.stream and track.ctx.endpoint == "chat" and track.ctx.gen_tokens_seen > 0:
-            self.exact_counts = track.ctx.gen_tokens_seen == gen
         if track.stream and track.prompt_placed is not None:
             extra_p = prompt - track.prompt_placed
             pf_end = track.placed_at

@@ -266,6 +266,7 @@ async def relay_stream(
                     event, prompt, generated = sse.running_usage(event, strip=not ctx.continuous_usage)
                     if generated >= 0:
                         ctx.gen_tokens_seen = generated  # read by the energy sampler
+                        ctx.gen_tokens_exact = True
                         if prompt > 0:
                             ctx.prompt_tokens_est = prompt  # exact, from the backend
                     else:  # a backend without running usage: one token per event

@@ -253,24 +253,21 @@ def test_a_one_tick_lag_of_our_proxy_does_not_leak_energy_to_others():
 
 def test_exact_running_counts_are_taken_as_they_are_and_counted_events_lose_the_chat_role_event():
     b = book()
-    first = ctx("first", endpoint="chat")
-    first.first_byte = 0.0
-    first.gen_tokens_seen = 10  # running usage: exact, the role chunk said 0
-    b.begin(first, sent=0.0)
+    exact = ctx("exact", endpoint="chat")
+    exact.first_byte = 0.0
+    exact.gen_tokens_seen, exact.gen_tokens_exact = 10, True  # running usage: the role chunk said 0
+    b.begin(exact, sent=0.0)
     b.push(interval(0.0, 1.0, 100.0, gen=10, running=1))
     assert b.tracks[0].gen_seen == 10
+    b.end(b.tracks[0], 1.0, {"prompt_tokens": 0, "completion_tokens": 10})
+    b.push(interval(1.0, 2.0, 10.0))
     # a backend without running usage: the proxy counts events, and the role delta is one of them
-    first.gen_tokens_seen = 21
-    b.push(interval(1.0, 2.0, 100.0, gen=10, running=1))
-    b.end(b.tracks[0], 2.0, {"prompt_tokens": 0, "completion_tokens": 20})
-    b.push(interval(2.0, 3.0, 10.0))
-    assert not b.tracks and not b.exact_counts  # the end showed one event more than tokens
-    a = ctx("a", endpoint="chat")
-    a.first_byte = 3.0
-    a.gen_tokens_seen = 11  # the role delta and 10 tokens
-    b.begin(a, sent=3.0)
-    b.push(interval(3.0, 4.0, 100.0, gen=10, running=1))
-    assert b.tracks[0].gen_seen == 10
+    counted = ctx("counted", endpoint="chat")
+    counted.first_byte = 2.0
+    counted.gen_tokens_seen = 11  # the role delta and 10 tokens
+    b.begin(counted, sent=2.0)
+    b.push(interval(2.0, 3.0, 100.0, gen=10, running=1))
+    assert b.tracks[-1].gen_seen == 10
 
 
 def test_conservation_over_a_random_mixed_workload():
