@@ -87,7 +87,12 @@ class EnergyService:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # Every backend's split exists from the start, at 0: series born at different moments
+        # make rate() extrapolate differently, and attributed + idle + other would not add up.
         for sampler in self.samplers.values():
+            source = "measured" if sampler.meter.measured else "estimated"
+            for kind in ("attributed", "idle", "other"):
+                self.metrics.energy.labels(sampler.name, kind, source).inc(0)
             sampler.start()
 
     def stop(self) -> None:
