@@ -98,7 +98,6 @@ class RequestContext:
     outcome: str = "pending"  # ok | client_error | upstream_error | client_disconnect | refused
     error_code: str | None = None
     usage: dict[str, Any] | None = None
-    reasoning_text_chars: int = 0
 
     # --- energy / telemetry
     energy: EnergyReport | None = None

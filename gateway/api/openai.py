@@ -338,7 +338,6 @@ class OpenAIEndpoints:
         if ctx.reasoning_parts and ctx.backend is not None:
             # vLLM reports no reasoning_tokens: count the reasoning text with the backend's tokenizer
             texts = ["".join(ctx.reasoning_parts)]
-            ctx.reasoning_text_chars = len(texts[0])
             ctx.reasoning_tokens = await gw.proxy.count_tokens(gw.pool.by_name[ctx.backend], ctx.model, texts)
         if isinstance(usage, dict) and ctx.endpoint == "chat":
             details = usage.get("completion_tokens_details") or {}

@@ -96,7 +96,6 @@ class BackendPool:
         self.metrics = metrics
         self._tasks: list[asyncio.Task] = []
         self._listeners: list[Callable[[], None]] = []
-        self._first_check = asyncio.Event()
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` when the set of healthy backends or their models changes."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any, Awaitable, Callable, Protocol
 
 import aiohttp
@@ -333,7 +332,3 @@ def _normalised_error_event(event: bytes) -> bytes:
         return event
     status = payload.get("error", {}).get("code") if isinstance(payload.get("error"), dict) else None
     return sse.encode(normalise(status if isinstance(status, int) else 500, payload))
-
-
-def fresh_request_id() -> str:
-    return uuid.uuid4().hex

@@ -116,9 +116,6 @@ class Catalog:
     def get(self, name: str) -> ModelInfo | None:
         return self.models.get(name)
 
-    def in_tier(self, tier: str) -> list[ModelInfo]:
-        return sorted((m for m in self.models.values() if m.tier == tier), key=lambda m: m.params_b or 0.0)
-
     def params_b(self, name: str) -> float | None:
         info = self.models.get(name)
         return info.params_b if info else None
