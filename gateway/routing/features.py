@@ -160,11 +160,12 @@ def request_text(body: Mapping[str, Any]) -> str:
     return prompt_text(body.get("messages"), body.get("prompt"))
 
 
-def from_request(body: Mapping[str, Any], *, reasoning: bool | None = None) -> Features:
+def from_request(body: Mapping[str, Any], *, reasoning: bool | None = None, text: str | None = None) -> Features:
     """Features straight from an OpenAI request body.
 
     ``reasoning`` overrides what the body says (``reasoning_effort`` other than
     ``"none"``/``"minimal"``, or ``chat_template_kwargs.enable_thinking``/``thinking``).
+    ``text`` is ``request_text(body)`` when the caller has it already.
     """
     messages = body.get("messages")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -176,7 +177,7 @@ def from_request(body: Mapping[str, Any], *, reasoning: bool | None = None) -> F
             (effort and effort not in ("none", "minimal")) or kwargs.get("enable_thinking") or kwargs.get("thinking")
         )
     return extract(
-        request_text(body),
+        request_text(body) if text is None else text,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         has_tools=bool(body.get("tools") or body.get("functions")),
         has_schema=_has_schema(body),

@@ -139,7 +139,7 @@ class Router:
                 param="messages",
                 code="context_length_exceeded",
             )
-        probs, scores = self._predict(body, reasoning, fits)
+        probs, scores = self._predict(body, text, reasoning, fits)
         recommended, rec_p, why = self._smallest_adequate(fits, probs, scores, ceiling, reasoning)
         largest = self._plan(fits)[2]
         friction = False
@@ -204,7 +204,7 @@ class Router:
         return Route(model, self._backends(model), "model asked for by name", counterfactual=model)
 
     def _predict(
-        self, body: dict, reasoning: bool, fits: list[ModelInfo]
+        self, body: dict, text: str, reasoning: bool, fits: list[ModelInfo]
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Per tier: predicted adequacy (vs the largest fitting tier), and the score the
         threshold is compared with (the adequacy itself, or the energy-weighted score)."""
@@ -212,7 +212,7 @@ class Router:
         if self.adequacy is None or len(tiers) == 1:
             ones = {t: 1.0 for t in tiers}
             return ones, ones
-        features = from_request(body, reasoning=reasoning)
+        features = from_request(body, reasoning=reasoning, text=text)
         if not self.energy_rule:
             probs = dict(zip(tiers, self.adequacy.predict(features, sizes)))
             return probs, probs
