@@ -1,6 +1,17 @@
 import math
 
-from gateway.routing.features import DENSE_NAMES, SCAN_HEAD, SCAN_TAIL, extract, from_request, prompt_text, request_text
+from gateway.routing.features import (
+    DENSE_NAMES,
+    SCAN_HEAD,
+    SCAN_TAIL,
+    Prompt,
+    extract,
+    from_request,
+    prompt_of,
+    prompt_text,
+    request_prompt,
+    request_text,
+)
 
 
 def dense(f, name):
@@ -64,7 +75,7 @@ def test_dense_features_react_to_content():
 
 
 def test_request_knobs():
-    f = extract("hi", max_tokens=256, has_tools=True, has_schema=True, reasoning=True, turns=3)
+    f = extract(Prompt("hi", "hi", turns=3), max_tokens=256, has_tools=True, has_schema=True, reasoning=True)
     d = f.as_dict()
     assert d["has_max_tokens"] == 1 and d["log_max_tokens"] == math.log1p(256)
     assert d["has_tools"] == d["has_schema"] == d["reasoning"] == 1
@@ -84,7 +95,7 @@ def test_from_request_reads_the_body():
     }
     d = from_request(body).as_dict()
     assert (d["log_max_tokens"], d["has_tools"], d["has_schema"], d["reasoning"]) == (math.log1p(64), 1, 1, 1)
-    assert d["turns"] == math.log(3)
+    assert d["turns"] == math.log(2)  # user messages
     quiet = from_request({"prompt": "x", "max_tokens": 5, "reasoning_effort": "none", "response_format": {"type": "text"}})
     assert (quiet.as_dict()["reasoning"], quiet.as_dict()["has_schema"]) == (0, 0)
     assert from_request({"messages": [], "reasoning_effort": "high"}).as_dict()["reasoning"] == 1
@@ -102,19 +113,56 @@ def test_long_prompts_scan_head_and_tail_but_count_everything():
 
 
 def test_deterministic_and_hashable():
-    text = prompt_text([{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
-    a, b = extract(text, max_tokens=10), extract(text, max_tokens=10)
+    p = prompt_of([{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
+    a, b = extract(p, max_tokens=10), extract(p, max_tokens=10)
     assert a == b and hash(a) == hash(b)
+    assert prompt_text([{"role": "user", "content": "x"}]) == p.text.replace("Prove that sqrt(2) is irrational.", "x")
 
 
-def test_role_prefixes_are_not_words_and_structure_is_counted():
-    text = prompt_text([{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "Do this:\n1. prove it\n2) derive 3,000.5 and 2\n- check."}])
-    f = extract(text)
-    assert "user" not in f.terms and "system" not in f.terms and {"prove", "derive", "check"} <= f.terms
+def test_the_task_is_the_last_user_message_and_structure_is_counted():
+    body = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Summarise the report."},
+                         {"role": "assistant", "content": "It says revenue rose."},
+                         {"role": "user", "content": "Do this:\n1. prove it\n2) derive 3,000.5 and 2\n- check."}]}
+    p = request_prompt(body)
+    assert p.task.startswith("Do this:") and p.turns == 2 and p.system_chars == len("Be brief.")
+    assert p.text.startswith("system: Be brief.\n\nuser: Summarise")
+    f = extract(p)
+    assert "user" not in f.terms and "summarise" not in f.terms and {"prove", "derive", "check"} <= f.terms
     d = f.as_dict()
     assert d["enumerated"] == math.log1p(3)
     assert d["numbers"] == math.log1p(4)  # 1, 2, 3,000.5, 2
-    assert d["sentences"] == math.log1p(3)  # "brief. ", "1. " (a list number reads as one) and "check."
-    assert extract("user: the user said hi").terms == frozenset({"the", "user", "said", "hi"})  # only the prefix goes
+    assert d["sentences"] == math.log1p(2)  # "1. " (a list number reads as one) and "check."
+    assert d["system"] == math.log1p(len("Be brief."))
+    assert 0 < d["context_share"] < 1  # the history is context, not the task
     assert 0 < dense(extract("internationalisation is complicated"), "long_words") <= 1
+
+
+def kinds(text: str) -> set[str]:
+    d = extract(prompt_of([{"role": "user", "content": text}])).as_dict()
+    return {k[2:] for k, v in d.items() if k.startswith("k_") and v}
+
+
+def test_what_kind_of_task():
+    assert kinds("hi there") == {"greeting"}
+    assert kinds("Thanks!") == {"greeting"}
+    assert kinds("What is 2+2?") == {"arithmetic"}
+    assert kinds("what's 17 * 3") == {"arithmetic"}
+    assert kinds("What is the capital of France?") == {"lookup"}
+    assert kinds("Write a haiku about autumn.") == {"creative"}
+    assert kinds("Translate 'good morning' into Spanish.") == {"rewrite"}
+    assert kinds("Write a Python function that merges intervals.") == {"code"}
+    assert {"math", "reasoning"} <= kinds("Prove that the sum of the first n odd numbers is n^2.")
+    assert kinds("How do I bake sourdough bread?") == {"explain"}
+    assert kinds("¿Cuál es la capital de Francia?") == set()  # the cues are English
+    assert extract("¿Cuál es la capital de Francia?").as_dict()["non_ascii"] > 0
+    # a long message that opens with a greeting is not small talk
+    assert "greeting" not in kinds("hi, " + "please review this contract clause by clause and list every risk " * 5)
+
+
+def test_few_shot_prompts_read_their_last_example():
+    shots = "".join(f"Question: what is {i} + {i}?\nAnswer: {2 * i}\n\n" for i in range(1, 6))
+    f = extract(prompt_of([{"role": "user", "content": shots + "Question: What is the capital of Peru?\nAnswer:"}]))
+    d = f.as_dict()
+    assert d["shots"] == math.log1p(5) and d["k_lookup"] == 1
+    assert "peru" in f.terms and "answer" in f.terms
