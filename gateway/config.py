@@ -125,17 +125,19 @@ def guess_family(model_name: str) -> str | None:
     return None
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
-
-
-def guess_params_b(model_name: str) -> float | None:
-    """'Qwen/Qwen3-32B' -> 32.0; MoE names like '30B-A3B' give the total."""
-    m = _SIZE.search(model_name)
-    return float(m.group(1)) if m else None
 
 
 class ModelConfig(Strict):
     params_b: float | None = Field(None, gt=0, description="parameter count in billions (total)")
+    active_params_b: float | None = Field(
+        None, gt=0, description="parameters active per token, for a mixture of experts; default: from the name"
+    )
+    ability: float | None = Field(
+        None,
+        gt=0,
+        description="the size in billions of a Llama-3.1-class model that answers about as well; the router "
+        "compares tiers by it. Default: from size and generation (gateway/routing/ability.py)",
+    )
     family: str | None = None
     tier: str | None = Field(None, description="tier name; default: from size order")
     reasoning: Reasoning | None = Field(None, description="default: from family")
@@ -157,17 +159,30 @@ class ServerConfig(Strict):
 
 
 class RoutingConfig(Strict):
-    rule: Literal["adequacy", "energy"] = Field(
-        "adequacy",
-        description="adequacy: the smallest tier whose predicted adequacy clears `threshold`; energy: the "
-        "smallest whose energy-weighted score (adequacy traded against the energy the expected answer would "
-        "save) clears `energy_threshold` (see docs/routing-eval.md)",
+    model: str | None = Field(
+        None, description="router artefact from `nudge-gateway router fit`; default: the one shipped in the package"
+    )
+    quality: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1,
+        description="share of the top tier's quality that 'auto' keeps on average over recent requests, as the "
+        "router's model predicts it; the router adapts the price of quality to hold it (gateway/routing/quality.py). "
+        "Default: the trained model's",
+    )
+    window: int | None = Field(
+        None, ge=1, description="about how many requests the quality average is held over; default: the trained model's"
     )
     threshold: float | None = Field(
-        None, ge=0, le=1, description="for rule adequacy; default: the trained model's (0.78)"
+        None,
+        lt=1,
+        description="a fixed threshold instead of the adaptive price: a smaller tier is taken when 1 - predicted "
+        "loss / energy saving >= threshold (0.9 = lose at most 10% of a tier's saving in quality)",
     )
-    energy_threshold: float | None = Field(
-        None, le=1, description="for rule energy; default: the trained model's (0.85)"
+    rule: Literal["adequacy", "energy"] = Field(
+        "adequacy",
+        description="adequacy: a tier's energy saving is its share of the top tier's joules per token; energy: "
+        "also weighted by the expected length of the answer (long answers have more at stake)",
     )
     aliases: dict[str, str] = Field(
         default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},
@@ -272,7 +287,6 @@ __all__ = [
     "YamlFileError",
     "config_from_backends",
     "guess_family",
-    "guess_params_b",
     "hash_key",
     "load_config",
 ]

@@ -1,17 +1,20 @@
-"""The models the gateway can route to, grouped into tiers by size.
+"""The models the gateway can route to, grouped into tiers by ability.
 
 Facts come from the config (``models:``) first, then from what the backends report
 (``/v1/models``: served names, ``max_model_len``), then from the model name itself
-("Qwen3-32B" -> 32B, family qwen3). Tiers are ordered by size; unless the config names
-them, two sizes are ``small`` and ``large``, three are ``small``, ``medium``, ``large``.
+("Qwen3-32B" -> 32B, family qwen3; see ``ability.py`` for sizes and the default ability).
+Tiers are ordered by ability (the size of a Llama-3.1-class model that answers as well);
+unless the config names them, two abilities are ``small`` and ``large``, three are
+``small``, ``medium``, ``large``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.config import FAMILY_REASONING, ModelConfig, guess_family, guess_params_b
+from gateway.config import FAMILY_REASONING, ModelConfig, guess_family
 from gateway.proxy.backends import BackendPool
+from gateway.routing.ability import ability_b, facts_from_name
 
 
 @dataclass(slots=True)
@@ -21,6 +24,8 @@ class ModelInfo:
     family: str | None
     reasoning: str  # hybrid | opt_in | effort | always | none
     max_model_len: int | None
+    active_b: float | None = None  # parameters active per token (MoE); = params_b for a dense model
+    ability_b: float | None = None  # Llama-3.1-equivalent size: what the router compares tiers by
     tier: str = ""
     rank: int = 0  # position of its tier, 0 = smallest
     backends: list[str] = field(default_factory=list)
@@ -34,6 +39,8 @@ class ModelInfo:
             "owned_by": "vllm",
             "max_model_len": self.max_model_len,
             "params_b": self.params_b,
+            "active_params_b": self.active_b,
+            "ability_b": self.ability_b,
             "family": self.family,
             "tier": self.tier,
             "reasoning": self.reasoning,
@@ -75,7 +82,12 @@ class Catalog:
 
     def _describe(self, name: str, max_model_len: int | None, root: str | None) -> ModelInfo:
         cfg = self.config.get(name) or ModelConfig()
-        params = cfg.params_b or guess_params_b(name) or (guess_params_b(root) if root else None)
+        facts = facts_from_name(name)
+        if facts.total_b is None and root:
+            facts = facts_from_name(root)
+        params = cfg.params_b or facts.total_b
+        # a configured size without an active count is a dense model, unless the name says MoE
+        active = cfg.active_params_b or (facts.active_b if not cfg.params_b or cfg.params_b == facts.total_b else None)
         family = cfg.family or guess_family(name) or (guess_family(root) if root else None)
         reasoning = cfg.reasoning or FAMILY_REASONING.get(family or "", "none")
         return ModelInfo(
@@ -85,12 +97,14 @@ class Catalog:
             reasoning=reasoning,
             max_model_len=cfg.max_model_len or max_model_len,
             tier=cfg.tier or "",
+            active_b=active or params,
+            ability_b=cfg.ability or ability_b(params, active, facts.generation),
         )
 
     def _assign_tiers(self, found: dict[str, ModelInfo]) -> None:
-        # A model of unknown size sorts as large: better too big than inadequate.
+        # A model of unknown ability sorts as large: better too big than inadequate.
         def size(m: ModelInfo) -> float:
-            return m.params_b if m.params_b is not None else float("inf")
+            return m.ability_b if m.ability_b is not None else float("inf")
 
         named: dict[str, float] = {}
         for m in found.values():
@@ -123,4 +137,4 @@ class Catalog:
     def largest(self) -> ModelInfo | None:
         if not self.models:
             return None
-        return max(self.models.values(), key=lambda m: (m.rank, m.params_b or 0.0))
+        return max(self.models.values(), key=lambda m: (m.rank, m.ability_b or 0.0))

@@ -1,6 +1,7 @@
 import pytest
 
-from gateway.config import Config, guess_family, guess_params_b, hash_key, load_config
+from gateway.config import Config, guess_family, hash_key, load_config
+from gateway.routing.ability import facts_from_name
 from gateway.yamlfile import YamlFileError
 
 
@@ -49,10 +50,10 @@ def test_duplicate_backend_names_rejected():
 
 
 def test_guesses_from_names():
-    assert guess_params_b("Qwen/Qwen3-32B") == 32.0
-    assert guess_params_b("meta-llama/Llama-3.1-8B-Instruct") == 8.0
-    assert guess_params_b("Qwen/Qwen3-30B-A3B") == 30.0
-    assert guess_params_b("some-model") is None
+    assert facts_from_name("Qwen/Qwen3-32B").total_b == 32.0
+    assert facts_from_name("meta-llama/Llama-3.1-8B-Instruct").total_b == 8.0
+    assert facts_from_name("Qwen/Qwen3-30B-A3B").total_b == 30.0
+    assert facts_from_name("some-model").total_b is None
     assert guess_family("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == "deepseek_r1"
     assert guess_family("openai/gpt-oss-20b") == "gpt_oss"
     assert hash_key("k") == "sha256:" + "8254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a"

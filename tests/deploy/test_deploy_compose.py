@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from gateway.config import guess_params_b, load_config
+from gateway.config import load_config
 from gateway.policy.schema import load_policy
+from gateway.routing.ability import facts_from_name
 from gateway.sim.cli import add_arguments as sim_arguments
 from gateway.yamlfile import read_yaml
 from tests.deploy.artefacts import COMPOSE, PROMETHEUS_YML, need_tool
@@ -94,7 +95,7 @@ def test_gpu_profile_runs_two_vllm_sizes_on_their_own_gpus(compose):
     sizes, gpus = set(), []
     for name, service in vllm.items():
         args = vllm_args(service)
-        sizes.add(guess_params_b(args["--model"]))
+        sizes.add(facts_from_name(args["--model"]).total_b)
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert all(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
         gpus += [g for d in devices for g in d["device_ids"]]
