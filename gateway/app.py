@@ -63,8 +63,17 @@ class Gateway:
         if features.routing:
             from gateway.routing.adequacy import AdequacyModel
 
-            adequacy = AdequacyModel.load()
+            path = config.routing.model
+            try:
+                adequacy = AdequacyModel.load(config.resolve(path) if path else None)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"routing.model: cannot load {path}: {exc}") from exc
         self.router = ModelRouter(self.catalog, self.pool, config.routing, adequacy)
+        budget = self.router.budget
+        self.metrics.router_price.set_function(lambda: budget.price)
+        self.metrics.router_quality.set_function(lambda: 1.0 - budget.recent_loss)
+        if adequacy is not None:
+            self.metrics.router_info.labels(adequacy.version, f"{1.0 - budget.target:g}").set(1)
 
         self.ledger = None
         if features.ledger:

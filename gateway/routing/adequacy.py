@@ -1,42 +1,37 @@
-"""The learned adequacy model: will a smaller tier answer as well as the largest one?
+"""The router's learned model: how much quality a smaller tier would give up, per request.
 
-**What is predicted.** For a request and a deployment's tiers (parameter counts in
-billions, ascending), :meth:`AdequacyModel.predict` returns, for each tier, the probability
-that a model of that size answers *as well as the largest tier would*:
+**What is predicted.** A prompt's *size sensitivity* ``s(x)``: the share of the top tier's
+quality lost per unit of ability given up, ability being ``ln`` of a model's
+Llama-3.1-equivalent size (``ability.py``). For tiers of ability ``theta_i`` below the top
+tier's ``theta_top``:
 
-    adequate(small) = small tier's answer scores at least the top tier's
-                    = small right OR large wrong      (for right/wrong answers)
+    loss_i(x)      = s_hi(x) * (theta_top - theta_i)          expected relative quality lost
+    adequacy_i(x)  = 1 - loss_i(x)                            predicted share of quality kept
+    ln s_hi(x)     = ln s(x) + kappa * sd(x)                  when unsure, assume more is at stake
 
-The top tier is adequate by definition (1.0), and a bigger tier never gets a lower value
-than a smaller one.
+``ln s(x)`` is linear in the request's features (with its own intercept for a multiple-choice
+question, whose loss is right/wrong rather than a judge's preference) (``features.py``: dense structure plus one
+weight per known word); ``sd(x)`` is how unfamiliar the request is: how far each feature lies
+outside the range seen in training, in training standard deviations (at most 3 per feature; a
+request with tools, a schema, reasoning, a system prompt or few-shot examples, which no training
+prompt had, is unfamiliar by one unit each). An unfamiliar prompt looks more sensitive and goes
+larger, not smaller.
 
-**How.** The request's difficulty ``b`` and discrimination ``a`` are linear in its
-features (``features.py``: one weight per known word, plus dense numbers). Ability is
-``ln(params in billions)`` on a scale anchored on Llama-3.1 8B and 70B, so a tier of size
-``s`` answers with probability ``sigmoid(a * (ln s - b))``, softened for the uncertainty of
-``b`` (``sigma_b``). Two tiers' outcomes are coupled: the large one wins outright with
-probability ``rho * (p_large - p_small) + (1 - rho) * p_large * (1 - p_small)`` (a mix of
-"a bigger model gets right everything a smaller one does" and independence, ``rho`` fitted
-on data), and adequacy is one minus that. ``bench/train_router.py`` fits all of this and
-documents the data; ``bench/routing_eval.py`` measures it.
+**The decision** (``route_scores``/``choose``, and ``quality.py``). Quality lost is weighed
+against the energy a tier saves:
 
-**Energy-aware routing** (:meth:`AdequacyModel.route_scores`). A smaller tier's shortfall
-``1 - adequacy`` is what it risks; what it saves is energy, and that grows with the length of
-the answer. The artefact also carries a ridge model of the answer's length in tokens
-(:meth:`AdequacyModel.expected_output_tokens`, capped by the request's ``max_tokens``) and the
-ML.ENERGY power law ``J/token = c * params_B^k``. The score of tier ``i`` against the top tier
-``n`` is
+    saving_i = (1 - J(tier i) / J(top tier)) * f        pick = argmax_i saving_i - price * loss_i
 
-    score_i = 1 - (1 - adequacy_i) / (f * g_i)
-    f   = clip(expected_tokens / ref_tokens, f_min, f_max)           (answer length)
-    g_i = (J(size_n) - J(size_i)) / (J(70.6) - J(8))                 (size gap, 1 for 8B vs 70B)
+``J`` is the energy per output token of a model (ML.ENERGY v3, a power law in total and active
+parameters). With ``use_length`` (routing rule ``energy``), ``f`` is the expected answer length
+against a reference length, clipped (a long answer has more joules at stake); otherwise 1.
+The price of quality is held by the router's quality budget so that the average predicted
+loss stays at the configured target (``quality.py``); the artefact carries the starting price.
+``score_i = 1 - loss_i / saving_i`` is the same trade as a fixed threshold (``1 - 1/price``).
 
-i.e. the shortfall is weighed against the joules the tier saves, relative to a reference
-(the 8B instead of the 70B on a ``ref_tokens``-token answer, where the score is the plain
-adequacy). The router sends a request to the smallest tier whose score reaches the threshold.
-``bench/train_router.py`` fits every constant on training rows; nothing here is hand-set.
-
-Everything here is stdlib; the artefact is a JSON table of numbers loaded once.
+``bench/train_router.py`` fits every number here (``gateway/routing/fit.py``) and documents the
+data; ``bench/routing_eval.py`` measures the result through the real router. Everything here
+is stdlib; the artefact is a JSON table of numbers loaded once.
 """
 
 from __future__ import annotations
@@ -51,46 +46,73 @@ from typing import Any
 
 from gateway.routing.features import DENSE_NAMES, Features
 
-__all__ = ["AdequacyModel", "DEFAULT_PATH", "FORMAT", "RouteScores"]
+__all__ = ["AdequacyModel", "DEFAULT_PATH", "FORMAT", "MC_OPTIONS", "RouteScores", "Tier"]
 
-FORMAT = "nudge-adequacy/2"
+FORMAT = "nudge-router/3"
+# A request with at least three lettered option lines is a multiple-choice question: one answer is
+# right, so its loss is on the right/wrong scale (the artefact's mc_intercept), not a judge's.
+MC_OPTIONS = math.log1p(3)
 DEFAULT_PATH = Path(__file__).with_name("adequacy_model.json")
-_MIN_PARAMS_B = 0.05  # sizes below this (or missing) are treated as a 50M-parameter model
+_MIN_B = 0.05  # sizes below this (or missing) are treated as a 50M-parameter model
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One tier as the model sees it: its ability and its size (for energy), in billions."""
+
+    ability_b: float | None
+    params_b: float | None = None
+    active_b: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteScores:
+    """What :meth:`AdequacyModel.route_scores` says about one request, per tier (ascending)."""
+
+    losses: list[float]  # predicted share of the top tier's quality lost; top = 0.0
+    savings: list[float]  # share of the top tier's energy saved (x length factor); top = 0.0
+    scores: list[float]  # 1 - loss / saving: compared with a fixed threshold; top = 1.0
+    sensitivity: float  # s_hi(x): relative quality lost per unit of ln-ability (uncertainty included)
+    tokens: float  # expected answer length in tokens (after the max_tokens cap)
+    length_factor: float  # f (1.0 unless use_length)
+
+    @property
+    def adequacy(self) -> list[float]:
+        """Predicted share of the top tier's quality kept, per tier."""
+        return [max(0.0, 1.0 - x) for x in self.losses]
 
 
 class AdequacyModel:
-    """A trained adequacy model; build it with :meth:`load`."""
+    """A trained router model; build it with :meth:`load`."""
 
     def __init__(self, spec: dict[str, Any]):
         if spec.get("format") != FORMAT:
-            raise ValueError(f"not an adequacy model artefact (format {spec.get('format')!r}, want {FORMAT!r})")
+            raise ValueError(f"not a router model artefact (format {spec.get('format')!r}, want {FORMAT!r})")
         if list(spec["dense_names"]) != list(DENSE_NAMES):
             raise ValueError("artefact was trained on different dense features; retrain it")
         self.spec = spec
         self.version: str = spec.get("version", "unversioned")
         self.metadata: dict[str, Any] = spec.get("metadata", {})
-        self.default_threshold: float = float(spec["default_threshold"])  # for predict() (plain adequacy)
-        self.energy_threshold: float = float(spec["energy_threshold"])  # for route_scores() / choose()
-        self.sigma_b: float = float(spec["sigma_b"])
-        self.rho: float = float(spec["rho"])
-        self._b0 = float(spec["b"]["intercept"])
-        self._a0 = float(spec["log_a"]["intercept"])
-        self._l0 = float(spec["log_tokens"]["intercept"])
-        self._wb_dense = tuple(float(x) for x in spec["b"]["dense"])
-        self._wa_dense = tuple(float(x) for x in spec["log_a"]["dense"])
-        self._wl_dense = tuple(float(x) for x in spec["log_tokens"]["dense"])
+        self.kappa: float = float(spec["kappa"])
+        q = spec["quality"]
+        self.default_quality: float = float(q["target"])  # share of the top tier's quality kept on average
+        self.default_price: float = float(q["price"])  # the quality budget's starting price
+        self.default_window: int = int(q["window"])
+        s, ln = spec["sensitivity"], spec["log_tokens"]
+        self._s0, self._l0 = float(s["intercept"]), float(ln["intercept"])
+        self._s0_mc = float(s.get("mc_intercept", s["intercept"]))
+        self._i_options = DENSE_NAMES.index("options")
+        self._ws = tuple(float(x) for x in s["dense"])
+        self._wl = tuple(float(x) for x in ln["dense"])
         self._clip = tuple((float(lo), float(hi)) for lo, hi in spec["dense_clip"])
-        lt = spec["log_tokens"]
-        self._l_range = (float(lt["min"]), float(lt["max"]))
-        self._l_smear = float(lt["residual_var"]) / 2.0  # mean of a log-normal: exp(mu + var / 2)
-        self._terms: dict[str, tuple[float, float, float]] = {
-            t: (float(w[0]), float(w[1]), float(w[2])) for t, w in spec["terms"].items()
-        }
+        self._scale = tuple(float(x) for x in spec["dense_scale"])  # training spread, for out-of-range distance
+        self._l_range = (float(ln["min"]), float(ln["max"]))
+        self._l_smear = float(ln["residual_var"]) / 2.0  # mean of a log-normal: exp(mu + var / 2)
+        self._terms: dict[str, tuple[float, float]] = {t: (float(w[0]), float(w[1])) for t, w in spec["terms"].items()}
         e = spec["energy"]
-        self.j_per_token_c, self.j_per_token_k = float(e["c"]), float(e["k"])
+        self._jc, self._jk_total, self._jk_active = float(e["c"]), float(e["k_total"]), float(e["k_active"])
         self.ref_tokens = float(e["ref_tokens"])
         self._f_min, self._f_max = float(e["f_min"]), float(e["f_max"])
-        self._ref_saving = self.j_per_token(e["ref_sizes"][1]) - self.j_per_token(e["ref_sizes"][0])
         self._i_cap = (DENSE_NAMES.index("has_max_tokens"), DENSE_NAMES.index("log_max_tokens"))
 
     @classmethod
@@ -102,70 +124,50 @@ class AdequacyModel:
             raw = gzip.decompress(raw)
         return cls(json.loads(raw))
 
+    def shifted(self, delta: float) -> "AdequacyModel":
+        """A copy whose predicted losses are ``exp(delta)`` times larger (for calibration)."""
+        spec = dict(self.spec, sensitivity=dict(self.spec["sensitivity"]))
+        for key in ("intercept", "mc_intercept"):
+            if key in spec["sensitivity"]:
+                spec["sensitivity"][key] = float(spec["sensitivity"][key]) + delta
+        return AdequacyModel(spec)
+
     # ------------------------------------------------------------------ prediction
 
     def _linear(self, features: Features) -> tuple[float, float, float]:
-        """(b, ln a, ln tokens) before any squashing: one pass over the words and the dense numbers
-        (each clipped to the range seen in training, so odd prompts do not extrapolate)."""
-        b, la, lt = self._b0, self._a0, self._l0
-        for x, (lo, hi), wb, wa, wl in zip(features.dense, self._clip, self._wb_dense, self._wa_dense, self._wl_dense):
-            x = lo if x < lo else hi if x > hi else x
-            b += wb * x
-            la += wa * x
+        """(ln s, sd of ln s, ln tokens): one pass over the words and the dense numbers (each
+        clipped to the range seen in training, so odd prompts do not extrapolate)."""
+        s = self._s0_mc if features.dense[self._i_options] >= MC_OPTIONS else self._s0
+        lt = self._l0
+        ood = 0.0
+        for x, (lo, hi), scale, ws, wl in zip(features.dense, self._clip, self._scale, self._ws, self._wl):
+            if x < lo or x > hi:
+                c = lo if x < lo else hi
+                ood += min(3.0, abs(x - c) / scale)
+                x = c
+            s += ws * x
             lt += wl * x
         if features.terms:
-            sb = sa = sl = 0.0
+            ss = sl = 0.0
             get = self._terms.get
             for t in features.terms:
                 w = get(t)
                 if w is not None:
-                    sb += w[0]
-                    sa += w[1]
-                    sl += w[2]
+                    ss += w[0]
+                    sl += w[1]
             norm = 1.0 / math.sqrt(len(features.terms))
-            b += sb * norm
-            la += sa * norm
+            s += ss * norm
             lt += sl * norm
-        return b, la, lt
+        return s, ood, lt
 
-    def difficulty(self, features: Features) -> tuple[float, float]:
-        """(b, a): the ln-size at which a Llama-3.1-class model answers half the time, and
-        how sharply the chance rises with size around it."""
-        b, la, _ = self._linear(features)
-        return b, math.exp(min(2.0, max(-3.0, la)))
-
-    def p_correct(self, features: Features, params_b: float) -> float:
-        """Probability that a model of ``params_b`` billion parameters answers correctly."""
-        b, a = self.difficulty(features)
-        return self._p(b, a, params_b)
-
-    def predict(self, features: Features, sizes: Sequence[float]) -> list[float]:
-        """Adequacy of each tier against the last (largest) one; ``sizes`` ascending, in billions.
-
-        The last tier gets 1.0. The values never decrease along the list, so a tier listed
-        above another never looks less adequate, even if the sizes are given out of order.
-        """
-        return self._adequacy(*self.difficulty(features), sizes)
-
-    def _adequacy(self, b: float, a: float, sizes: Sequence[float]) -> list[float]:
-        n = len(sizes)
-        if n == 0:
-            return []
-        p_top = self._p(b, a, sizes[-1])
-        out, floor = [], 0.0
-        for size in sizes[:-1]:
-            p = self._p(b, a, size)
-            lose = self.rho * max(p_top - p, 0.0) + (1.0 - self.rho) * p_top * (1.0 - p)
-            floor = max(floor, 1.0 - lose)
-            out.append(floor)
-        out.append(1.0)
-        return out
+    def sensitivity(self, features: Features) -> tuple[float, float]:
+        """(s(x), sd of ln s(x)): relative quality lost per unit of ln-ability, and its uncertainty."""
+        s, sd, _ = self._linear(features)
+        return math.exp(min(s, 5.0)), sd
 
     def expected_output_tokens(self, features: Features) -> float:
-        """Expected length of the answer in tokens (mean of a log-normal fitted on MMLU-Pro
-        chain-of-thought answers of Llama-3.1 8B and 70B), capped by the request's max_tokens."""
-        _, _, lt = self._linear(features)
-        return self._tokens(lt, features)
+        """Expected length of the answer in tokens, capped by the request's max_tokens."""
+        return self._tokens(self._linear(features)[2], features)
 
     def _tokens(self, lt: float, features: Features) -> float:
         lo, hi = self._l_range
@@ -175,52 +177,49 @@ class AdequacyModel:
             tokens = min(tokens, math.expm1(features.dense[log_cap]))
         return max(tokens, 1.0)
 
-    def j_per_token(self, params_b: float | None) -> float:
-        """ML.ENERGY v3 energy per output token of a dense model of ``params_b`` billions (H100, batch 64)."""
-        return self.j_per_token_c * max(params_b or 0.0, _MIN_PARAMS_B) ** self.j_per_token_k
+    def j_per_token(self, params_b: float | None, active_b: float | None = None) -> float:
+        """ML.ENERGY v3 energy per output token (H100, batch 64) of a model of ``params_b`` billions
+        in total, ``active_b`` of them active per token (a mixture of experts; default: dense)."""
+        total = max(params_b or 0.0, _MIN_B)
+        active = max(active_b or total, _MIN_B)
+        return self._jc * total**self._jk_total * active**self._jk_active
 
-    def route_scores(self, features: Features, sizes: Sequence[float]) -> "RouteScores":
-        """Adequacy, energy-aware score and expected answer tokens for each tier (see the module
-        docstring); the router picks the smallest tier whose ``scores[i]`` reaches its threshold."""
-        b, la, lt = self._linear(features)
-        adequacy = self._adequacy(b, math.exp(min(2.0, max(-3.0, la))), sizes)
+    def route_scores(self, features: Features, tiers: Sequence[Tier], use_length: bool = False) -> RouteScores:
+        """Loss, energy saving and score of each tier against the last (see the module docstring);
+        ``tiers`` ascending by ability."""
+        s, sd, lt = self._linear(features)
+        sens = math.exp(min(s + self.kappa * sd, 5.0))
         tokens = self._tokens(lt, features)
-        f = min(self._f_max, max(self._f_min, tokens / self.ref_tokens))
-        scores = []
-        j_top = self.j_per_token(sizes[-1]) if sizes else 0.0
-        for size, adq in zip(sizes[:-1], adequacy):
-            g = (j_top - self.j_per_token(size)) / self._ref_saving
-            scores.append(1.0 - (1.0 - adq) / (f * g) if g > 0 else (1.0 if adq >= 1.0 else 0.0))
-        if sizes:
-            scores.append(1.0)
-        return RouteScores(adequacy, scores, tokens, f)
+        f = min(self._f_max, max(self._f_min, tokens / self.ref_tokens)) if use_length else 1.0
+        if not tiers:
+            return RouteScores([], [], [], sens, tokens, f)
+        top = tiers[-1]
+        th_top = math.log(max(top.ability_b or 0.0, _MIN_B))
+        j_top = self.j_per_token(top.params_b or top.ability_b, top.active_b)
+        losses, savings, scores = [], [], []
+        floor = 1.0
+        for t in reversed(tiers[:-1]):  # a tier listed above another never loses more than it
+            gap = max(0.0, th_top - math.log(max(t.ability_b or 0.0, _MIN_B)))
+            floor = min(floor, max(0.0, 1.0 - sens * gap))
+            loss = 1.0 - floor
+            saving = (1.0 - self.j_per_token(t.params_b or t.ability_b, t.active_b) / j_top) * f
+            losses.append(loss)
+            savings.append(saving)
+            scores.append(1.0 if loss <= 0.0 else (1.0 - loss / saving) if saving > 0.0 else -math.inf)
+        losses.reverse()
+        savings.reverse()
+        scores.reverse()
+        return RouteScores(losses + [0.0], savings + [0.0], scores + [1.0], sens, tokens, f)
 
-    def choose(self, features: Features, sizes: Sequence[float], threshold: float | None = None) -> tuple[int, "RouteScores"]:
-        """Index of the smallest tier whose energy-aware score reaches ``threshold`` (default:
-        the artefact's ``energy_threshold``), else the last; and the scores behind it."""
-        t = self.energy_threshold if threshold is None else threshold
-        rs = self.route_scores(features, sizes)
-        for i, s in enumerate(rs.scores):
-            if s >= t:
-                return i, rs
-        return max(0, len(sizes) - 1), rs
+    def choose(self, features: Features, tiers: Sequence[Tier], price: float | None = None,
+               use_length: bool = False) -> tuple[int, RouteScores]:
+        """Index of the tier with the best trade of energy saved against quality lost at ``price``
+        (default: the artefact's starting price), and the scores behind it."""
+        from gateway.routing.quality import best_trade
 
-    def _p(self, b: float, a: float, params_b: float | None) -> float:
-        ln_s = math.log(max(params_b or 0.0, _MIN_PARAMS_B))
-        # marginal over b ~ N(b, sigma_b^2), probit approximation of the logistic-normal integral
-        z = a * (ln_s - b) / math.sqrt(1.0 + (math.pi / 8.0) * (a * self.sigma_b) ** 2)
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        rs = self.route_scores(features, tiers, use_length)
+        return best_trade(rs.losses, rs.savings, self.default_price if price is None else price), rs
 
     def __repr__(self) -> str:
         return (f"AdequacyModel(version={self.version!r}, terms={len(self._terms)}, "
-                f"threshold={self.default_threshold}, energy_threshold={self.energy_threshold})")
-
-
-@dataclass(frozen=True, slots=True)
-class RouteScores:
-    """What :meth:`AdequacyModel.route_scores` says about one request, per tier (ascending)."""
-
-    adequacy: list[float]  # P(tier answers as well as the top tier); top = 1.0
-    scores: list[float]  # energy-aware score compared with the threshold; top = 1.0
-    tokens: float  # expected answer length in tokens (after the max_tokens cap)
-    length_factor: float  # f = clip(tokens / ref_tokens, f_min, f_max)
+                f"quality={self.default_quality}, price={self.default_price}, kappa={self.kappa})")

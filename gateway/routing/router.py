@@ -1,9 +1,10 @@
 """Pick the model (and the backends) a request goes to.
 
-For ``auto`` the router sends each request to the smallest tier that will answer it as
-well as the top tier would, as predicted by the learned adequacy model, among the models
-that can hold the request (prompt + max_tokens within ``max_model_len``) and have a
-healthy backend. A saturated tier (every backend's queue at ``saturated_waiting``) spills
+For ``auto`` the router sends each request to the smallest tier that will answer it about as
+well as the top tier would, for the energy it saves (the learned model in ``adequacy.py``:
+quality a tier gives up, from the request's size sensitivity and the tiers' abilities,
+weighed against the energy it saves), among the models that can hold the request
+(prompt + max_tokens within ``max_model_len``) and have a healthy backend. A saturated tier (every backend's queue at ``saturated_waiting``) spills
 up a tier when the config says so. An explicit model name is honoured; the router still
 works out what it would have picked, so policy can nudge toward it.
 
@@ -18,9 +19,10 @@ from gateway.config import RoutingConfig
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.proxy.backends import Backend, BackendPool
-from gateway.routing.adequacy import AdequacyModel
+from gateway.routing.adequacy import AdequacyModel, RouteScores, Tier
 from gateway.routing.catalog import Catalog, ModelInfo
-from gateway.routing.features import from_request, request_text
+from gateway.routing.features import Prompt, from_request, request_prompt
+from gateway.routing.quality import QualityBudget
 
 # A prompt estimated within this share of a model's context is not sent to it: the estimate
 # (characters / 4) can be off, and an answer needs room.
@@ -57,19 +59,23 @@ class Router:
         self.config = config
         self.adequacy = adequacy
         self.energy_rule = config.rule == "energy"
-        if self.energy_rule:
-            default = adequacy.energy_threshold if adequacy is not None else 0.5
-            self.threshold = config.energy_threshold if config.energy_threshold is not None else default
+        # The price of quality: fixed by a configured threshold, else held by the quality budget
+        # so that the average predicted loss of what 'auto' routes stays at 1 - quality.
+        quality = config.quality if config.quality is not None else (adequacy.default_quality if adequacy else 0.95)
+        if config.threshold is not None:
+            price = 1.0 / max(1e-6, 1.0 - config.threshold)
         else:
-            default = adequacy.default_threshold if adequacy is not None else 0.5
-            self.threshold = config.threshold if config.threshold is not None else default
-        # Per set of fitting models: its tiers (smallest first), each tier's size and the largest
-        # model. The set hardly ever changes (only a prompt near a context limit drops a model),
-        # so this is worked out once per catalog rather than on every request.
-        self._plans: dict[tuple[str, ...], tuple[list[str], list[float], ModelInfo]] = {}
+            price = adequacy.default_price if adequacy is not None else 10.0
+        window = config.window if config.window is not None else (adequacy.default_window if adequacy else 200)
+        self.budget = QualityBudget(1.0 - quality, price, window, adaptive=config.threshold is None)
+        # Per set of fitting models: its tiers (smallest first), what the model needs to know of
+        # each tier (its most able model's ability and size) and the largest model. The set hardly
+        # ever changes (only a prompt near a context limit drops a model), so this is worked out
+        # once per catalog rather than on every request.
+        self._plans: dict[tuple[str, ...], tuple[list[str], list[Tier], ModelInfo]] = {}
         self._plans_of: object = None  # the catalog.models dict the cached plans belong to
 
-    def _plan(self, fits: list[ModelInfo]) -> tuple[list[str], list[float], ModelInfo]:
+    def _plan(self, fits: list[ModelInfo]) -> tuple[list[str], list[Tier], ModelInfo]:
         models = self.catalog.models
         if models is not self._plans_of:  # the catalog was rebuilt: new models, maybe new tiers
             self._plans, self._plans_of = {}, models
@@ -77,9 +83,12 @@ class Router:
         plan = self._plans.get(key)
         if plan is None:
             tiers = sorted({m.tier for m in fits}, key=self.catalog.tiers.index)
-            sizes = [max(m.params_b or 0.0 for m in fits if m.tier == t) or 1e3 for t in tiers]
-            largest = max(fits, key=lambda m: (m.rank, m.params_b or 0))
-            plan = self._plans[key] = (tiers, sizes, largest)
+            specs = []
+            for t in tiers:
+                best = max((m for m in fits if m.tier == t), key=lambda m: m.ability_b or 1e3)
+                specs.append(Tier(best.ability_b or 1e3, best.params_b, best.active_b))  # unknown: treat as huge
+            largest = max(fits, key=lambda m: (m.rank, m.ability_b or 0))
+            plan = self._plans[key] = (tiers, specs, largest)
         return plan
 
     # ------------------------------------------------------------------ resolution
@@ -123,9 +132,9 @@ class Router:
         """
         kind, name = self.resolve(requested)
         body = ctx.body
-        text = request_text(body)
+        prompt = request_prompt(body)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        ctx.prompt_tokens_est = estimate_prompt_tokens(text)
+        ctx.prompt_tokens_est = estimate_prompt_tokens(prompt.text)
         need = ctx.prompt_tokens_est + (max_tokens if isinstance(max_tokens, int) else 0)
         ceiling = self.catalog.tiers.index(max_tier) if max_tier in self.catalog.tiers else None
 
@@ -139,14 +148,17 @@ class Router:
                 param="messages",
                 code="context_length_exceeded",
             )
-        probs, scores = self._predict(body, text, reasoning, fits)
-        recommended, rec_p, why = self._smallest_adequate(fits, probs, scores, ceiling, reasoning)
-        largest = self._plan(fits)[2]
+        tiers, _, largest = self._plan(fits)
+        rs = self._predict(body, prompt, reasoning, fits)
+        probs = dict(zip(tiers, rs.adequacy))
+        recommended, rec_p, why = self._recommend(fits, tiers, rs, ceiling, reasoning)
         friction = False
 
         if kind == "auto":
             model, p, reason = recommended, rec_p, why
             counterfactual = largest
+            if ceiling is None:  # a budget's ceiling is the policy's choice, not the router's to make up for
+                self.budget.record(rs.losses[tiers.index(model.tier)])
         elif kind == "tier":
             in_tier = [m for m in fits if m.tier == name and self.pool.serving(m.name)]
             if ceiling is not None and self.catalog.tiers.index(name) > ceiling:
@@ -182,7 +194,7 @@ class Router:
 
     def _similar_quiet(self, model: ModelInfo, fits: list[ModelInfo]) -> ModelInfo | None:
         """A healthy model that need not think, within 2.5x of ``model``'s size, nearest first."""
-        size = model.params_b or 0.0
+        size = model.params_b or 0.0  # thinking or not is about the same size of model, not ability
         candidates = [
             m
             for m in fits
@@ -203,57 +215,61 @@ class Router:
         assert model is not None
         return Route(model, self._backends(model), "model asked for by name", counterfactual=model)
 
-    def _predict(
-        self, body: dict, text: str, reasoning: bool, fits: list[ModelInfo]
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """Per tier: predicted adequacy (vs the largest fitting tier), and the score the
-        threshold is compared with (the adequacy itself, or the energy-weighted score)."""
-        tiers, sizes, _ = self._plan(fits)
-        if self.adequacy is None or len(tiers) == 1:
-            ones = {t: 1.0 for t in tiers}
-            return ones, ones
-        features = from_request(body, reasoning=reasoning, text=text)
-        if not self.energy_rule:
-            probs = dict(zip(tiers, self.adequacy.predict(features, sizes)))
-            return probs, probs
-        rs = self.adequacy.route_scores(features, sizes)
-        return dict(zip(tiers, rs.adequacy)), dict(zip(tiers, rs.scores))
+    def scores(self, body: dict, reasoning: bool = False) -> RouteScores | None:
+        """What the model says of each tier for ``body``, among every model that can hold it
+        (tiers in ``self._plan``'s order, smallest first). For tools and evaluation; no side effects."""
+        prompt = request_prompt(body)
+        tokens = estimate_prompt_tokens(prompt.text)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        need = tokens + (max_tokens if isinstance(max_tokens, int) else 0)
+        fits = [m for m in self.catalog.models.values() if _fits(m, tokens, need)]
+        return self._predict(body, prompt, reasoning, fits) if fits else None
 
-    def _smallest_adequate(
-        self,
-        fits: list[ModelInfo],
-        probs: dict[str, float],
-        scores: dict[str, float],
-        ceiling: int | None,
-        reasoning: bool,
+    def _predict(self, body: dict, prompt: Prompt, reasoning: bool, fits: list[ModelInfo]) -> RouteScores:
+        """Per tier of the fitting models: predicted loss against the largest, and energy saving."""
+        tiers, specs, _ = self._plan(fits)
+        if self.adequacy is None or len(tiers) == 1:
+            zeros = [0.0] * len(tiers)
+            return RouteScores(zeros, zeros, [1.0] * len(tiers), 0.0, 0.0, 1.0)
+        features = from_request(body, reasoning=reasoning, prompt=prompt)
+        return self.adequacy.route_scores(features, specs, use_length=self.energy_rule)
+
+    def _recommend(
+        self, fits: list[ModelInfo], tiers: list[str], rs: RouteScores, ceiling: int | None, reasoning: bool
     ) -> tuple[ModelInfo, float | None, str]:
-        tiers = self._plan(fits)[0]
-        allowed = tiers if ceiling is None else [t for t in tiers if self.catalog.tiers.index(t) <= ceiling] or tiers[:1]
-        measure = "energy-weighted adequacy" if self.energy_rule else "predicted adequacy"
+        """The tier with the best trade of energy saved for quality lost at the budget's price;
+        up from there past dead or (with spill: up) saturated tiers."""
+        allowed = [i for i, t in enumerate(tiers) if ceiling is None or self.catalog.tiers.index(t) <= ceiling] or [0]
+        price = self.budget.price
+        best = max(allowed, key=lambda i: (rs.savings[i] - price * rs.losses[i], i))
+        top = allowed[-1]
         spilled = False
-        for i, tier in enumerate(allowed):
-            score = scores.get(tier, 1.0)
-            last = i == len(allowed) - 1
-            if score < self.threshold and not last:
-                continue
+        for i in [i for i in allowed if i >= best]:
+            tier = tiers[i]
             healthy = [m for m in fits if m.tier == tier and self.pool.serving(m.name)]
             if not healthy:
                 continue  # a dead tier: spill to the next one up
-            if not last and self.config.spill == "up" and all(self._saturated(m) for m in healthy):
+            if i != top and self.config.spill == "up" and all(self._saturated(m) for m in healthy):
                 spilled = True
                 continue
             model = _prefer_reasoning_fit(healthy, reasoning)
-            reason = f"tier {tier}: {measure} {score:.2f} >= {self.threshold:.2f}"
-            if last and score < self.threshold:
-                reason = f"tier {tier}: no smaller tier clears {measure} {self.threshold:.2f}"
+            if i == len(tiers) - 1 or rs.losses[i] <= 0.0:
+                below = rs.adequacy[allowed[-2]] if len(allowed) > 1 else 1.0
+                reason = (f"tier {tier}: no smaller tier's energy saving is worth its predicted loss (adequacy of the "
+                          f"next tier down {below:.2f} at quality price {price:.3g})") if i == best else f"tier {tier}"
+            else:
+                reason = (f"tier {tier}: predicted adequacy {rs.adequacy[i]:.2f} for {rs.savings[i]:.0%} less energy "
+                          f"(quality price {price:.3g})")
             if spilled:
                 reason += " (smaller tier saturated)"
+            elif i != best:
+                reason += " (smaller tier down)"
             if ceiling is not None and len(allowed) < len(tiers):
                 reason += " (budget ceiling)"
-            return model, probs.get(tier), reason
+            return model, rs.adequacy[i], reason
         # Nothing healthy anywhere: route to the largest fitting model, the proxy answers 503.
-        model = max(fits, key=lambda m: (m.rank, m.params_b or 0))
-        return model, probs.get(model.tier), "no healthy backend"
+        model = max(fits, key=lambda m: (m.rank, m.ability_b or 0))
+        return model, rs.adequacy[tiers.index(model.tier)], "no healthy backend"
 
     def _saturated(self, model: ModelInfo) -> bool:
         return all(b.waiting >= self.config.saturated_waiting for b in self.pool.serving(model.name))

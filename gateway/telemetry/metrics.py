@@ -88,6 +88,19 @@ class Metrics:
             ["requested_model", "model_name", "tier", "reason"],
             registry=r,
         )
+        self.router_price = Gauge(
+            "gateway_router_quality_price",
+            "The router's price of quality now (higher: fewer requests go to smaller tiers; see routing/quality.py)",
+            registry=r,
+        )
+        self.router_quality = Gauge(
+            "gateway_router_predicted_quality",
+            "Share of the top tier's quality that 'auto' requests keep, as the router predicts it, recent average",
+            registry=r,
+        )
+        self.router_info = Gauge(
+            "gateway_router_info", "The router model in use (value 1)", ["version", "quality_target"], registry=r
+        )
         self.route_seconds = Histogram(
             "gateway_route_decision_seconds",
             "Time spent deciding the route",

@@ -60,7 +60,7 @@ def test_reasoning_needs_the_header_when_the_policy_says_so(sims, tmp_path):
 
 
 def test_explicit_large_model_is_warned_in_headers_body_and_stream(sims, tmp_path):
-    with gateway(sims, tmp_path, {"right_sizing": {"explicit_large": "warn"}}, routing={"threshold": 0.05}) as gw:
+    with gateway(sims, tmp_path, {"right_sizing": {"explicit_large": "warn"}}, routing={"threshold": -1000}) as gw:
         r = chat(gw)
         assert r.headers["x-gateway-routed-model"] == LARGE  # honoured...
         nudges = {n["id"]: n for n in r.json()["nudges"]}
@@ -73,7 +73,7 @@ def test_explicit_large_model_is_warned_in_headers_body_and_stream(sims, tmp_pat
 
 
 def test_friction_serves_the_routers_pick_unless_overridden(sims, tmp_path):
-    with gateway(sims, tmp_path, {"right_sizing": {"explicit_large": "friction"}}, routing={"threshold": 0.05}) as gw:
+    with gateway(sims, tmp_path, {"right_sizing": {"explicit_large": "friction"}}, routing={"threshold": -1000}) as gw:
         r = chat(gw)
         assert r.status_code == 200
         assert r.headers["x-gateway-routed-model"] == SMALL
