@@ -1,4 +1,4 @@
-"""``nudge-gateway``: serve | demo | sim | check | report | hash-key."""
+"""``nudge-gateway``: serve | demo | sim | check | report | hash-key | router fit."""
 
 from __future__ import annotations
 
@@ -61,7 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     _logging(args.log_level)
-    return _serve_app(Gateway(config), host, port, args.log_level)
+    try:
+        gateway = Gateway(config)
+    except (OSError, ValueError) as exc:  # e.g. routing.model names a file that is not a router artefact
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    return _serve_app(gateway, host, port, args.log_level)
 
 
 # ---------------------------------------------------------------------- demo
@@ -161,6 +166,22 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router_fit(args: argparse.Namespace) -> int:
+    from gateway.config import YamlFileError, load_config
+    from gateway.routing.refit import run
+
+    models = {}
+    if args.config:
+        try:
+            models = load_config(args.config).models
+        except YamlFileError as exc:
+            print(f"invalid config:\n{exc}", file=sys.stderr)
+            return 2
+    run(Path(args.data), Path(args.out), models, mode=args.mode, keep=args.keep, holdout=args.holdout, l2=args.l2,
+        base=Path(args.base) if args.base else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nudge-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nudge-gateway {__version__}")
@@ -203,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-key", help="print the sha256:... form of an API key for the config")
     p.add_argument("key", nargs="?", help="the key (read from stdin if omitted)")
     p.set_defaults(func=cmd_hash_key)
+
+    p = sub.add_parser("router", help="the right-sizing model")
+    rsub = p.add_subparsers(dest="router_command", required=True)
+    f = rsub.add_parser("fit", help="refit the router on your own labelled prompts (needs the [fit] extra)",
+                        description="Refit the router on labelled prompts (gateway/routing/refit.py has the format).")
+    f.add_argument("--data", required=True, help="JSONL: {messages|prompt, scores: {model: quality in [0, 1]}} per line")
+    f.add_argument("--out", required=True, help="artefact to write; point routing.model at it")
+    f.add_argument("--config", help="gateway config whose models: section gives sizes and abilities")
+    f.add_argument("--mode", choices=("calibrate", "full"), default="calibrate",
+                   help="calibrate: refit the loss scale and starting price; full: also the weights")
+    f.add_argument("--keep", type=float, default=0.95, help="share of the top model's quality to keep (default 0.95)")
+    f.add_argument("--holdout", type=float, default=0.2, help="share of prompts kept out of the fit and reported on")
+    f.add_argument("--l2", type=float, default=10.0, help="full mode: pull toward the shipped weights")
+    f.add_argument("--base", help="artefact to start from (default: the shipped one)")
+    f.set_defaults(func=cmd_router_fit)
     return parser
 
 
