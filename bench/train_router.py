@@ -55,7 +55,7 @@ from gateway.routing import fit  # noqa: E402
 from gateway.routing.ability import ability_b, facts_from_name  # noqa: E402
 from gateway.routing.adequacy import FORMAT, MC_OPTIONS, AdequacyModel  # noqa: E402
 from gateway.routing.features import DENSE_NAMES, extract  # noqa: E402
-from gateway.routing.quality import QualityBudget, best_trade  # noqa: E402
+from gateway.routing.quality import replay as budget_replay  # noqa: E402
 
 DEFAULT_OUT = REPO / "gateway" / "routing" / "adequacy_model.json"
 ENERGY_CSV = rd.SHARED.parent / "mlenergy_v3_llm_configs.csv"
@@ -267,19 +267,6 @@ def tier_trades(log_s: np.ndarray, sd: np.ndarray, f: np.ndarray, tiers: list[Ti
     return losses, savings
 
 
-def simulate(losses: np.ndarray, savings: np.ndarray, target: float, price: float, window: int,
-             adaptive: bool = True) -> tuple[np.ndarray, list[float]]:
-    """Tier index per prompt, the prompts arriving in order, as the gateway's QualityBudget decides
-    (gateway/routing/quality.py); and the price before each decision."""
-    budget = QualityBudget(target, price, window, adaptive=adaptive)
-    pick, prices = np.zeros(len(losses), dtype=int), []
-    for r in range(len(losses)):
-        prices.append(budget.price)
-        pick[r] = best_trade(losses[r], savings[r], budget.price)
-        budget.record(float(losses[r, pick[r]]))
-    return pick, prices
-
-
 @dataclass
 class Outcome:
     kept: float  # mean quality routed / mean quality of the top tier
@@ -382,8 +369,8 @@ def replay(tr_: dict[str, tuple], energy: EnergyFit, target: float, price: float
     outcomes and each stream's final price."""
     res, final = {}, {}
     for key, (ds, cols, tiers, losses, savings) in tr_.items():
-        pick, prices = simulate(losses, savings, target, price, window, adaptive)
-        res[key] = outcome(ds, cols, tiers, pick, energy)
+        pick, prices = budget_replay(losses.tolist(), savings.tolist(), target, price, window, adaptive)
+        res[key] = outcome(ds, cols, tiers, np.array(pick), energy)
         final[key] = prices[-1]
     return res, final
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["QualityBudget", "best_trade"]
+__all__ = ["QualityBudget", "best_trade", "replay"]
 
 
 def best_trade(losses: Sequence[float], savings: Sequence[float], price: float) -> int:
@@ -68,3 +68,18 @@ class QualityBudget:
         if self.adaptive:
             step = self.rate * (min(loss, 1.0) - self.target) / self.target
             self._log_price = min(self._hi, max(self._lo, self._log_price + step))
+
+
+def replay(losses: Sequence[Sequence[float]], savings: Sequence[Sequence[float]], target: float, price: float,
+           window: int, adaptive: bool = True) -> tuple[list[int], list[float]]:
+    """Requests arriving in order, each with its tiers' (loss, saving), through a fresh budget as the
+    router runs it: the tier picked for each, and the price before each decision (training and
+    ``router fit`` use it to see what a setting would do)."""
+    budget = QualityBudget(target, price, window, adaptive=adaptive)
+    picks, prices = [], []
+    for loss, saving in zip(losses, savings):
+        prices.append(budget.price)
+        pick = best_trade(loss, saving, budget.price)
+        budget.record(float(loss[pick]))
+        picks.append(pick)
+    return picks, prices

@@ -37,7 +37,7 @@ from gateway.config import ModelConfig
 from gateway.routing.ability import ability_b, facts_from_name
 from gateway.routing.adequacy import AdequacyModel, Tier
 from gateway.routing.features import Features, extract, prompt_of
-from gateway.routing.quality import QualityBudget, best_trade
+from gateway.routing.quality import replay
 
 SHIFTS = tuple(x / 4 for x in range(-12, 13))  # ln units added to the predicted loss scale
 
@@ -101,16 +101,12 @@ def _trades(model: AdequacyModel, data: Labelled, rows, shift: float):
     return losses, savings
 
 
-def replay(losses, savings, target: float, price: float, window: int):
+def _replay(losses, savings, target: float, price: float, window: int):
     """Tier per prompt, in order, through the gateway's quality budget; and the final price."""
     import numpy as np
 
-    budget = QualityBudget(target, price, window)
-    pick = np.zeros(len(losses), dtype=int)
-    for r in range(len(losses)):
-        pick[r] = best_trade(list(losses[r]), list(savings[r]), budget.price)
-        budget.record(float(losses[r, pick[r]]))
-    return pick, budget.price
+    picks, prices = replay(losses.tolist(), savings.tolist(), target, price, window)
+    return np.array(picks), prices[-1] if prices else price
 
 
 def outcome(data: Labelled, rows, pick, model: AdequacyModel) -> dict[str, float]:
@@ -134,14 +130,14 @@ def calibrate(model: AdequacyModel, data: Labelled, rows, keep: float) -> tuple[
     target = 1.0 - model.default_quality
     for shift in SHIFTS:
         losses, savings = _trades(model, data, rows, shift)
-        _, price = replay(losses, savings, target, model.default_price, model.default_window)
-        pick, _ = replay(losses, savings, target, price, model.default_window)
+        _, price = _replay(losses, savings, target, model.default_price, model.default_window)
+        pick, _ = _replay(losses, savings, target, price, model.default_window)
         res = outcome(data, rows, pick, model)
         if res["kept"] >= keep and (best is None or res["saved"] > best[2]["saved"] + 1e-12):
             best = (shift, price, res)
     if best is None:  # nothing keeps enough: the most cautious shift, all to the top tier in practice
         losses, savings = _trades(model, data, rows, SHIFTS[-1])
-        pick, price = replay(losses, savings, target, model.default_price, model.default_window)
+        pick, price = _replay(losses, savings, target, model.default_price, model.default_window)
         best = (SHIFTS[-1], price, outcome(data, rows, pick, model))
     return best
 
@@ -245,7 +241,7 @@ def run(data_path: Path, out: Path, models: dict[str, ModelConfig], mode: str = 
     fitted = AdequacyModel({**spec, "metadata": {**spec.get("metadata", {}), "refit": refit}})
     if test:
         losses, savings = _trades(fitted, data, np.array(test), 0.0)
-        pick, _ = replay(losses, savings, 1.0 - fitted.default_quality, fitted.default_price, fitted.default_window)
+        pick, _ = _replay(losses, savings, 1.0 - fitted.default_quality, fitted.default_price, fitted.default_window)
         refit["holdout"] = outcome(data, np.array(test), pick, fitted)
     spec["metadata"] = {**spec.get("metadata", {}), "refit": refit}
     spec.pop("version", None)
