@@ -132,13 +132,8 @@ class Router:
         """
         kind, name = self.resolve(requested)
         body = ctx.body
-        prompt = request_prompt(body)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        ctx.prompt_tokens_est = estimate_prompt_tokens(prompt.text)
-        need = ctx.prompt_tokens_est + (max_tokens if isinstance(max_tokens, int) else 0)
+        prompt, ctx.prompt_tokens_est, need, fits = self._fitting(body)
         ceiling = self.catalog.tiers.index(max_tier) if max_tier in self.catalog.tiers else None
-
-        fits = [m for m in self.catalog.models.values() if _fits(m, ctx.prompt_tokens_est, need)]
         if not fits:
             biggest = max((m.max_model_len or 0) for m in self.catalog.models.values()) if self.catalog.models else 0
             raise GatewayError(
@@ -218,12 +213,17 @@ class Router:
     def scores(self, body: dict, reasoning: bool = False) -> RouteScores | None:
         """What the model says of each tier for ``body``, among every model that can hold it
         (tiers in ``self._plan``'s order, smallest first). For tools and evaluation; no side effects."""
+        prompt, _, _, fits = self._fitting(body)
+        return self._predict(body, prompt, reasoning, fits) if fits else None
+
+    def _fitting(self, body: dict) -> tuple[Prompt, int, int, list[ModelInfo]]:
+        """The request as the router reads it, its estimated prompt tokens, the tokens it needs with
+        max_tokens, and the models whose context can hold it."""
         prompt = request_prompt(body)
         tokens = estimate_prompt_tokens(prompt.text)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
         need = tokens + (max_tokens if isinstance(max_tokens, int) else 0)
-        fits = [m for m in self.catalog.models.values() if _fits(m, tokens, need)]
-        return self._predict(body, prompt, reasoning, fits) if fits else None
+        return prompt, tokens, need, [m for m in self.catalog.models.values() if _fits(m, tokens, need)]
 
     def _predict(self, body: dict, prompt: Prompt, reasoning: bool, fits: list[ModelInfo]) -> RouteScores:
         """Per tier of the fitting models: predicted loss against the largest, and energy saving."""
