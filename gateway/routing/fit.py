@@ -72,6 +72,14 @@ class Design:
     scale: Any  # how far outside the clip range counts as one unit of unfamiliarity (std; 1 for unseen features)
 
     @classmethod
+    def of_artefact(cls, spec: dict) -> "Design":
+        """A shipped artefact's own design, in its raw units (no standardisation): its words and clip range."""
+        np, _, _ = _np()
+        n = len(spec["dense_names"])
+        return cls(sorted(spec["terms"]), np.zeros(n), np.ones(n), np.array(spec["dense_clip"], dtype=float),
+                   np.array(spec["dense_scale"], dtype=float))
+
+    @classmethod
     def build(cls, feats: Sequence[Features], min_df: int = MIN_DF) -> "Design":
         np, _, _ = _np()
         df: dict[str, int] = {}
@@ -142,9 +150,12 @@ class Sensitivity:
 
 
 def fit_sensitivity(feats: Sequence[Features], obs: Observations, design: Design, l2_dense: float = 1.0,
-                    l2_terms: float = 3.0, max_iter: int = 400, nonnegative: Sequence[int] = ()) -> Sensitivity:
+                    l2_terms: float = 3.0, max_iter: int = 400, nonnegative: Sequence[int] = (),
+                    prior: tuple[Any, Any, float] | None = None) -> Sensitivity:
     """Least-squares fit of ``y ~ exp(c_g + w . u(x)) * delta`` (see the module docstring).
-    ``nonnegative``: dense columns whose weight may not fall below zero (a prior, see train_router.py)."""
+    ``nonnegative``: dense columns whose weight may not fall below zero (a prior, see train_router.py).
+    ``prior``: (dense, word weights, intercept) to start from and pull toward instead of zero
+    (``router fit --mode full`` refits the shipped weights on an operator's data)."""
     np, sparse, optimize = _np()
     D = design.dense(feats)
     T = design.terms(feats)
@@ -155,22 +166,27 @@ def fit_sensitivity(feats: Sequence[Features], obs: Observations, design: Design
     # start each group's scale at its mean gap per unit delta
     c0 = np.array([math.log(max(1e-3, float((wt[g == k] * y[g == k]).sum() / max((wt[g == k] * delta[g == k]).sum(), 1e-9))))
                    for k in range(ng)])
+    w0 = np.zeros(nd + nt)
+    if prior is not None:
+        w0 = np.concatenate([np.asarray(prior[0], dtype=float), np.asarray(prior[1], dtype=float)])
+        c0 = np.full(ng, float(prior[2]))
 
     def loss(v):
         c, w = v[:ng], v[ng:]
         z = X @ w
         yh = np.exp(np.clip(c[g] + z[p], -20, 5)) * delta
         r = yh - y
-        f = float((wt * r * r).sum()) / wsum + (l2_dense * (w[:nd] @ w[:nd]) + l2_terms * (w[nd:] @ w[nd:])) / len(feats)
+        dw = w - w0
+        f = float((wt * r * r).sum()) / wsum + (l2_dense * (dw[:nd] @ dw[:nd]) + l2_terms * (dw[nd:] @ dw[nd:])) / len(feats)
         dr = 2 * wt * r * yh / wsum  # d loss / d (c_g + z)
         gc = np.bincount(g, weights=dr, minlength=ng)
         gz = np.bincount(p, weights=dr, minlength=X.shape[0])
         gw = X.T @ gz
-        gw[:nd] += 2 * l2_dense * w[:nd] / len(feats)
-        gw[nd:] += 2 * l2_terms * w[nd:] / len(feats)
+        gw[:nd] += 2 * l2_dense * dw[:nd] / len(feats)
+        gw[nd:] += 2 * l2_terms * dw[nd:] / len(feats)
         return f, np.concatenate([gc, gw])
 
-    v0 = np.concatenate([c0, np.zeros(nd + nt)])
+    v0 = np.concatenate([c0, w0])
     bounds = [(None, None)] * (ng + nd + nt)
     for j in nonnegative:
         bounds[ng + j] = (0.0, None)

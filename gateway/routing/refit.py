@@ -142,39 +142,19 @@ def calibrate(model: AdequacyModel, data: Labelled, rows, keep: float) -> tuple[
     return best
 
 
-def _raw(model: AdequacyModel, feats: list[Features]):
-    """Clipped dense features and term indicators (1/sqrt(n)) in the artefact's raw units."""
-    import numpy as np
-    from scipy import sparse
-
-    vocab = {t: i for i, t in enumerate(sorted(model.spec["terms"]))}
-    clip = np.array(model.spec["dense_clip"])
-    D = np.clip(np.array([f.dense for f in feats]), clip[:, 0], clip[:, 1])
-    r, c, v = [], [], []
-    for i, f in enumerate(feats):
-        w = 1 / math.sqrt(len(f.terms)) if f.terms else 0.0
-        for t in f.terms:
-            if t in vocab:
-                r.append(i)
-                c.append(vocab[t])
-                v.append(w)
-    return D, sparse.csr_matrix((v, (r, c)), shape=(len(feats), len(vocab))), sorted(vocab, key=vocab.get)
-
-
 def fit_weights(model: AdequacyModel, data: Labelled, rows, l2: float) -> tuple:
-    """Refit ln s on the operator's ladders (every pair of models, delta = ln ability ratio),
-    penalised toward the shipped weights. Returns (dense weights, term weights, intercept)."""
+    """Refit ln s on the operator's ladders (every pair of models, delta = ln ability ratio), pulled
+    toward the shipped weights (fit.fit_sensitivity with a prior, in the artefact's raw units).
+    Returns (dense weights, word weights, intercept, words)."""
     import numpy as np
-    from scipy import optimize
+
+    from gateway.routing import fit
 
     feats = [data.features[r] for r in rows]
-    D, T, vocab = _raw(model, feats)
-    w0 = np.array(model.spec["sensitivity"]["dense"], dtype=float)
-    t0 = np.array([model.spec["terms"][t][0] for t in vocab])
-    b0 = float(model.spec["sensitivity"]["intercept"])  # refitted as one level for the operator's data
-    P, Dl, Yg = [], [], []
+    design = fit.Design.of_artefact(model.spec)
     th = [math.log(max(t.ability_b or 0.05, 0.05)) for t in data.tiers]
     Y = data.Y[rows]
+    P, Dl, Yg = [], [], []
     for i in range(len(data.tiers)):
         for j in range(i + 1, len(data.tiers)):
             if th[j] <= th[i]:
@@ -186,21 +166,12 @@ def fit_weights(model: AdequacyModel, data: Labelled, rows, l2: float) -> tuple:
             Yg += list((Y[ok, j] - Y[ok, i]) / q)
     if not P:
         raise SystemExit("router fit --mode full: no pair of models with different abilities has scores")
-    P, Dl, Yg = np.array(P), np.array(Dl), np.array(Yg)
-    nd = D.shape[1]
-
-    def loss(v):
-        b, w, t = v[0], v[1:1 + nd], v[1 + nd:]
-        z = b + D @ w + T @ t
-        yh = np.exp(np.clip(z[P], -20, 5)) * Dl
-        r = yh - Yg
-        f = float(r @ r) / len(P) + l2 * (float((w - w0) @ (w - w0)) + float((t - t0) @ (t - t0))) / len(P)
-        dz = np.bincount(P, weights=2 * r * yh / len(P), minlength=len(feats))
-        return f, np.concatenate([[dz.sum()], D.T @ dz + 2 * l2 * (w - w0) / len(P),
-                                  T.T @ dz + 2 * l2 * (t - t0) / len(P)])
-
-    res = optimize.minimize(loss, np.concatenate([[b0], w0, t0]), jac=True, method="L-BFGS-B", options={"maxiter": 500})
-    return res.x[1:1 + nd], res.x[1 + nd:], float(res.x[0]), vocab
+    obs = fit.Observations(np.array(P), np.zeros(len(P), dtype=int), np.array(Dl), np.array(Yg), np.ones(len(P)),
+                           ["operator"])
+    s = model.spec["sensitivity"]
+    prior = (s["dense"], [model.spec["terms"][t][0] for t in design.vocab], float(s["intercept"]))
+    fitted = fit.fit_sensitivity(feats, obs, design, l2_dense=l2, l2_terms=l2, max_iter=500, prior=prior)
+    return fitted.w_dense, fitted.w_terms, fitted.group_scale["operator"], design.vocab
 
 
 def _with_weights(model: AdequacyModel, dense, terms, intercept, vocab) -> AdequacyModel:
