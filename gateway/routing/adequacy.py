@@ -9,13 +9,15 @@ tier's ``theta_top``:
     adequacy_i(x)  = 1 - loss_i(x)                            predicted share of quality kept
     ln s_hi(x)     = ln s(x) + kappa * sd(x)                  when unsure, assume more is at stake
 
-``ln s(x)`` is linear in the request's features (with its own intercept for a multiple-choice
-question, whose loss is right/wrong rather than a judge's preference) (``features.py``: dense structure plus one
-weight per known word); ``sd(x)`` is how unfamiliar the request is: how far each feature lies
-outside the range seen in training, in training standard deviations (at most 3 per feature; a
-request with tools, a schema, reasoning, a system prompt or few-shot examples, which no training
-prompt had, is unfamiliar by one unit each). An unfamiliar prompt looks more sensitive and goes
-larger, not smaller.
+``ln s(x)`` is linear in the request's features (``features.py``: dense structure plus one
+weight per known word), with its own intercept for a multiple-choice question (one answer is
+right, so its loss is measured right/wrong rather than by a judge's preference) and a fixed,
+strongly negative weight for a trivial request (a greeting, a bare sum, a one-line question of a
+few words). ``sd(x)`` is how unfamiliar the request is: how far each feature lies outside the
+range seen in training, in training standard deviations, at most 3 per feature. A request with
+tools, a response schema or reasoning, which no training prompt had, is unfamiliar by one unit
+each; a system prompt, few-shot examples or a max_tokens cap are routine and do not count. An
+unfamiliar prompt looks more sensitive and goes larger, not smaller.
 
 **The decision** (``route_scores``/``choose``, and ``quality.py``). Quality lost is weighed
 against the energy a tier saves:
