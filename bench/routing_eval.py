@@ -319,6 +319,17 @@ def method(model: AdequacyModel) -> list[str]:
            "", "| scenario (training rows, out of fold) | quality kept | energy saved |", "|---|---|---|"]
     for k, v in cv.get("replayed", {}).items():
         out.append(f"| {k} | {pct(v['kept'])} | {pct(v['saved'])} |")
+    out += ["", "## Which features carry the result\n",
+            "The dense weights of ln s (per training standard deviation of the feature; positive: more is at stake "
+            "on a smaller tier), largest first; the words add one weight each on top. `trivial` is the fixed prior.", "",
+            "| feature | weight x spread |", "|---|---|"]
+    from gateway.routing.features import DENSE_NAMES
+
+    spec = model.spec
+    spread = [w * (sc if sc < 1e8 else 1.0) for w, sc in zip(spec["sensitivity"]["dense"], spec["dense_scale"])]
+    for name, v in sorted(zip(DENSE_NAMES, spread), key=lambda x: -abs(x[1])):
+        if abs(v) >= 0.01:
+            out.append(f"| {name} | {v:+.2f} |")
     emb = BENCH / "results" / "embedding-check.json"
     out += ["", "## What was tried and not kept\n",
             "* A fixed threshold on predicted adequacy (the first round's rule): one threshold strict enough for "
