@@ -518,11 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     f_range = (float(np.quantile(all_tok, 0.05) / ref_tokens), float(np.quantile(all_tok, 0.95) / ref_tokens))
 
     # 4. the scale of predicted losses and the starting price, on out-of-fold predictions
-    ones = {n: np.ones(len(ds.ids)) for n, ds in train.items()}
-    shift, price, res = choose_settings(train, oof, ones, energy)
+    # ... for each routing rule (a tier's energy saving alone, or weighted by the expected answer
+    # length); the rule that saves more energy over the scenarios becomes the default
+    by_rule = {}
+    for rule, f in (("adequacy", {n: np.ones(len(ds.ids)) for n, ds in train.items()}),
+                    ("energy", {n: np.clip(tok[n] / ref_tokens, *f_range) for n in train})):
+        by_rule[rule] = choose_settings(train, oof, f, energy)
+        print(f"  rule {rule}: mean energy saved {np.mean([o.saved for o in by_rule[rule][2].values()]):.4f}")
+    rule = max(by_rule, key=lambda k: np.mean([o.saved for o in by_rule[k][2].values()]))
+    shift, price, res = by_rule[rule]
     kappa = KAPPA
-    print(f"  chosen: ln-scale shift chat {shift[0]:+.3f}, multiple choice {shift[1]:+.3f}, starting price {price:.3g} "
-          f"(kappa {kappa}, quality target {QUALITY}, window {WINDOW})")
+    print(f"  chosen: rule {rule}, ln-scale shift chat {shift[0]:+.3f}, multiple choice {shift[1]:+.3f}, starting "
+          f"price {price:.3g} (kappa {kappa}, quality target {QUALITY}, window {WINDOW})")
     for k, o in res.items():
         print(f"    {k:80s} kept {o.kept:.3f} saved {o.saved:.3f} shares {[round(s, 2) for s in o.shares]}")
 
@@ -539,12 +546,15 @@ def main(argv: list[str] | None = None) -> int:
                "apgr": {k: round(v, 4) for k, v in cv[(l2d, l2t)][1].items()},
                "keep": KEEP,
                "scale_shift": {"chat": shift[0], "multiple_choice": shift[1]},
+               "rule": rule,
+               "saved_by_rule": {k: round(float(np.mean([o.saved for o in v[2].values()])), 4) for k, v in by_rule.items()},
                "replayed": {k: {"kept": round(o.kept, 4), "saved": round(o.saved, 4)} for k, o in res.items()}},
         "group_scales": {k: round(v, 4) for k, v in model.group_scale.items()},
         "length": {k: round(v, 4) for k, v in len_stats.items() if k != "rows"},
         "configured_abilities": CONFIGURED,
     }
-    spec = export(model, (c[0] + shift[0], c[1] + shift[1]), kappa, {"target": QUALITY, "price": round(price, 4), "window": WINDOW}, len_dense, len_terms,
+    spec = export(model, (c[0] + shift[0], c[1] + shift[1]), kappa,
+                  {"target": QUALITY, "price": round(price, 4), "window": WINDOW, "rule": rule}, len_dense, len_terms,
                   len_b0, len_stats, energy, ref_tokens, f_range, metadata)
     spec["version"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     write_artefact(spec, args.out)

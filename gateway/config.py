@@ -179,10 +179,11 @@ class RoutingConfig(Strict):
         description="a fixed threshold instead of the adaptive price: a smaller tier is taken when 1 - predicted "
         "loss / energy saving >= threshold (0.9 = lose at most 10% of a tier's saving in quality)",
     )
-    rule: Literal["adequacy", "energy"] = Field(
-        "adequacy",
+    rule: Literal["adequacy", "energy"] | None = Field(
+        None,
         description="adequacy: a tier's energy saving is its share of the top tier's joules per token; energy: "
-        "also weighted by the expected length of the answer (long answers have more at stake)",
+        "also weighted by the expected length of the answer (long answers have more at stake). Default: the "
+        "trained model's (the one that saved more energy in training)",
     )
     aliases: dict[str, str] = Field(
         default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},

@@ -100,6 +100,7 @@ class AdequacyModel:
         self.default_quality: float = float(q["target"])  # share of the top tier's quality kept on average
         self.default_price: float = float(q["price"])  # the quality budget's starting price
         self.default_window: int = int(q["window"])
+        self.default_rule: str = str(q.get("rule", "adequacy"))  # "energy": savings weighted by answer length
         s, ln = spec["sensitivity"], spec["log_tokens"]
         self._s0, self._l0 = float(s["intercept"]), float(ln["intercept"])
         self._s0_mc = float(s.get("mc_intercept", s["intercept"]))

@@ -58,7 +58,8 @@ class Router:
         self.pool = pool
         self.config = config
         self.adequacy = adequacy
-        self.energy_rule = config.rule == "energy"
+        rule = config.rule or (adequacy.default_rule if adequacy is not None else "adequacy")
+        self.energy_rule = rule == "energy"
         # The price of quality: fixed by a configured threshold, else held by the quality budget
         # so that the average predicted loss of what 'auto' routes stays at 1 - quality.
         quality = config.quality if config.quality is not None else (adequacy.default_quality if adequacy else 0.95)
