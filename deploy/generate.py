@@ -330,6 +330,19 @@ ROWS: list[Row] = [
                 field_config={"min": 0, "max": 1},
             ),
             Panel(
+                "timeseries", "Right-sizing: predicted quality kept and the price of quality",
+                "What auto routing holds: the share of the top tier's quality its recent requests keep, as the "
+                "router predicts it (held at routing.quality), per gateway replica; and the price of quality "
+                "that holds it (right axis; higher: fewer requests go to smaller tiers).",
+                "percentunit",
+                [Target("gateway_router_predicted_quality", "predicted quality kept {{instance}}"),
+                 Target("gateway_router_quality_price", "price {{instance}}")],
+                width=8,
+                overrides=[{"matcher": {"id": "byRegexp", "options": "price.*"},
+                            "properties": [{"id": "unit", "value": "short"},
+                                           {"id": "custom.axisPlacement", "value": "right"}]}],
+            ),
+            Panel(
                 "piechart", "Reasoning on and off",
                 "Chat requests that reasoned (on) or answered directly (off) in the time range.",
                 "short",
