@@ -130,9 +130,12 @@ ROWS: list[Row] = [
             ),
             Panel(
                 "stat", "Energy saved by nudges",
-                "Counterfactual energy the nudges saved in the time range: routing to a smaller model "
-                "instead of the one asked for (or the largest, for auto) plus answering without reasoning. "
-                "An estimate of what did not happen, not a measurement.",
+                "Estimated counterfactual energy the nudges saved in the time range (an estimate of what did "
+                "not happen, not a measurement). Routing: the same tokens priced on the model asked for (the "
+                "largest, for auto) with that backend's measured-to-modelled ratio, minus what they cost. "
+                "Reasoning off: the reasoning tokens such requests generate on this deployment (learned per "
+                "model and kind of request from the requests that did reason, starting from a low published "
+                "prior, never more than max_tokens left room for), priced on the model that answered.",
                 "watth",
                 [Target(f"sum(increase(gateway_energy_saved_joules_total{{{M}}}[$__range])) / 3600")],
                 width=4, height=4,
@@ -296,9 +299,12 @@ ROWS: list[Row] = [
         [
             Panel(
                 "timeseries", "Energy saved by routing and by reasoning-off",
-                "Counterfactual energy saved per lever as average power (W = Wh saved per hour), 5-minute "
-                "windows. routing: the routed model vs the one asked for (the largest, for auto); "
-                "reasoning: the answer without thinking vs the same answer with it.",
+                "Estimated counterfactual energy saved per lever as average power (W = Wh saved per hour), "
+                "5-minute windows. routing: the same tokens on the model asked for (the largest, for auto) "
+                "minus what they cost on the routed one; reasoning: the reasoning tokens such a request would "
+                "have generated here (learned from opted-in requests, capped by max_tokens; "
+                "gateway_reasoning_credit_tokens_total counts them), priced on the model that answered. "
+                "Needs the recording rules (deploy/prometheus/rules.yml).",
                 "watt",
                 [Target(f"sum by (lever) (model_name_lever:gateway_energy_saved_joules:rate5m{{{M}}})", "{{lever}}")],
                 width=12, stack=True,
@@ -306,7 +312,8 @@ ROWS: list[Row] = [
             Panel(
                 "bargauge", "Share of energy saved, by lever",
                 "Of the energy the requests would have used without the nudges, the share each lever "
-                "saved over the last hour: saved / (used + saved).",
+                "saved over the last hour: saved / (used + saved), saved being the estimate above. Needs "
+                "the recording rules (deploy/prometheus/rules.yml).",
                 "percentunit",
                 [Target("lever:gateway_energy_saved_joules:ratio_rate1h", "{{lever}}")],
                 width=12,

@@ -61,6 +61,7 @@ class RequestContext:
     received_wall: float = field(default_factory=time.time)
     received: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)  # request headers, lower-case names
+    max_tokens: int | None = None  # the cap sent upstream (the client's, the policy's or the default)
     api_key_hash: str | None = None
     key_name: str | None = None
     team: str = "default"
@@ -81,6 +82,7 @@ class RequestContext:
     route_reason: str = ""
     adequacy: float | None = None
     prompt_tokens_est: int = 0
+    task_class: str = "chat"  # trivial | chat | hard (features.task_class): what reasoning would cost
     counterfactual_model: str | None = None  # what it would have run on without right-sizing
 
     # --- proxy

@@ -263,6 +263,8 @@ class OpenAIEndpoints:
             # vLLM would otherwise generate up to the whole remaining context.
             body["max_tokens"] = self.gw.config.server.default_max_tokens
             ctx.actions.append("max_tokens:default")
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        ctx.max_tokens = cap if isinstance(cap, int) else None
         if ctx.stream:
             # Always ask for the usage chunk and the running usage on every chunk: the gateway
             # needs exact token counts, as they happen, to split energy between requests.

@@ -30,6 +30,7 @@ from gateway.context import EnergyReport, RequestContext
 from gateway.energy.attribution import Book, Interval, Track
 from gateway.energy.carbon import energy_report
 from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
+from gateway.energy.counterfactual import ReasoningLengths
 from gateway.energy.meters import make_meter
 from gateway.energy.sampler import BackendSampler
 from gateway.telemetry.metrics import Metrics
@@ -37,8 +38,6 @@ from gateway.telemetry.metrics import Metrics
 log = logging.getLogger("gateway.energy")
 
 TOKENS_PER_JOULE_WINDOW_S = 60.0
-# Extra output tokens of a reasoning answer over a plain one (see EnergyService._saved).
-REASONING_EXTRA_TOKENS = 7_650
 
 
 class _Entry:
@@ -76,6 +75,7 @@ class EnergyService:
         self._costs: dict[tuple, TokenCosts] = {}
         self._last_model: dict[str, str] = {}
         self._tpj: dict[str, _Window] = {}  # per backend, touched by its sampler thread only
+        self.reasoning = ReasoningLengths()  # what thinking costs here, for the reasoning-off credit
         self.samplers: dict[str, BackendSampler] = {}
         for b in backends:
             costs = partial(self.costs, b.name)
@@ -252,8 +252,8 @@ class EnergyService:
         # request's objects are freed by reference counting when the book lets go of the
         # tracks, not by a full garbage collection (tens of ms under load; bench/NOTES.md).
         entry.tracks, entry.books = [], []
-        self._observe(ctx, report)
         self._saved(ctx, report)
+        self._observe(ctx, report)  # last: once a request's energy is counted, its savings are too
         try:
             self.on_final(ctx)
         except Exception:
@@ -273,15 +273,16 @@ class EnergyService:
             m.c_cost(model, ctx.team).inc(report.usd)
 
     def _saved(self, ctx: RequestContext, report: EnergyReport) -> None:
-        """Counterfactual energy saved, by lever.
+        """Counterfactual energy saved, by lever (estimates of what did not happen).
 
         routing: the same tokens priced on the model the request would have run on without
         right-sizing (``ctx.counterfactual_model``: the model asked for, or the top tier for
-        ``auto``), minus what it cost; 0 when it ran there (the series still shows the lever).
+        ``auto``) on a backend serving it, with that backend's measured/modelled ratio, minus
+        what it cost; 0 when it ran there (the series still shows the lever).
         reasoning: policy switched off thinking on a model that thinks by default
-        (``ctx.reasoning_avoided``): the extra tokens of a typical reasoning answer priced on
-        the model that answered. ML.ENERGY v3, Qwen3-8B on an H100 at batch 64: 8,290 output
-        tokens per GPQA answer with thinking against 645 per chat answer, so ~7,650 more.
+        (``ctx.reasoning_avoided``): the reasoning tokens such a request generates on this
+        deployment (learned from the ones that did reason, ``counterfactual.py``), never more
+        than its max_tokens left room for, priced on the model that answered.
         """
         usage = ctx.usage if isinstance(ctx.usage, dict) else None
         if usage is None or not ctx.model:
@@ -289,14 +290,18 @@ class EnergyService:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return
+        if ctx.reasoning and ctx.reasoning_tokens > 0:
+            self.reasoning.observe(ctx.model, ctx.task_class, ctx.reasoning_tokens)
         other = ctx.counterfactual_model
         if other:
             saved = self.counterfactual_joules(other, prompt, completion) - report.joules if other != ctx.model else 0.0
             # routed up (a saturated tier spilled over) saves nothing
             self.metrics.energy_saved.labels(ctx.model, "routing").inc(max(saved, 0.0))
         if ctx.reasoning_avoided:
-            extra = self.counterfactual_joules(ctx.model, 0, REASONING_EXTRA_TOKENS)
+            tokens = self.reasoning.credit(ctx.model, ctx.task_class, completion, ctx.max_tokens)
+            extra = self.counterfactual_joules(ctx.model, 0, round(tokens)) if tokens > 0 else 0.0
             self.metrics.energy_saved.labels(ctx.model, "reasoning").inc(extra)
+            self.metrics.reasoning_credit_tokens.labels(ctx.model, ctx.task_class).inc(round(tokens))
 
     def _interval(self, sampler: BackendSampler, iv: Interval | None) -> None:
         """From a sampler thread, after each interval (None: at shutdown): energy split, power, tokens/J."""

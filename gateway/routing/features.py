@@ -36,7 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DENSE_NAMES", "Features", "Prompt", "extract", "from_request", "prompt_of", "prompt_text", "request_text"]
+__all__ = ["DENSE_NAMES", "Features", "Prompt", "extract", "from_request", "prompt_of", "prompt_text", "request_text",
+           "task_class"]
 
 # Long texts are scanned at the head and the tail only; the length features still see the
 # whole text. Keeps the worst case bounded (see bench/router_latency.py).
@@ -285,6 +286,21 @@ def extract(
         1.0 if trivial else 0.0,
     )
     return Features(terms, dense, n_chars)
+
+
+_I_TRIVIAL, _I_OPTIONS = DENSE_NAMES.index("trivial"), DENSE_NAMES.index("options")
+_I_HARD = tuple(DENSE_NAMES.index(n) for n in ("k_code", "k_math", "k_reasoning"))
+
+
+def task_class(features: Features) -> str:
+    """"trivial", "hard" (code, maths, multi-step reasoning, a multiple-choice question) or "chat":
+    the classes the energy service learns reasoning lengths for (energy/counterfactual.py)."""
+    d = features.dense
+    if d[_I_TRIVIAL]:
+        return "trivial"
+    if d[_I_OPTIONS] >= 1.3 or any(d[i] for i in _I_HARD):  # 1.3 ~ ln(1 + 3 option lines)
+        return "hard"
+    return "chat"
 
 
 # --------------------------------------------------------------------------- reading requests

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.proxy.backends import Backend, BackendPool
 from gateway.routing.adequacy import AdequacyModel, RouteScores, Tier
 from gateway.routing.catalog import Catalog, ModelInfo
-from gateway.routing.features import Prompt, from_request, request_prompt
+from gateway.routing.features import Features, Prompt, from_request, request_prompt, task_class
 from gateway.routing.quality import QualityBudget
 
 # A prompt estimated within this share of a model's context is not sent to it: the estimate
@@ -145,7 +145,9 @@ class Router:
                 code="context_length_exceeded",
             )
         tiers, _, largest = self._plan(fits)
-        rs = self._predict(body, prompt, reasoning, fits)
+        features = from_request(body, reasoning=reasoning, prompt=prompt)
+        ctx.task_class = task_class(features)
+        rs = self._predict(features, fits)
         probs = dict(zip(tiers, rs.adequacy))
         recommended, rec_p, why = self._recommend(fits, tiers, rs, ceiling, reasoning)
         friction = False
@@ -215,7 +217,7 @@ class Router:
         """What the model says of each tier for ``body``, among every model that can hold it
         (tiers in ``self._plan``'s order, smallest first). For tools and evaluation; no side effects."""
         prompt, _, _, fits = self._fitting(body)
-        return self._predict(body, prompt, reasoning, fits) if fits else None
+        return self._predict(from_request(body, reasoning=reasoning, prompt=prompt), fits) if fits else None
 
     def _fitting(self, body: dict) -> tuple[Prompt, int, int, list[ModelInfo]]:
         """The request as the router reads it, its estimated prompt tokens, the tokens it needs with
@@ -226,13 +228,12 @@ class Router:
         need = tokens + (max_tokens if isinstance(max_tokens, int) else 0)
         return prompt, tokens, need, [m for m in self.catalog.models.values() if _fits(m, tokens, need)]
 
-    def _predict(self, body: dict, prompt: Prompt, reasoning: bool, fits: list[ModelInfo]) -> RouteScores:
+    def _predict(self, features: Features, fits: list[ModelInfo]) -> RouteScores:
         """Per tier of the fitting models: predicted loss against the largest, and energy saving."""
         tiers, specs, _ = self._plan(fits)
         if self.adequacy is None or len(tiers) == 1:
             zeros = [0.0] * len(tiers)
             return RouteScores(zeros, zeros, [1.0] * len(tiers), 0.0, 0.0, 1.0)
-        features = from_request(body, reasoning=reasoning, prompt=prompt)
         return self.adequacy.route_scores(features, specs, use_length=self.energy_rule)
 
     def _recommend(

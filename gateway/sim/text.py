@@ -13,9 +13,14 @@ the template pre-fills an empty ``<think>\\n\\n</think>\\n\\n``; DeepSeek-R1 for
 Answers: text comes from two fixed corpora (an explanatory one for content, a "let me think"
 one for reasoning), read from an offset picked by hashing the seed and the prompt, so the same
 prompt gives the same text and length run to run. Lengths are log-normal: content median 420
-tokens (ML.ENERGY chat answers average 400–700 tokens), reasoning median 3,500 tokens (ML.ENERGY
-GPQA reasoning answers ~7–8k tokens; chat prompts think less). A prompt that asks for brevity
-("concise", "brief", "one sentence", …) gets a content length 0.3×.
+tokens (ML.ENERGY chat answers average 400–700 tokens). Reasoning depends on what is asked
+(``reasoning_kind``), from ML.ENERGY v3's measured output lengths: a hard problem (maths, a
+proof, code, a multiple-choice exam question) thinks like a GPQA answer, median 7,000 tokens
+(Qwen3 8B-32B with thinking: 7,000-8,300 output tokens per GPQA answer); ordinary chat median
+600 (Nemotron-Nano-v2, which thinks by default, writes 1,080-1,340 tokens per lm-arena-chat answer
+against ~640 for Qwen3-8B without thinking); small talk (six words or fewer, no digits) median
+150 (no published figure: a quarter of chat). A prompt that asks for brevity ("concise", "brief",
+"one sentence", …) gets a content length 0.3×.
 """
 
 from __future__ import annotations
@@ -224,7 +229,13 @@ def _take(corpus: list[str], offset: int, n: int) -> list[str]:
 SPECIAL, REASONING, CONTENT = 0, 1, 2
 
 CONTENT_MEDIAN, CONTENT_SIGMA, CONTENT_RANGE = 420, 0.6, (8, 6000)
-REASONING_MEDIAN, REASONING_SIGMA, REASONING_RANGE = 3500, 0.7, (200, 30000)
+REASONING_MEDIAN = {"small_talk": 150, "chat": 600, "hard": 7000}  # by reasoning_kind (module docstring)
+REASONING_SIGMA, REASONING_RANGE = 0.7, (40, 30000)
+_HARD_RE = re.compile(
+    r"\b(?:prove|proof|derive|solve|integral|equation|theorem|lemma|step by step|algorithm|implement|function|"
+    r"complexity|debug|compile|optimi[sz]e)\b|[=^∫∑√]|^\s*\(?[A-Ja-j][.)]\s",
+    re.IGNORECASE | re.MULTILINE,
+)
 CONCISE_FACTOR = 0.3
 
 _NONE: list[str] = [""]
@@ -327,6 +338,13 @@ class OutputPlan:
         return "".join(reasoning), "".join(content)
 
 
+def reasoning_kind(text: str) -> str:
+    """How hard the simulator thinks a request is: "small_talk", "chat" or "hard"."""
+    if len(text.split()) <= 6 and not any(c.isdigit() for c in text):
+        return "small_talk"
+    return "hard" if _HARD_RE.search(text) else "chat"
+
+
 @lru_cache(maxsize=16384)
 def _shape(seed: int, request_seed: int | None, prompt: str, hint_text: str) -> tuple[int, int, int, int]:
     """(content tokens, content offset, reasoning tokens, reasoning offset) for a prompt."""
@@ -335,7 +353,7 @@ def _shape(seed: int, request_seed: int | None, prompt: str, hint_text: str) -> 
     content_n = _lognormal(CONTENT_MEDIAN, CONTENT_SIGMA, u[0], u[1], *CONTENT_RANGE)
     if hint_text and _CONCISE_RE.search(hint_text):
         content_n = max(CONTENT_RANGE[0], int(content_n * CONCISE_FACTOR))
-    reasoning_n = _lognormal(REASONING_MEDIAN, REASONING_SIGMA, u[3], u[0], *REASONING_RANGE)
+    reasoning_n = _lognormal(REASONING_MEDIAN[reasoning_kind(hint_text)], REASONING_SIGMA, u[3], u[0], *REASONING_RANGE)
     return (
         content_n,
         _CONTENT_STARTS[int(u[2] * len(_CONTENT_STARTS))],

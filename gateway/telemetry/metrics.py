@@ -159,8 +159,18 @@ class Metrics:
         self.cost = Counter("gateway_cost_usd", "Money the requests cost, by model and team", ["model_name", "team"], registry=r)
         self.energy_saved = Counter(
             "gateway_energy_saved_joules",
-            "Counterfactual energy saved: by routing (vs the model asked for, or the top tier for auto) and by reasoning off",
+            "Estimated counterfactual energy saved: by routing (the same tokens on the model asked for, or the top "
+            "tier for auto) and by reasoning off (the reasoning tokens such requests generate on this deployment, "
+            "learned from those that reasoned, capped by max_tokens)",
             ["model_name", "lever"],
+            registry=r,
+        )
+
+        self.reasoning_credit_tokens = Counter(
+            "gateway_reasoning_credit_tokens",
+            "Reasoning tokens the reasoning-off lever credited (an estimate: what such requests reason on this "
+            "deployment, by kind of request, capped by max_tokens); gateway_energy_saved_joules prices them",
+            ["model_name", "task_class"],
             registry=r,
         )
 

@@ -193,3 +193,46 @@ def test_reasoning_of_earlier_turns_is_accepted_under_either_name(sims, tmp_path
         r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": SMALL, "messages": messages, "max_tokens": 4},
                        timeout=30)
         assert r.status_code == 200
+
+
+def _metric(gw, prefix: str, *parts: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{gw.url}/metrics").text.splitlines():
+        if line.startswith(prefix) and all(p in line for p in parts):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_reasoning_off_credit_is_small_for_small_talk_and_learns_from_opted_in_requests(sims, tmp_path):
+    # the credit for switching thinking off is what thinking costs on this deployment: a prior that
+    # starts low, per kind of request, moving toward the reasoning the opted-in requests really did
+    hard = [{"role": "user", "content": "Prove that the square root of 2 is irrational, step by step."}]
+    credited = lambda gw: _metric(gw, "gateway_reasoning_credit_tokens_total{", f'"{SMALL}"')  # noqa: E731
+    joules = lambda gw: _metric(gw, "gateway_energy_saved_joules_total{", 'lever="reasoning"', f'"{SMALL}"')  # noqa: E731
+    finals = lambda gw: _metric(gw, "gateway_request_energy_joules_count{", f'"{SMALL}"')  # noqa: E731
+    with gateway(sims, tmp_path, {}) as gw:
+        sent = 0
+
+        def settled():  # every request sent so far has its final energy (and so its credit)
+            wait_until(lambda: finals(gw) >= sent, 15, what="the requests' final energy")
+
+        def credit(messages, **body):
+            nonlocal sent
+            settled()
+            before = credited(gw)
+            r = chat(gw, model=SMALL, messages=messages, **body)
+            sent += 1
+            assert r.status_code == 200 and r.headers["x-gateway-reasoning"].startswith("off")
+            settled()
+            return credited(gw) - before
+
+        small_talk = credit([{"role": "user", "content": "hi there"}], max_tokens=4000)
+        hard_before = credit(hard, max_tokens=4000)
+        for _ in range(8):  # opted in: these reason, and the gateway counts their reasoning tokens
+            r = chat(gw, model=SMALL, messages=hard, headers={"x-gateway-reasoning": "on"}, max_tokens=2500)
+            sent += 1
+            assert r.json()["usage"]["completion_tokens_details"]["reasoning_tokens"] > 2000  # more than the prior
+        hard_after = credit(hard, max_tokens=4000)
+        assert 0 < small_talk < hard_before < hard_after
+        assert credit(hard, max_tokens=70) == 0  # a cut-off answer left no room for reasoning
+        assert joules(gw) > 0  # and the tokens are priced into the energy-saved lever

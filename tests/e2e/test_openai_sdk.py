@@ -134,7 +134,9 @@ def test_energy_saved_by_reasoning_off_and_by_routing_is_exported(client, gatewa
         return total
 
     before = saved("reasoning")
-    client.chat.completions.create(model=LARGE, messages=PROMPT, max_tokens=16)  # Qwen3 with thinking off
+    # Qwen3 with thinking off, and room left under max_tokens for the reasoning it would have done
+    r = client.chat.completions.create(model=LARGE, messages=PROMPT, max_tokens=3000)
+    assert r.choices[0].finish_reason == "stop"
     client.chat.completions.create(model="auto", messages=PROMPT, max_tokens=16)
     # counted once the request's energy is final (the meter has passed its end)
     wait_until(lambda: saved("reasoning") > before, 10, what="reasoning lever")

@@ -290,3 +290,39 @@ def test_energy_saved_by_routing_is_the_counterfactual_minus_the_cost(backend):
     saved = value(metrics, "gateway_energy_saved_joules_total", model_name="small-model", lever="routing")
     expected = svc.counterfactual_joules("large-model", 200, 300) - routed.energy.joules
     assert saved == pytest.approx(expected) and saved > 0
+
+
+def test_reasoning_off_credit_is_the_learned_estimate_within_max_tokens(backend):
+    from gateway.energy.counterfactual import PRIORS
+
+    cfg = BackendConfig(name="b", url=backend.url, models=["Qwen/Qwen3-8B"])
+    metrics = Metrics()
+    svc = EnergyService([cfg], lambda model: 8.0, metrics, lambda ctx: None)
+
+    def credited(rid, task_class, completion=100, max_tokens=None):
+        ctx = request(rid, stream=False)
+        ctx.reasoning_avoided, ctx.task_class, ctx.max_tokens = True, task_class, max_tokens
+        ctx.usage = {"prompt_tokens": 20, "completion_tokens": completion}
+        before = value(metrics, "gateway_energy_saved_joules_total", model_name="Qwen/Qwen3-8B", lever="reasoning")
+        svc.begin(ctx)
+        svc.end(ctx)
+        return value(metrics, "gateway_energy_saved_joules_total", model_name="Qwen/Qwen3-8B", lever="reasoning") - before
+
+    price = lambda tokens: svc.counterfactual_joules("Qwen/Qwen3-8B", 0, tokens)  # noqa: E731
+    # no opted-in traffic yet: the prior of the request's class, far below the old flat 7,650 tokens
+    assert credited("t0", "trivial") == pytest.approx(price(round(PRIORS["trivial"])))
+    assert credited("h0", "hard") == pytest.approx(price(round(PRIORS["hard"])))
+    # never more than max_tokens left room for
+    assert credited("h1", "hard", completion=900, max_tokens=1000) == pytest.approx(price(100))
+    assert credited("h2", "hard", completion=1000, max_tokens=1000) == 0.0
+    # requests that did reason on this model move the estimate toward what they cost
+    for i in range(40):
+        ctx = request(f"on{i}", stream=False)
+        ctx.reasoning, ctx.reasoning_tokens, ctx.task_class = True, 6000, "hard"
+        ctx.usage = {"prompt_tokens": 20, "completion_tokens": 6400}
+        svc.begin(ctx)
+        svc.end(ctx)
+    learned = svc.reasoning.expected("Qwen/Qwen3-8B", "hard")
+    assert PRIORS["hard"] < learned < 6000 and learned == pytest.approx((10 * PRIORS["hard"] + 40 * 6000) / 50)
+    assert credited("h3", "hard") == pytest.approx(price(round(learned)))
+    assert svc.reasoning.expected("Qwen/Qwen3-8B", "trivial") == PRIORS["trivial"]  # other classes keep theirs

@@ -137,7 +137,8 @@ def test_a_long_context_costs_more_per_decoded_token(fast):
 
 def test_reasoning_answers_cost_many_times_more(fast):
     plain = think = 0.0
-    for i, question in enumerate(("What is a GPU?", "Why batch requests?", "What is a token?")):
+    for i, question in enumerate(("Solve x^2 - 5x + 6 = 0 step by step.", "Prove that the square root of 2 is irrational.",
+                                  "Implement a function that merges two sorted lists.")):
         body = {"messages": [{"role": "user", "content": question}]}
         chat(fast, body, headers={"X-Request-Id": f"think-{i}"})
         chat(fast, {**body, "chat_template_kwargs": {"enable_thinking": False}}, headers={"X-Request-Id": f"plain-{i}"})

@@ -78,13 +78,34 @@ def test_full_reasoning_answer_stream_matches_non_stream(fast):
     assert events[-1]["usage"] == {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
 
 
-def test_reasoning_answers_are_many_times_longer(fast):
+HARD = ("Solve x^2 - 5x + 6 = 0 and prove there are no other roots.",
+        "Implement a function that finds the longest palindromic substring and state its complexity.",
+        "Derive the closed form of the sum of the first n cubes and prove it by induction.",
+        "Which of these is prime?\nA. 21\nB. 27\nC. 29\nD. 33")
+SMALL_TALK = ("Hi there!", "Thanks a lot!", "Good morning!", "How are you?")
+
+
+def test_reasoning_answers_to_hard_problems_are_many_times_longer(fast):
     thinking = plain = 0
-    for question in ("What is 2+2?", "Name a colour.", "Summarise the news.", "Tell me a joke."):
+    for question in HARD:
         body = {"messages": [{"role": "user", "content": question}]}
         thinking += message(fast, **body)[1]["completion_tokens"]
         plain += message(fast, **body, **OFF)[1]["completion_tokens"]
     assert thinking > 5 * plain
+
+
+def test_small_talk_thinks_briefly_and_hard_problems_long(fast):
+    # published lengths (gateway/sim/text.py): GPQA-like problems ~7,000 reasoning tokens, chat ~600,
+    # small talk less; the gateway learns what reasoning costs from these (energy/counterfactual.py)
+    def thought(question):  # the reasoning text's length in tokens, as the simulator counts it
+        msg, usage = message(fast, messages=[{"role": "user", "content": question}], max_tokens=32000)
+        return len(msg["reasoning"]) / 4
+
+    small = sum(thought(q) for q in SMALL_TALK) / len(SMALL_TALK)
+    chat = sum(thought(q) for q in ("Tell me about the history of the Roman empire.",
+                                    "What should I cook for dinner tonight with some leftover rice?")) / 2
+    hard = sum(thought(q) for q in HARD) / len(HARD)
+    assert small < chat < hard and hard > 5 * chat
 
 
 def test_no_think_soft_switch_gives_an_empty_think_block(fast):
