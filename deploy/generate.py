@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 M = 'model_name=~"$model"'
 B = 'backend=~"$backend"'
 T = 'team=~"$team"'
+K = 'key=~"$key"'
 
 # Grafana unit ids -> words for the docs.
 UNIT_WORDS = {
@@ -93,13 +95,13 @@ class Row:
 ROWS: list[Row] = [
     Row(
         "At a glance",
-        "Totals over the dashboard's time range, for the selected models and teams.",
+        "Totals over the dashboard's time range, for the selected models, teams and keys.",
         [
             Panel(
                 "stat", "Requests",
                 "Requests the gateway answered (any status) in the time range.",
                 "short",
-                [Target(f"sum(increase(gateway_requests_total{{{M}, {T}}}[$__range]))")],
+                [Target(f"sum(increase(gateway_requests_total{{{M}, {T}, {K}}}[$__range]))")],
                 width=4, height=4,
             ),
             Panel(
@@ -115,8 +117,8 @@ ROWS: list[Row] = [
                 "Attributed GPU energy per request, averaged over the time range.",
                 "joule",
                 [Target(
-                    f"sum(increase(gateway_request_energy_joules_sum{{{M}, {B}}}[$__range]))\n"
-                    f"  / sum(increase(gateway_request_energy_joules_count{{{M}, {B}}}[$__range]))"
+                    f"sum(increase(gateway_request_energy_joules_sum{{{M}, {B}, {K}}}[$__range]))\n"
+                    f"  / sum(increase(gateway_request_energy_joules_count{{{M}, {B}, {K}}}[$__range]))"
                 )],
                 width=4, height=4,
             ),
@@ -291,6 +293,32 @@ ROWS: list[Row] = [
                         "{{team}} {{model_name}}")],
                 width=12, stack=True,
             ),
+            Panel(
+                "timeseries", "Cost by team",
+                "What each team's requests cost, in US dollars per hour (5-minute rate): GPU-hours at each "
+                "backend's usd_per_gpu_hour plus energy at its usd_per_kwh, where configured.",
+                "currencyUSD",
+                [Target(f"sum by (team) (rate(gateway_cost_usd_total{{{M}, {T}}}[5m])) * 3600", "{{team}}")],
+                width=12, stack=True,
+            ),
+            Panel(
+                "timeseries", "Energy by key",
+                "Attributed GPU energy per API key (its configured name; anonymous without keys) as average "
+                "power (W = Wh per hour). The key's team is not a label of this series: filter with $key.",
+                "watt",
+                [Target(f"sum by (key) (rate(gateway_request_energy_joules_sum{{{M}, {B}, {K}}}[$__rate_interval]))",
+                        "{{key}}")],
+                width=12, stack=True,
+            ),
+            Panel(
+                "bargauge", "Requests by key",
+                "Requests each API key sent in the time range, with its team.",
+                "short",
+                [Target(f"sum by (key, team) (increase(gateway_requests_total{{{M}, {T}, {K}}}[$__range]))",
+                        "{{key}} ({{team}})")],
+                width=12,
+                options={"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True},
+            ),
         ],
     ),
     Row(
@@ -303,8 +331,7 @@ ROWS: list[Row] = [
                 "5-minute windows. routing: the same tokens on the model asked for (the largest, for auto) "
                 "minus what they cost on the routed one; reasoning: the reasoning tokens such a request would "
                 "have generated here (learned from opted-in requests, capped by max_tokens; "
-                "gateway_reasoning_credit_tokens_total counts them), priced on the model that answered. "
-                "Needs the recording rules (deploy/prometheus/rules.yml).",
+                "gateway_reasoning_credit_tokens_total counts them), priced on the model that answered.",
                 "watt",
                 [Target(f"sum by (lever) (model_name_lever:gateway_energy_saved_joules:rate5m{{{M}}})", "{{lever}}")],
                 width=12, stack=True,
@@ -312,8 +339,7 @@ ROWS: list[Row] = [
             Panel(
                 "bargauge", "Share of energy saved, by lever",
                 "Of the energy the requests would have used without the nudges, the share each lever "
-                "saved over the last hour: saved / (used + saved), saved being the estimate above. Needs "
-                "the recording rules (deploy/prometheus/rules.yml).",
+                "saved over the last hour: saved / (used + saved), saved being the estimate above.",
                 "percentunit",
                 [Target("lever:gateway_energy_saved_joules:ratio_rate1h", "{{lever}}")],
                 width=12,
@@ -408,7 +434,7 @@ ROWS: list[Row] = [
                 "A gap means clients reach vLLM around the gateway (their energy shows as \"other\").",
                 "suffix: tok/s",
                 [
-                    Target(f'sum by (model_name) (rate(gateway_tokens_total{{kind="completion", {M}}}[$__rate_interval]))',
+                    Target(f'sum by (model_name) (rate(gateway_tokens_total{{kind="completion", {M}, {T}}}[$__rate_interval]))',
                            "{{model_name}} via gateway"),
                     Target(f"sum by (model_name) (rate(vllm:generation_tokens_total{{{M}}}[$__rate_interval]))",
                            "{{model_name}} vLLM total"),
@@ -476,7 +502,7 @@ ROWS.append(
                 "timeseries", "Requests per second by status",
                 "Answers per second by HTTP status (429 = a budget refused, 503 = no backend).",
                 "reqps",
-                [Target(f"sum by (status) (rate(gateway_requests_total{{{M}, {T}}}[$__rate_interval]))", "{{status}}")],
+                [Target(f"sum by (status) (rate(gateway_requests_total{{{M}, {T}, {K}}}[$__rate_interval]))", "{{status}}")],
                 width=9, height=6,
             ),
             Panel(
@@ -520,6 +546,7 @@ VARIABLES = [
     ("model", "Model", "label_values(gateway_route_decisions_total, model_name)"),
     ("backend", "Backend", "label_values(gateway_backend_up, backend)"),
     ("team", "Team", "label_values(gateway_requests_total, team)"),
+    ("key", "API key", "label_values(gateway_requests_total, key)"),
 ]
 
 
@@ -541,6 +568,17 @@ def _targets(panel: Panel, instant: bool) -> list[dict]:
             target["format"] = "table"
         out.append(target)
     return out
+
+
+RULES_NOTE = "Needs the recording rules (deploy/prometheus/rules.yml)."
+
+
+def _describe(panel: Panel) -> str:
+    """The panel's description; one that reads a recorded series says it needs the rules."""
+    uses_rules = any(re.search(r"\b[a-z_]+:[a-z_:]+", t.expr) for t in panel.targets)
+    if uses_rules and RULES_NOTE not in panel.description:
+        return f"{panel.description} {RULES_NOTE}"
+    return panel.description
 
 
 def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict:
@@ -584,7 +622,7 @@ def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict:
         "id": pid,
         "type": panel.kind,
         "title": panel.title,
-        "description": panel.description,
+        "description": _describe(panel),
         "datasource": DS,
         "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
         "fieldConfig": {"defaults": defaults, "overrides": panel.overrides},

@@ -87,7 +87,7 @@ def test_datasource_variable_is_used_by_every_panel_and_target():
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
             assert target.get("datasource", panel["datasource"])["uid"] == "${datasource}", panel["title"]
-    for name in ("model", "backend", "team"):
+    for name in ("model", "backend", "team", "key"):
         var = variables[name]
         assert var["datasource"]["uid"] == "${datasource}"
         assert var["includeAll"] and var["multi"] and var["allValue"] == ".*", name
@@ -100,7 +100,8 @@ def test_variables_filter_on_the_labels_they_list():
     assert parse_label_values(queries["model"])[1] == "model_name"
     assert parse_label_values(queries["backend"])[1] == "backend"
     assert parse_label_values(queries["team"])[1] == "team"
-    allowed = {"model": {"model_name"}, "backend": {"backend"}, "team": {"team", "name"}}
+    assert parse_label_values(queries["key"])[1] == "key"
+    allowed = {"model": {"model_name"}, "backend": {"backend"}, "team": {"team", "name"}, "key": {"key"}}
     for q in dashboard_queries():
         for var, labels in allowed.items():
             for label in re.findall(r'(\w+)=~"\$' + var + '"', q.expr):
@@ -127,6 +128,24 @@ def test_every_panel_has_a_unit_and_every_target_an_expression():
         assert panel.get("description"), f"{panel['title']!r} has no description"
 
 
+def test_every_filter_applies_where_its_label_exists():
+    # a series that has a team (key) label is filtered by $team ($key) in every query that reads it
+    labelled = {"team": ("gateway_requests_total", "gateway_tokens_total", "gateway_model_energy_joules_total",
+                         "gateway_co2e_grams_total", "gateway_cost_usd_total", "team:gateway_co2e_grams:rate5m"),
+                "key": ("gateway_requests_total", "gateway_request_energy_joules_sum", "gateway_request_energy_joules_count")}
+    for q in dashboard_queries():
+        for label, metrics in labelled.items():
+            for metric in metrics:
+                for m in re.finditer(re.escape(metric) + r"\{([^}]*)\}", q.expr):
+                    assert f'{label}=~"${label}"' in m.group(1), f"{q.where}: {metric} without ${label}"
+
+
+def test_panels_on_recorded_series_say_they_need_the_rules():
+    for panel in all_panels(dashboard()):
+        if panel["type"] != "row" and any(re.search(r"\b[a-z_]+:[a-z_:]+", t["expr"]) for t in panel["targets"]):
+            assert "recording rules" in panel["description"], panel["title"]
+
+
 def test_the_panels_a_team_lead_asked_for_are_there():
     exprs = " ".join(q.expr for q in dashboard_queries())
     wanted = {
@@ -143,6 +162,10 @@ def test_the_panels_a_team_lead_asked_for_are_there():
         "budget burn per team": "gateway_budget_used_ratio",
         "tokens per joule": "model_name:gateway_tokens_per_joule:rate5m",
         "vLLM beside ours": "vllm:generation_tokens_total",
+        "cost over time by team": "sum by (team) (rate(gateway_cost_usd_total",
+        "energy per key": "sum by (key) (rate(gateway_request_energy_joules_sum",
+        "requests per key": "sum by (key, team) (increase(gateway_requests_total",
+        "the router's quality budget": "gateway_router_predicted_quality",
     }
     missing = [what for what, needle in wanted.items() if needle not in exprs]
     assert not missing, f"no panel for: {missing}"
