@@ -144,7 +144,8 @@ def run(args) -> dict:
     try:
         for seed, (key, (name, params)) in enumerate(MODELS.items(), start=1):
             sims[key] = start_sim(["--model", name, "--params-b", str(params), "--reasoning", "qwen3",
-                                   "--speed", args.speed, "--seed", str(seed)])  # fmt: skip
+                                   "--speed", args.speed, "--seed", str(seed),
+                                   "--power-model", args.power_model])  # fmt: skip
         config = {
             "features": {"routing": False, "policy": False},
             "server": {"health_interval_s": 0.5, "load_interval_s": 0.5},
@@ -281,6 +282,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.1, help="the meters' sampling interval (s)")
     ap.add_argument("--settle", type=float, default=4.0, help="seconds of idle after the load")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--power-model", default="additive", choices=("additive", "roofline"),
+                    help="the simulator's GPU model and ground truth (roofline: a form the attribution does not share)")
     ap.add_argument("--details", action="store_true", help="print every request, worst first")
     args = ap.parse_args()
     out = run(args)

@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=32768)
     parser.add_argument("--gpus", "--tensor-parallel-size", dest="gpus", type=int, default=1)
     parser.add_argument("--gpu", choices=["h200", "h100"], default="h200")
+    parser.add_argument(
+        "--power-model",
+        choices=["additive", "roofline"],
+        default="additive",
+        help="GPU model and per-request ground truth: additive (power.py) or roofline (roofline.py, a form the "
+        "gateway's attribution does not share)",
+    )
     parser.add_argument("--task", choices=["generate", "embed"], default="generate")
     parser.add_argument("--served-model-name", nargs="+", default=None)
     parser.add_argument("--max-num-seqs", type=int, default=1024)
@@ -121,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         enable_request_id_headers=args.enable_request_id_headers,
         coalesce=not args.no_coalesce,
         dcgm_labels=labels,
+        power_model=args.power_model,
     )
 
 

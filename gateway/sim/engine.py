@@ -4,8 +4,9 @@ Each step, every running sequence that has its prompt in the KV cache decodes on
 prompts are prefilled in chunks under a token budget (``max_num_batched_tokens``; running
 sequences first, then the waiting queue in arrival order, up to ``max_num_seqs`` sequences and
 the KV-cache capacity; when the cache is full the newest sequence is preempted and recomputed
-later). The step's duration and energy come from ``power.CostModel``; its energy is booked on the
-``EnergyMeter`` when it starts and split between the sequences in it (the ground truth).
+later). The step's duration and energy come from the GPU model (``power.CostModel``, additive, or
+``roofline.RooflineModel``, ``--power-model``); its energy is booked on the ``EnergyMeter`` when it
+starts and split between the sequences in it by that model's own accounting (the ground truth).
 
 Time is virtual ("simulated seconds"). With a float ``speed`` the engine sleeps so that simulated
 time runs ``speed`` times faster than the wall clock (1.0 = realistic). With ``speed=None``
@@ -26,7 +27,7 @@ from collections import deque
 from time import monotonic, time
 
 from .metrics import EngineMetrics
-from .power import CostModel, EnergyMeter, tick
+from .power import EnergyMeter, StepModel, tick
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 INSTANT_SLICE = 0.002  # seconds of wall time the instant engine runs before letting the server in
@@ -123,7 +124,7 @@ ROW_FIELDS = ("joules", "prompt_tokens", "completion_tokens", "finished_reason",
 class Engine:
     def __init__(
         self,
-        cost: CostModel,
+        cost: StepModel,
         *,
         max_model_len: int,
         max_num_seqs: int = 1024,
@@ -347,22 +348,19 @@ class Engine:
             self._preempt(len(running))
             running = self.running
         budget = self.max_num_batched_tokens
-        cost = self.cost
         decode: list[Sequence] = []
         prefill: list[Sequence] = []
-        prefill_times: list[float] = []
-        ctx_sum = 0
+        chunks: list[tuple[int, int]] = []  # (chunk, start) of each prompt chunk
         for seq in running:
             remaining = seq.prefill_len - seq.n_prefilled
             if remaining == 0:
                 decode.append(seq)
-                ctx_sum += seq.ctx
                 budget -= 1
             elif budget > 0:
                 chunk = remaining if remaining < budget else budget
                 seq.chunk = chunk
                 prefill.append(seq)
-                prefill_times.append(cost.prefill_time(chunk, seq.n_prefilled))
+                chunks.append((chunk, seq.n_prefilled))
                 budget -= chunk
         waiting = self.waiting
         while waiting and budget > 0 and len(running) < self.max_num_seqs:
@@ -377,15 +375,15 @@ class Engine:
                 seq.scheduled = start
             seq.chunk = chunk
             prefill.append(seq)
-            prefill_times.append(cost.prefill_time(chunk, seq.n_prefilled))
+            chunks.append((chunk, seq.n_prefilled))
             budget -= chunk
         if not decode and not prefill:
             return None
-        t, energy, dec_a, dec_b, fixed_share, prefill_watts = cost.price(len(decode), ctx_sum, prefill_times)
-        for seq in decode:
-            seq.energy += dec_a + dec_b * seq.ctx
-        for seq, duration in zip(prefill, prefill_times):
-            seq.energy += fixed_share + prefill_watts * duration
+        t, energy, shares = self.cost.step([seq.ctx for seq in decode], chunks, start)
+        for seq, share in zip(decode, shares):
+            seq.energy += share
+        for seq, share in zip(prefill, shares[len(decode):]):
+            seq.energy += share
             self.kv_used += seq.chunk
         self.kv_used += len(decode)
         self.meter.book(start + t, energy / t)

@@ -42,6 +42,7 @@ import socket
 import zlib
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 # --- Calibration constants (bench/calibrate_sim.py on ML.ENERGY v3, 77 H100 rows; see docstring) ---
 T0 = 2.551e-3  # s per step: launch and scheduling overhead
@@ -74,6 +75,18 @@ GPUS = {
     "h200": GpuSpec("h200", "NVIDIA H200", 143_771 * 2**20, 3.35 / 4.8, 85.0, 700.0),
     "h100": GpuSpec("h100", "NVIDIA H100 80GB HBM3", 81_559 * 2**20, 1.0, 75.0, 700.0),
 }
+
+
+class StepModel(Protocol):
+    """What the engine needs of a GPU model (``CostModel`` here, ``roofline.RooflineModel``)."""
+
+    gpus: int
+    kv_bytes_per_gpu: float
+    idle_watts: float
+
+    def prefill_time(self, chunk: int, start: int) -> float: ...
+
+    def step(self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float) -> tuple[float, float, list[float]]: ...
 
 
 def kv_bytes_per_token(params_b: float) -> float:
@@ -118,6 +131,15 @@ class CostModel:
         return t, e * scale, decode_a, W_DECODE * self.t_ctx * scale, fixed_share, W_PREFILL * scale
 
 
+    def step(self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float) -> tuple[float, float, list[float]]:
+        """The engine's interface (as ``roofline.RooflineModel.step``): seconds, joules, and each
+        sequence's share (decode first, then prompt chunks), by this model's additive split."""
+        prefill_times = [self.prefill_time(chunk, start) for chunk, start in prefill]
+        t, energy, dec_a, dec_b, fixed_share, prefill_watts = self.price(len(decode_ctxs), sum(decode_ctxs), prefill_times)
+        shares = [dec_a + dec_b * ctx for ctx in decode_ctxs] + [fixed_share + prefill_watts * d for d in prefill_times]
+        return t, energy, shares
+
+
 class EnergyMeter:
     """The group's cumulative energy as a piecewise-linear function of simulated time.
 
@@ -160,6 +182,20 @@ def tick(v: float) -> float:
     return math.floor(v / COUNTER_PERIOD + 1e-9) * COUNTER_PERIOD
 
 
+COUNTER_JITTER = 0.012  # s: with jitter, each update lands up to this late (driver scheduling)
+
+
+def jittered_tick(v: float, seed: int) -> float:
+    """Like ``tick``, but update number k happens at k * COUNTER_PERIOD + a delay in [0, COUNTER_JITTER)
+    that differs per update (deterministic in ``seed`` and k)."""
+    k = math.floor(v / COUNTER_PERIOD + 1e-9)
+    for j in (k, k - 1):
+        at = j * COUNTER_PERIOD + COUNTER_JITTER * (zlib.crc32(f"{seed}:{j}".encode()) / 2**32)
+        if at <= v:
+            return at
+    return max(0.0, (k - 1) * COUNTER_PERIOD)
+
+
 def _gpu_uuid(seed: int, index: int) -> str:
     h = f"{zlib.crc32(f'sim-gpu-{seed}-{index}'.encode()):08x}{zlib.crc32(f'{index}-{seed}-uuid'.encode()):08x}"
     h += f"{zlib.crc32(f'{seed}:{index}'.encode()):08x}{zlib.crc32(f'{index}:{seed}'.encode()):08x}"
@@ -175,7 +211,9 @@ class DcgmCounters:
     (±1.5 %, as real boards differ) and the shares add up to the group's energy.
     """
 
-    def __init__(self, gpus: int, gpu: GpuSpec, seed: int, labels: dict[str, str] | None = None) -> None:
+    def __init__(self, gpus: int, gpu: GpuSpec, seed: int, labels: dict[str, str] | None = None,
+                 jitter: bool = False) -> None:
+        self.seed, self.jitter = seed, jitter
         weights = [1.0 + 0.015 * ((i % 3) - 1) for i in range(gpus)]
         total = sum(weights)
         self.shares = [w / total for w in weights]
@@ -205,7 +243,7 @@ class DcgmCounters:
         self.offsets_mj = [-share * e for share in self.shares]
 
     def render(self, meter: EnergyMeter, now: float) -> bytes:
-        last = tick(now)
+        last = jittered_tick(now, self.seed) if self.jitter else tick(now)
         energy_mj = meter.energy_at(last) * 1000.0
         window = min(1.0, last)  # NVML's power reading on Hopper is a 1-s average
         watts = (meter.energy_at(last) - meter.energy_at(last - window)) / window if window > 0 else 0.0

@@ -22,7 +22,8 @@ from .engine import Engine
 from .faults import Faults, FaultSpecError, parse_fault
 from .generate import JSON_HEADERS, ApiError, EngineDead, Generation, invalid, wait_disconnect
 from .metrics import CONTENT_TYPE, MetricsExporter
-from .power import GPUS, CostModel, DcgmCounters
+from .power import GPUS, CostModel, DcgmCounters, StepModel
+from .roofline import RooflineModel
 from .sse import DONE
 from .versions import STATUS_TYPES, VllmVersion
 
@@ -50,13 +51,14 @@ class SimConfig:
     enable_request_id_headers: bool = False
     coalesce: bool = True
     dcgm_labels: dict[str, str] = field(default_factory=dict)
+    power_model: str = "additive"  # additive (power.CostModel) | roofline (roofline.RooflineModel)
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
             self.served_model_names = [self.model]
 
 
-def kv_cache_capacity(cfg: SimConfig, cost: CostModel) -> int:
+def kv_cache_capacity(cfg: SimConfig, cost: StepModel) -> int:
     """KV-cache tokens that fit beside the weights, as vLLM sizes its cache at start-up."""
     if cfg.kv_cache_tokens is not None:
         return cfg.kv_cache_tokens
@@ -91,7 +93,10 @@ class SimApp:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.version = VllmVersion(cfg.vllm_version)
-        self.cost = CostModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu])
+        if cfg.power_model == "roofline":
+            self.cost: StepModel = RooflineModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu], cfg.model, cfg.seed)
+        else:
+            self.cost = CostModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu])
         self.engine = Engine(
             self.cost,
             max_model_len=cfg.max_model_len,
@@ -100,7 +105,7 @@ class SimApp:
             kv_capacity=kv_cache_capacity(cfg, self.cost),
             speed=cfg.speed,
         )
-        self.dcgm = DcgmCounters(cfg.gpus, GPUS[cfg.gpu], cfg.seed, cfg.dcgm_labels)
+        self.dcgm = DcgmCounters(cfg.gpus, GPUS[cfg.gpu], cfg.seed, cfg.dcgm_labels, jitter=cfg.power_model == "roofline")
         self.exporter = MetricsExporter(self.engine, cfg.served_model_names[0], self.version)
         self.faults = Faults()
         self.listener: Listener | None = None

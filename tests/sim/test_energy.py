@@ -199,3 +199,34 @@ def test_counter_reset_restarts_near_zero_and_truth_keeps_counting(realistic):
     after_mj, truth = energy_counter_mj(realistic), realistic.energy()
     assert truth["total_j"] > before
     assert after_mj / 1000 == pytest.approx(truth["total_j"] - before, abs=2 * 0.1 * 700)
+
+
+def test_the_roofline_model_prices_steps_differently_and_splits_them_by_marginal_energy():
+    from gateway.sim.power import GPUS, CostModel
+    from gateway.sim.roofline import RooflineModel, padded
+
+    assert [padded(n) for n in (1, 3, 5, 9, 17, 600)] == [1, 4, 8, 16, 24, 600]
+    roof = RooflineModel(8.0, 1, GPUS["h100"], "meta-llama/Llama-3.1-8B-Instruct", seed=1)
+    t, energy, shares = roof.step([500, 500, 4000], [(256, 0)], now=0.0)
+    assert sum(shares) == pytest.approx(energy) and all(s > 0 for s in shares)
+    assert shares[2] > shares[0]  # a long context reads more KV cache: more of the step is its doing
+    # 9 sequences run as a padded batch of 16: the padding's cost is shared, not charged to the ninth
+    t8, e8, _ = roof.step([500] * 8, [], now=0.0)
+    t9, e9, s9 = roof.step([500] * 9, [], now=0.0)
+    assert t9 > t8 and max(s9) == pytest.approx(min(s9), rel=1e-9)
+    # power depends on the model's geometry, not only on the batch: same size, different KV cache
+    qwen = RooflineModel(8.0, 1, GPUS["h100"], "Qwen/Qwen3-8B", seed=1)
+    gemma = RooflineModel(8.0, 1, GPUS["h100"], "google/gemma-3-12b-it", seed=1)
+    w = [m.step([2000] * 64, [], now=0.0) for m in (roof, qwen, gemma)]
+    assert len({round(e / t) for t, e, _ in w}) == 3
+    # the additive model offers the same interface, with its own split
+    add = CostModel(8.0, 1, GPUS["h100"])
+    t_a, e_a, s_a = add.step([500, 500, 4000], [(256, 0)], now=0.0)
+    assert sum(s_a) == pytest.approx(e_a)
+
+
+def test_a_roofline_simulator_serves_and_books_its_own_ground_truth(start):
+    sim = start("--power-model", "roofline", "--speed", "instant")
+    chat(sim, {"messages": HI, "max_tokens": 64}, headers={"X-Request-Id": "roof-1"})
+    row = sim.energy()["requests"]["roof-1"]
+    assert row["joules"] > 0 and row["completion_tokens"] == 64
