@@ -148,6 +148,9 @@ class Engine:
         self.records: dict[str, Sequence | tuple] = {}
         self.keep_records = keep_records
         self._record_order: deque[str] = deque()  # oldest first, for eviction
+        # what arrived when (key, arrival, prompt tokens, tokens to generate, planned finish reason,
+        # embedding): enough to replay the load offline (replay.py: marginal cost of a request)
+        self.trace: deque[tuple[str, float, int, int, str, bool]] = deque(maxlen=keep_records)
         self.evicted_j = 0.0
         self.evicted_n = 0
         self.idle_j = 0.0
@@ -222,6 +225,7 @@ class Engine:
         seq.key = key
         self.records[key] = seq
         self._record_order.append(key)
+        self.trace.append((key, seq.arrival, seq.prompt_len, seq.target, seq.planned_reason, seq.embed))
         if len(self.records) > self.keep_records:
             self._evict()
         self.waiting.append(seq)

@@ -22,11 +22,13 @@ on purpose (``--power-model roofline``):
 * **The meter is less tidy**: the DCGM energy counter still steps every ~100 ms, but each update
   lands up to 12 ms late (``power.jittered_tick``).
 
-Ground truth ("causal accounting", by usage): each step's static energy (the static power for
-the step's time) goes in equal shares to the sequences holding the GPU; its dynamic energy is split
-by what each sequence does to the two roofs, weighted by how busy each roof is: on the compute
-roof its own tokens (a prompt chunk's, with attention over its context) plus an equal share of the
-padded slots; on the memory roof its own KV-cache reads plus an equal share of the weights.
+Ground truth ("causal accounting", by usage): power accrues with time. The energy of a step's
+overhead time (launch, all-reduce) goes in equal shares to the sequences in it; the energy of its
+busy time, static and dynamic power alike, is split by what each sequence does to the two roofs,
+weighted by how busy each roof is: on the compute roof its own tokens (a prompt chunk's, with
+attention over its context) plus an equal share of the padded slots; on the memory roof its own
+KV-cache reads plus an equal share of the weights. A long prompt chunk that makes a step
+compute-bound pays for the time it adds.
 Because the roofs overlap and power is concave, none of this is the gateway's per-token price.
 ``bench/attribution_eval.py`` also measures a second truth, the *marginal* cost of a request.
 
@@ -114,7 +116,9 @@ def arch_for(model: str, params_b: float) -> Arch:
 class RooflineModel:
     """Prices a step for ``params_b`` billions on ``gpus`` GPUs of ``gpu`` (see the module docstring)."""
 
-    def __init__(self, params_b: float, gpus: int, gpu: GpuSpec, model: str = "", seed: int = 0) -> None:
+    def __init__(self, params_b: float, gpus: int, gpu: GpuSpec, model: str = "", seed: int = 0,
+                 noise: bool = True) -> None:
+        self.noise = noise
         self.gpus = gpus
         self.gpu = gpu
         self.arch = arch_for(model, params_b)
@@ -161,19 +165,22 @@ class RooflineModel:
         pad = n if prefill else padded(n)  # a mixed step runs eagerly: no graph padding
         own_cmp = [1.0 + ATTENTION * c for c in decode_ctxs] + pf_cmp
         cmp_total = sum(own_cmp) + (pad - n)
-        t, energy, static, u_c, u_m = self._parts(kv_total, cmp_total)
-        noise = math.exp(self._rng.gauss(0.0, NOISE_SIGMA)) * (1.0 + THERMAL[0] * math.sin(2 * math.pi * now / THERMAL[1]))
+        t, energy, _, u_c, u_m = self._parts(kv_total, cmp_total)
+        noise = 1.0
+        if self.noise:
+            noise = math.exp(self._rng.gauss(0.0, NOISE_SIGMA)) * (1.0 + THERMAL[0] * math.sin(2 * math.pi * now / THERMAL[1]))
         energy *= noise
-        static *= noise
-        # usage accounting: static power for holding the GPU, equally; the dynamic part by each
-        # sequence's share of what keeps each roof busy (the weights and padding are everybody's)
+        # usage accounting: power accrues with time. The overhead's time (launch, all-reduce) is
+        # everybody's, equally; the roofs' time, static and dynamic power alike, goes by each
+        # sequence's share of what keeps each roof busy (the weights and padding are everybody's).
         bytes_total = self.weight_bytes * self.gpus + kv_total
         own_bytes = reads + pf_kv
-        dyn = energy - static
+        overhead = energy * self.t_fixed / t
+        busy_e = energy - overhead
         busy = u_c + u_m or 1.0
         shares = []
         for i in range(k):
             cmp_i = (own_cmp[i] + (pad - n) / k) / cmp_total if cmp_total else 1.0 / k
             mem_i = (own_bytes[i] + self.weight_bytes * self.gpus / k) / bytes_total
-            shares.append(static / k + dyn * (u_c * cmp_i + u_m * mem_i) / busy)
+            shares.append(overhead / k + busy_e * (u_c * cmp_i + u_m * mem_i) / busy)
         return t, energy, shares

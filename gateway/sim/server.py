@@ -3,7 +3,8 @@
 vLLM's routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``,
 ``/tokenize``, ``/detokenize``, ``/health``, ``/ping``, ``/load``, ``/version``, ``/metrics``.
 Simulator routes: ``/dcgm/metrics`` (a DCGM exporter for the simulated GPUs),
-``/debug/energy`` (the energy ground truth), ``/debug/reset-counter`` (a driver reload),
+``/debug/energy`` (the energy ground truth), ``/debug/trace`` (what arrived when, for an offline
+replay), ``/debug/reset-counter`` (a driver reload),
 ``/debug/fault`` (failure injection, see ``faults.py``).
 """
 
@@ -128,6 +129,7 @@ class SimApp:
             "/metrics": (get, self.metrics),
             "/dcgm/metrics": (get, self.dcgm_metrics),
             "/debug/energy": (get, self.debug_energy),
+            "/debug/trace": (get, self.debug_trace),
             "/debug/reset-counter": (post, self.reset_counter),
             "/debug/fault": (both, self.fault),
         }
@@ -350,6 +352,16 @@ class SimApp:
         truth["gpus"] = self.cfg.gpus
         truth["speed"] = self.cfg.speed if self.cfg.speed is not None else "instant"
         await self.send_json(send, 200, orjson.dumps(truth))
+
+    async def debug_trace(self, scope, receive, send) -> None:
+        """What arrived when, and the engine's settings: enough to replay the load (replay.py)."""
+        cfg = self.cfg
+        await self.send_json(send, 200, orjson.dumps({
+            "model": cfg.model, "params_b": cfg.params_b, "gpus": cfg.gpus, "gpu": cfg.gpu, "seed": cfg.seed,
+            "power_model": cfg.power_model, "max_model_len": cfg.max_model_len, "max_num_seqs": cfg.max_num_seqs,
+            "max_num_batched_tokens": cfg.max_num_batched_tokens, "kv_capacity": self.engine.kv_capacity,
+            "now": self.engine.sync(), "arrivals": list(self.engine.trace),
+        }))  # fmt: skip
 
     async def reset_counter(self, scope, receive, send) -> None:
         await self.read_body(receive)
