@@ -3,11 +3,11 @@
 A mixed concurrent load (bench/attribution_eval.py's workload) goes through the gateway while
 other clients talk to the simulators directly, and one simulator's energy counter restarts
 (a driver reload) mid-run. Then every request's final energy in the ledger is compared with
-the simulator's ground truth (GET /debug/energy). The simulators run at realistic speed: the
-attribution times prefills and energy-counter steps in wall-clock seconds, and a simulator
-running faster than its GPUs would is not a machine it is built for (at 2x the same run gives
-p50 ~8 %, p90 ~19 %). Measured on a busy 2-core machine: p50 3.6-4.4 %, p90 6.7-7.7 %
-(4 runs, 18 requests); the bounds leave room for a noisier one.
+the simulator's ground truth (GET /debug/energy), once with each of the simulator's GPU models:
+the additive one, whose truth shares the attribution's form, and the roofline one, whose does
+not. The simulators run at realistic speed: the attribution times prefills and energy-counter
+steps in wall-clock seconds, and a simulator running faster than its GPUs would is not a
+machine it is built for (at 2x the same run gives p50 ~8 %, p90 ~19 %).
 """
 
 from __future__ import annotations
@@ -45,15 +45,24 @@ def value(metrics, name, **labels):
     )
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+# Per-request error bounds (p50, p90) for each simulator GPU model. The sweep's worst seeds
+# (bench/results/attribution-eval.json, 64 requests each): additive p50 3.7 % / p90 14.3 %,
+# roofline 4.3 % / 13.3 %. This run has 24 requests, so its percentiles move more: three runs
+# here gave additive p50 3.2-4.0 % / p90 6.7-11.7 %, roofline 3.9-5.0 % / 8.1-10.5 %. The bounds
+# sit a little above the worst of both, not at the target (5 % / 15 %) a 24-request run cannot
+# resolve.
+BOUNDS = {"additive": (0.07, 0.18), "roofline": (0.08, 0.18)}
+
+
+@pytest.fixture(scope="module", params=sorted(BOUNDS))
+def run(request, tmp_path_factory):
     bench = load_bench()
     tmp = tmp_path_factory.mktemp("attribution")
     sims = {}
     try:
         for seed, (key, (name, params)) in enumerate(bench.MODELS.items(), start=1):
             sims[key] = start_sim(["--model", name, "--params-b", str(params), "--reasoning", "qwen3",
-                                   "--speed", SPEED, "--seed", str(seed)])  # fmt: skip
+                                   "--speed", SPEED, "--seed", str(seed), "--power-model", request.param])  # fmt: skip
         config = Config(
             features=FeaturesConfig(routing=False, policy=False),
             server=ServerConfig(health_interval_s=0.5, load_interval_s=0.5),
@@ -85,7 +94,7 @@ def run(tmp_path_factory):
     with sqlite3.connect(tmp / "usage.db") as conn:
         rows = {r[0]: r[1:] for r in conn.execute("SELECT request_id, backend, energy_j, energy_source FROM requests")}
     return {"ours": ours, "direct": direct, "truth": truth, "before": before, "after": after, "rows": rows,
-            "metrics": gw.gateway.metrics}  # fmt: skip
+            "metrics": gw.gateway.metrics, "power_model": request.param}  # fmt: skip
 
 
 def errors(run):
@@ -107,7 +116,9 @@ def test_every_request_gets_a_final_measured_value_in_the_ledger(run):
 def test_per_request_energy_matches_the_simulators_ground_truth(run):
     errs = errors(run)
     p50, p90 = errs[len(errs) // 2], errs[int(0.9 * (len(errs) - 1))]
-    assert p50 <= 0.08 and p90 <= 0.18, f"p50 {p50:.1%} p90 {p90:.1%}"
+    max_p50, max_p90 = BOUNDS[run["power_model"]]
+    print(f"attribution e2e, {run['power_model']}: p50 {p50:.1%} p90 {p90:.1%}")
+    assert p50 <= max_p50 and p90 <= max_p90, f"{run['power_model']}: p50 {p50:.1%} p90 {p90:.1%}"
 
 
 def test_what_the_meters_measured_is_split_without_loss_across_a_counter_restart(run):
