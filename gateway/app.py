@@ -13,10 +13,11 @@ from typing import Any
 import aiohttp
 
 from gateway.api.health import HealthEndpoints
-from gateway.api.http import Receive, Router, Scope, Send
+from gateway.api.http import BodyBudget, Receive, Router, Scope, Send
 from gateway.api.openai import OpenAIEndpoints
 from gateway.config import Config
 from gateway.context import RequestContext
+from gateway.policy.keys import KeyRing
 from gateway.proxy.backends import BackendPool
 from gateway.proxy.forward import Proxy
 from gateway.routing.catalog import Catalog
@@ -96,6 +97,10 @@ class Gateway:
             hooks=_EnergyHooks(self.energy) if self.energy is not None else None,
         )
 
+        # Who may call: checked by the api from the headers, before a body is read, whether or
+        # not policy is on. Bodies being received share one bound of memory.
+        self.keys = KeyRing(config.keys)
+        self.body_budget = BodyBudget(server.max_buffered_body_bytes)
         self.policy = None
         self.policy_store = None
         self.budgets = None
@@ -112,7 +117,8 @@ class Gateway:
         ref = self.config.policy
         path = self.config.resolve(ref.path) if ref.path else default_policy_path()
         self.policy_store = PolicyStore(path, self.metrics, watch_interval_s=ref.watch_interval_s)
-        self.budgets = make_budget_store(self.config.budgets)
+        self.budgets = budgets = make_budget_store(self.config.budgets)
+        self.metrics.budget_deferred.set_function(lambda: budgets.deferred)
         self.policy = PolicyEngine(self.policy_store, self.config.keys, self.budgets, self.metrics)
 
     def _routes(self) -> Router:
@@ -129,9 +135,7 @@ class Gateway:
         if self.ledger is not None:
             from gateway.api.usage import UsageEndpoint
 
-            from gateway.policy.keys import KeyRing
-
-            routes.add("/v1/usage", UsageEndpoint(self.ledger, KeyRing(self.config.keys)))
+            routes.add("/v1/usage", UsageEndpoint(self.ledger, self.keys))
         return routes
 
     # ------------------------------------------------------------------ lifecycle

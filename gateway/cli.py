@@ -17,20 +17,26 @@ def _serve_app(gateway, host: str, port: int, log_level: str) -> int:
 
     from gateway.api.server import GatewayHttpProtocol
 
+    server_cfg = gateway.config.server
     config = uvicorn.Config(
         gateway,
         host=host,
         port=port,
         loop="uvloop",
-        http=GatewayHttpProtocol,  # httptools, sending each response head with its body
+        # httptools, sending each response head with its body; bounded connections, header deadline
+        http=GatewayHttpProtocol.configured(server_cfg.max_connections, server_cfg.header_timeout_s),
         lifespan="on",
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
+    sockets = None
+    if server_cfg.admin_port is not None:  # one server, two listeners: the app tells them apart by port
+        admin = uvicorn.Config(gateway, host=host, port=server_cfg.admin_port)
+        sockets = [config.bind_socket(), admin.bind_socket()]
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
     return 0 if server.started else 1
@@ -161,7 +167,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_hash_key(args: argparse.Namespace) -> int:
     from gateway.config import hash_key
 
-    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if args.generate:
+        import secrets
+
+        key = "sk-nudge-" + secrets.token_urlsafe(32)  # 256 random bits: no dictionary reaches it
+        print(f"key:  {key}\nhash: {hash_key(key)}")
+        return 0
+    if args.key is not None:
+        print("hash-key: a key on the command line stays in shell history and process lists; "
+              "pipe it in or type it at the prompt instead", file=sys.stderr)  # fmt: skip
+        key = args.key
+    elif sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key (not echoed): ")
+    else:
+        key = sys.stdin.readline().strip()
+    if not key:
+        print("hash-key: no key given", file=sys.stderr)
+        return 2
     print(hash_key(key))
     return 0
 
@@ -221,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     report_arguments(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("hash-key", help="print the sha256:... form of an API key for the config")
-    p.add_argument("key", nargs="?", help="the key (read from stdin if omitted)")
+    p = sub.add_parser("hash-key", help="print the sha256:... form of an API key for the config",
+                       description="Reads the key from a prompt (or stdin when piped); --generate makes a new one.")
+    p.add_argument("key", nargs="?", help=argparse.SUPPRESS)  # still accepted, with a warning
+    p.add_argument("--generate", action="store_true", help="make a new random key and print it with its hash")
     p.set_defaults(func=cmd_hash_key)
 
     p = sub.add_parser("router", help="the right-sizing model")

@@ -150,7 +150,18 @@ class ModelConfig(Strict):
 class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    admin_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="a second listener for /metrics and /readyz details, kept inside the cluster; the main port then "
+        "answers 404 for /metrics. Without it, /metrics needs an admin key once keys.required is true",
+    )  # fmt: skip
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="request bodies all requests may hold at once while they arrive; past it, 503"
+    )
+    max_connections: int = Field(4096, gt=0, description="open client connections; one more is answered 503 and closed")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this; else disconnected")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this; else 408")
     default_max_tokens: int = Field(1024, gt=0, description="sent upstream when the client sends none")
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float = Field(900.0, gt=0, description="overall deadline of one upstream request")
@@ -196,7 +207,9 @@ class RoutingConfig(Strict):
 class LedgerConfig(Strict):
     path: str = Field("nudge-usage.db", description="SQLite file; ':memory:' keeps nothing")
     batch_size: int = Field(256, gt=0)
-    flush_interval_s: float = Field(0.5, gt=0)
+    flush_interval_s: float = Field(
+        0.01, gt=0, description="a row is committed at most this long after it is written: what a killed process can lose"
+    )
 
 
 class ApiKeyConfig(Strict):
@@ -223,6 +236,14 @@ class BudgetStoreConfig(Strict):
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "nudge:budget:"
+    redis_pool_size: int = Field(100, gt=0, description="Redis connections per gateway; a burst beyond waits for one")
+    redis_timeout_s: float = Field(2.0, gt=0, description="the longest a Redis call (or the wait for a connection) may take")
+    on_store_error: Literal["closed", "open"] = Field(
+        "closed",
+        description="when the budget store is unreachable: closed = new requests under a budget get 503 with "
+        "retry-after; open = they are served unchecked. Either way answers already running finish, and what "
+        "they used is charged once the store is back",
+    )
 
 
 class FeaturesConfig(Strict):

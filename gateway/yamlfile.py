@@ -59,11 +59,45 @@ def _compose_positions(node: yaml.Node, loc: Location, out: dict[Location, tuple
             _compose_positions(item, loc + (i,), out)
 
 
+MAX_NODES = 100_000  # values in a document once aliases are expanded (a real config has a few hundred)
+
+
+def _check_expansion(root: yaml.Node, path: str) -> None:
+    """Refuse a document whose aliases expand past ``MAX_NODES`` values ("billion laughs": a few
+    lines of anchors that name each other ten times over) or refer to themselves; both would
+    otherwise cost minutes and gigabytes before validation could say no."""
+    count = 0
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            ancestors.discard(id(node))
+            continue
+        if id(node) in ancestors:
+            raise YamlFileError(path, [f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: invalid YAML: "
+                                       "an anchor refers to itself"])  # fmt: skip
+        count += 1
+        if count > MAX_NODES:
+            raise YamlFileError(path, [f"{path}: invalid YAML: more than {MAX_NODES:,} values once aliases are expanded"])
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            continue
+        ancestors.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+
+
 def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
     try:
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, path)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -72,6 +106,8 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise YamlFileError(path, [f"{where}: invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise YamlFileError(path, [f"{path}: invalid YAML: nested too deep"]) from None
     positions: dict[Location, tuple[int, int]] = {}
     if node is not None:
         _compose_positions(node, (), positions)

@@ -24,8 +24,12 @@ Handler = Callable[["Request"], Awaitable[None]]
 JSON = b"application/json"
 
 
+class ClientLeft(Exception):
+    """The client went away before its request was complete: nobody to answer."""
+
+
 class Request:
-    __slots__ = ("scope", "receive", "send", "_headers", "started")
+    __slots__ = ("scope", "receive", "send", "_headers", "started", "body_read")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send):
         self.scope = scope
@@ -33,6 +37,7 @@ class Request:
         self.send = send
         self._headers: dict[str, str] | None = None
         self.started = False  # http.response.start sent
+        self.body_read = False  # the whole body was received (else an error closes the connection)
 
     @property
     def method(self) -> str:
@@ -52,27 +57,41 @@ class Request:
     def query(self) -> dict[str, list[str]]:
         return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body, refusing with 413 as soon as it grows past ``limit`` bytes."""
+    async def body(self, limit: int, timeout_s: float | None = None, budget: BodyBudget | None = None) -> bytes:
+        """The whole body: 413 as soon as it grows past ``limit`` bytes, 408 when it has not
+        arrived within ``timeout_s``, 503 when ``budget`` (the bytes all requests may hold while
+        their bodies arrive) has no room for it."""
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError("client disconnected while sending the body")
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise GatewayError(
-                        413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
-                    )
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientLeft("client disconnected while sending the body")
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        size += len(chunk)
+                        if size > limit:
+                            raise GatewayError(
+                                413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
+                            )
+                        if budget is not None:
+                            budget.take(len(chunk))  # GatewayError(503) when full
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        self.body_read = True
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            raise GatewayError(
+                408, f"The request body did not arrive within {timeout_s:g} s.", code="request_timeout"
+            ) from None
+        finally:
+            if budget is not None:
+                budget.give(sum(len(c) for c in chunks))
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -92,6 +111,8 @@ class Request:
 
     async def error(self, err: GatewayError, headers: dict[str, str] | None = None) -> None:
         merged = {**(headers or {}), **err.headers}
+        if not self.body_read and self.method in ("POST", "PUT", "PATCH"):
+            merged["connection"] = "close"  # the rest of the body is never read: do not wait for it
         await self.respond(err.status, err.encode(), JSON, merged)
 
     async def wait_disconnect(self) -> None:
@@ -100,6 +121,32 @@ class Request:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 return
+
+
+class BodyBudget:
+    """The bytes of request bodies all requests together may hold while they arrive.
+
+    A body is held in memory until it is complete; without a bound, many slow or large uploads
+    at once can take all the memory there is. A chunk that does not fit is a 503 (with
+    ``retry-after``) for its request; the bytes come back when the body is complete or refused.
+    """
+
+    __slots__ = ("limit", "held")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise GatewayError(
+                503, "The gateway is receiving too many request bodies at once; retry shortly.",
+                code="server_busy", type="server_error", headers={"retry-after": "1"},
+            )  # fmt: skip
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held = max(0, self.held - n)
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

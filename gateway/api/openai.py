@@ -20,10 +20,11 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from gateway.api.http import JSON, Request, encode_headers
+from gateway.api.http import JSON, ClientLeft, Request, encode_headers
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.policy.keys import Identity
 from gateway.proxy import sse
 from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
@@ -118,6 +119,11 @@ class OpenAIEndpoints:
         await self.generate(request, "embeddings", "/v1/embeddings", check_embedding)
 
     async def models(self, request: Request) -> None:
+        try:
+            self.gw.keys.authenticate(request.headers)  # the same keys as generation (OpenAI: 401)
+        except GatewayError as err:
+            await request.error(err)
+            return
         now = int(time.time())
         data = [m.card(now) for m in sorted(self.gw.catalog.models.values(), key=lambda m: (m.rank, m.name))]
         for alias, target in self.gw.config.routing.aliases.items():
@@ -130,9 +136,20 @@ class OpenAIEndpoints:
         ctx: RequestContext | None = None
         watch: DisconnectWatch | None = None
         gw = self.gw
+        server = gw.config.server
         gw.metrics.inflight.inc()
         try:
-            raw = await request.body(gw.config.server.max_body_bytes)
+            # Who is calling, from the headers alone: a stranger's body is never read, and a
+            # refusal here leaves no trace but a counter (no context, no ledger row).
+            try:
+                ident = gw.keys.authenticate(request.headers)
+            except GatewayError:
+                gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
+                raise
+            headers = request.headers
+            headers.pop("authorization", None)  # the key has done its job: keep it out of
+            headers.pop("api-key", None)  # anything that may log or forward the context
+            raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
             body = parse_json_object(raw)
             check(body)
             options = body.get("stream_options") or {}
@@ -143,13 +160,16 @@ class OpenAIEndpoints:
                 stream=bool(body.get("stream")),
                 include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
                 continuous_usage=bool(options.get("continuous_usage_stats")),
-                headers=request.headers,
+                headers=headers,
                 requested_model=body.get("model") or "",
+                api_key_hash=ident.key_hash,
+                key_name=ident.key_name,
+                team=ident.team,
             )
             # Serve the request, cancelled as soon as the client goes away (as vLLM does).
             watch = DisconnectWatch(request)
             try:
-                await self._serve(request, ctx, path, raw, check)
+                await self._serve(request, ctx, path, raw, check, ident)
             finally:
                 watch.stop()
         except GatewayError as err:
@@ -162,6 +182,8 @@ class OpenAIEndpoints:
                 if ctx is not None:
                     headers.update(self._route_headers(ctx))
                 await request.error(err, headers)
+        except ClientLeft:
+            gw.metrics.refused.labels(endpoint, "client_left").inc()  # mid-body: never admitted, no row
         except asyncio.CancelledError:
             if ctx is not None:
                 ctx.outcome = "client_disconnect"
@@ -185,11 +207,12 @@ class OpenAIEndpoints:
                     _release_inputs(ctx)
 
     async def _serve(
-        self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None]
-    ) -> None:
+        self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None],
+        ident: Identity,
+    ) -> None:  # fmt: skip
         gw = self.gw
         policy = gw.policy
-        plan = await policy.admit(ctx) if policy is not None else None
+        plan = await policy.admit(ctx, ident) if policy is not None else None
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
         after_admit = (len(ctx.nudges), len(ctx.actions), dict(ctx.response_headers))

@@ -71,7 +71,7 @@ def _params(query: dict[str, list[str]]) -> dict[str, Any]:
         params["limit"] = int(limit)
 
     cursor = _one(query, "cursor") or _one(query, "after")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):  # a row id: SQLite's 64-bit integer
         raise bad_request(f"Invalid 'cursor': {cursor!r}; use the next_cursor of a previous page.", param="cursor")
     params["cursor"] = cursor
     return params

@@ -15,6 +15,9 @@ import orjson
 from gateway.errors import bad_request
 
 
+MAX_DEPTH = 64  # nesting of objects and arrays; orjson cannot write back past 254, tool schemas need ~10
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise bad_request("The request body is empty; expected a JSON object.")
@@ -24,7 +27,22 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body):  # the count is a cheap upper bound
+        raise bad_request(f"The request body nests objects and arrays more than {MAX_DEPTH} deep.")
     return body
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def _check_common(body: dict[str, Any]) -> None:
@@ -58,6 +76,12 @@ def check_chat(body: dict[str, Any]) -> None:
             raise bad_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
         if not isinstance(message.get("role"), str):
             raise bad_request(f"Missing required parameter: 'messages[{i}].role'.", param=f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, list):
+            _check_parts(content, f"messages[{i}].content")
+        elif content is not None and not isinstance(content, str):
+            raise bad_request(f"'messages[{i}].content' must be a string or an array of content parts.",
+                              param=f"messages[{i}].content")  # fmt: skip
         # Clients send the reasoning of earlier assistant turns under either name; vLLM >= 0.16
         # reads only `reasoning`, older ones only `reasoning_content`: send both.
         if message["role"] == "assistant":
@@ -65,6 +89,17 @@ def check_chat(body: dict[str, Any]) -> None:
                 message["reasoning"] = message["reasoning_content"]
             elif "reasoning" in message and "reasoning_content" not in message:
                 message["reasoning_content"] = message["reasoning"]
+
+
+def _check_parts(parts: list[Any], where: str) -> None:
+    """Content parts as OpenAI defines them: objects with a string ``type``; a text part's
+    ``text`` is a string (the gateway counts and routes on it)."""
+    for j, part in enumerate(parts):
+        name = f"{where}[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise bad_request(f"'{name}' must be an object with a string 'type'.", param=name)
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise bad_request(f"'{name}.text' must be a string.", param=f"{name}.text")
 
 
 def check_completion(body: dict[str, Any]) -> None:

@@ -34,9 +34,12 @@ A request refused because of reservations alone (``used < limit``) is a temporar
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 import uuid
+from collections import deque
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,6 +49,8 @@ from gateway.config import BudgetStoreConfig
 
 Period = Literal["day", "week", "month"]
 Unit = Literal["wh", "tokens", "requests", "usd"]
+
+log = logging.getLogger("gateway.budgets")
 
 _PERIOD_S = {"day": 86400.0, "week": 7 * 86400.0, "month": 31 * 86400.0}
 
@@ -136,11 +141,31 @@ def _counter_key(prefix: str, scope: str, name: str, unit: str, period: str, pid
 # ---------------------------------------------------------------- the interface
 
 
+class StoreUnavailable(Exception):
+    """The budget store could not be reached (Redis down, or slower than its timeout).
+
+    Raised by ``check`` and ``reserve`` (the caller decides: ``budgets.on_store_error``) and by
+    ``settle``, ``release`` and ``charge`` once the store has queued the write to replay when it
+    is reachable again (``deferred``): what a request used is never dropped for an outage.
+    """
+
+    def __init__(self, message: str, deferred: bool = False) -> None:
+        super().__init__(message)
+        self.deferred = deferred
+
+
 class BudgetStore(ABC):
+    fail_open = False  # budgets.on_store_error: open (serve when the store is down) or closed (503)
+
     def __init__(self, prefix: str = "nudge:budget:", lease_s: float = 900.0):
         self.prefix = prefix
         self.lease_s = lease_s  # a reservation not settled by then is dropped (its holder died)
         self._periods = _PeriodCache()
+
+    @property
+    def deferred(self) -> int:
+        """Writes waiting for the store to come back (0 for a store that cannot fail)."""
+        return 0
 
     def _keys(self, scope: str, name: str, unit: str, period: str, now: float) -> tuple[str, str, float]:
         pid, _, end = self._periods.get(period, now)
@@ -345,15 +370,73 @@ return {used, reserved}
 
 
 class RedisBudgetStore(BudgetStore):
-    """Shared by every replica that points at the same Redis and prefix."""
+    """Shared by every replica that points at the same Redis and prefix.
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "nudge:budget:", lease_s: float = 900.0):
+    Connections come from a blocking pool of ``pool_size``: a burst larger than the pool waits
+    for a free connection (up to ``timeout_s``) instead of failing. Every call is bounded by
+    ``timeout_s``; a failure raises ``StoreUnavailable`` and is logged once per outage (and once
+    when the store is back). Writes that settle what a request used are queued when they fail
+    (at most ``max_deferred``; beyond that they are dropped, counted and logged) and replayed in
+    order once a call succeeds again.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "nudge:budget:", lease_s: float = 900.0,
+                 *, pool_size: int = 100, timeout_s: float = 2.0, max_deferred: int = 100_000) -> None:  # fmt: skip
         super().__init__(prefix, lease_s)
         import redis.asyncio as aioredis  # imported here: a memory-only gateway never needs it
+        from redis.exceptions import RedisError
 
-        self._redis = aioredis.Redis.from_url(url, decode_responses=True)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, decode_responses=True,
+        )  # fmt: skip
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._errors = (RedisError, OSError, asyncio.TimeoutError)
+        self._pending: deque[tuple[Reservation, str, float, bool]] = deque()
+        self.max_deferred = max_deferred
+        self.dropped = 0  # deferred writes lost because the queue was full
+        self._healthy = True
+        self._replaying: asyncio.Task | None = None
+
+    @property
+    def deferred(self) -> int:
+        return len(self._pending)
+
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
+        if self._healthy:
+            self._healthy = False
+            log.warning("budget store unreachable (%s: %s); budgets.on_store_error=%s until it is back",
+                        type(exc).__name__, exc, "open" if self.fail_open else "closed")  # fmt: skip
+        return StoreUnavailable(f"budget store unreachable: {type(exc).__name__}")
+
+    def _ok(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            log.warning("budget store reachable again; replaying %d deferred writes", len(self._pending))
+        if self._pending and self._replaying is None:
+            self._replaying = asyncio.get_running_loop().create_task(self._replay())
+
+    async def _replay(self) -> None:
+        try:
+            while self._pending:
+                r, lid, amount, count = self._pending[0]
+                try:
+                    await self._script_settle(r, lid, amount, count)
+                except self._errors:
+                    return  # still down: the next successful call starts again
+                self._pending.popleft()
+        finally:
+            self._replaying = None
+
+    def _defer(self, r: Reservation, lid: str, amount: float, count: bool) -> None:
+        if len(self._pending) >= self.max_deferred:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("budget store down and %d writes deferred: %d dropped so far", self.max_deferred, self.dropped)
+            return
+        self._pending.append((r, lid, amount, count))
 
     @staticmethod
     def _all(counter: str, peak: str) -> list[str]:
@@ -362,7 +445,11 @@ class RedisBudgetStore(BudgetStore):
     async def check(self, scope, name, unit, limit, period="day", *, now=None):
         now = time.time() if now is None else now
         counter, _, end = self._keys(scope, name, unit, period, now)
-        used, reserved = await self._redis.hmget(counter, "used", "reserved")
+        try:
+            used, reserved = await self._redis.hmget(counter, "used", "reserved")
+        except self._errors as exc:
+            raise self._failed(exc) from None
+        self._ok()
         return BudgetState.of(float(used or 0), limit, end, float(reserved or 0))
 
     async def reserve(self, scope, name, unit, limit, period="day", *, estimate=0.0, now=None):
@@ -370,20 +457,34 @@ class RedisBudgetStore(BudgetStore):
         estimate = 1.0 if unit == "requests" else estimate
         counter, peak, end = self._keys(scope, name, unit, period, now)
         lid = uuid.uuid4().hex
-        ok, used, reserved, amount = await self._reserve(
-            keys=self._all(counter, peak),
-            args=[repr(float(limit)), repr(float(estimate)), lid, repr(now), repr(now + self.lease_s), int(end)],
-        )
+        try:
+            ok, used, reserved, amount = await self._reserve(
+                keys=self._all(counter, peak),
+                args=[repr(float(limit)), repr(float(estimate)), lid, repr(now), repr(now + self.lease_s), int(end)],
+            )
+        except self._errors as exc:
+            raise self._failed(exc) from None
+        self._ok()
         state = BudgetState.of(float(used), limit, end, float(reserved), admitted=bool(int(ok)))
         if not state.admitted:
             return None, state
         return Reservation(counter, lid, float(amount), limit, end, peak, int(2 * _PERIOD_S[period])), state
 
-    async def _apply(self, r: Reservation, lid: str, amount: float, count: bool) -> BudgetState:
-        used, reserved = await self._settle(
+    async def _script_settle(self, r: Reservation, lid: str, amount: float, count: bool) -> tuple[str, str]:
+        return await self._settle(
             keys=self._all(r.key, r.peak_key),
             args=[lid, repr(float(amount)), int(r.resets_at), "1" if count else "0", r.peak_ttl_s],
         )
+
+    async def _apply(self, r: Reservation, lid: str, amount: float, count: bool) -> BudgetState:
+        try:
+            used, reserved = await self._script_settle(r, lid, amount, count)
+        except self._errors as exc:
+            self._defer(r, lid, amount, count)
+            err = self._failed(exc)
+            err.deferred = True
+            raise err from None
+        self._ok()
         return BudgetState.of(float(used), r.limit, r.resets_at, float(reserved))
 
     async def settle(self, reservation, amount):
@@ -399,12 +500,21 @@ class RedisBudgetStore(BudgetStore):
         return await self._apply(r, "", amount, True)
 
     async def close(self) -> None:
+        if self._pending:
+            await self._replay()
+            if self._pending:
+                log.error("budget store still unreachable at shutdown: %d deferred writes lost", len(self._pending))
         await self._redis.aclose()
 
 
 def make_budget_store(config: BudgetStoreConfig | None = None, *, lease_s: float = 900.0) -> BudgetStore:
     """The store the config's ``budgets`` section asks for (memory when none is given)."""
     config = config or BudgetStoreConfig()
+    store: BudgetStore
     if config.store == "redis":
-        return RedisBudgetStore(config.redis_url, config.prefix, lease_s)
-    return MemoryBudgetStore(config.prefix, lease_s)
+        store = RedisBudgetStore(config.redis_url, config.prefix, lease_s, pool_size=config.redis_pool_size,
+                                 timeout_s=config.redis_timeout_s)  # fmt: skip
+    else:
+        store = MemoryBudgetStore(config.prefix, lease_s)
+    store.fail_open = config.on_store_error == "open"
+    return store

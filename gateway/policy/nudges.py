@@ -27,7 +27,7 @@ from typing import Any
 from gateway.config import KeysConfig
 from gateway.context import Nudge, RequestContext
 from gateway.errors import GatewayError
-from gateway.policy.budgets import BudgetState, BudgetStore, Reservation
+from gateway.policy.budgets import BudgetState, BudgetStore, Reservation, StoreUnavailable
 from gateway.policy.cloud import CloudPrices
 from gateway.policy.keys import Identity, KeyRing
 from gateway.policy.messages import duration, num, pct, render, usd
@@ -144,12 +144,15 @@ class PolicyEngine:
 
     # ------------------------------------------------------------ admit
 
-    async def admit(self, ctx: RequestContext) -> Plan:
-        ident = self.keys.authenticate(ctx.headers)
-        # The key has done its job: keep it out of anything that may log or forward the context.
-        ctx.headers.pop("authorization", None)
-        ctx.headers.pop("api-key", None)
-        ctx.api_key_hash, ctx.key_name, ctx.team = ident.key_hash, ident.key_name, ident.team
+    async def admit(self, ctx: RequestContext, ident: Identity | None = None) -> Plan:
+        """The request's plan. ``ident``: the caller, as the api authenticated it from the headers
+        before reading the body; without it (the engine used on its own) the keys are checked here."""
+        if ident is None:
+            ident = self.keys.authenticate(ctx.headers)
+            # The key has done its job: keep it out of anything that may log or forward the context.
+            ctx.headers.pop("authorization", None)
+            ctx.headers.pop("api-key", None)
+            ctx.api_key_hash, ctx.key_name, ctx.team = ident.key_hash, ident.key_name, ident.team
         pol = self.store.for_request(ident.key_name, ident.team, ident.section)
         if pol.version != self._sections_checked:
             self._check_sections(pol.version)
@@ -208,25 +211,47 @@ class PolicyEngine:
         ident = plan.identity
         for b in plan.policy.policy.budgets:
             name = ident.label if b.scope == "key" else ident.team
-            if b.on_exceed == "refuse":
-                estimate = _estimate(b.unit, ctx, plan)
-                reservation, state = await self.budgets.reserve(
-                    b.scope, name, b.unit, b.limit, b.period, estimate=estimate
-                )
-                hold = BudgetHold(b, name, state, reservation)
-                if reservation is None:
-                    plan.settled = True  # a refused request is never charged
-                    await self._release(plan)
-                    self._count("budget", "refuse")
-                    self.metrics.budget_exceeded.labels(scope=b.scope, name=name, action="refuse").inc()
-                    raise self._refusal(plan, hold)
-            else:
-                state = await self.budgets.check(b.scope, name, b.unit, b.limit, b.period)
-                hold = BudgetHold(b, name, state)
-                if state.exhausted:
-                    hold.hit = True
-                    self._apply_hard(ctx, plan, hold)
+            try:
+                hold = await self._hold(ctx, plan, b, name)
+            except StoreUnavailable:
+                hold = await self._unchecked(ctx, plan, b, name)
             plan.holds.append(hold)
+
+    async def _hold(self, ctx: RequestContext, plan: Plan, b: Budget, name: str) -> BudgetHold:
+        if b.on_exceed == "refuse":
+            estimate = _estimate(b.unit, ctx, plan)
+            reservation, state = await self.budgets.reserve(b.scope, name, b.unit, b.limit, b.period, estimate=estimate)
+            hold = BudgetHold(b, name, state, reservation)
+            if reservation is None:
+                plan.settled = True  # a refused request is never charged
+                await self._release(plan)
+                self._count("budget", "refuse")
+                self.metrics.budget_exceeded.labels(scope=b.scope, name=name, action="refuse").inc()
+                raise self._refusal(plan, hold)
+            return hold
+        state = await self.budgets.check(b.scope, name, b.unit, b.limit, b.period)
+        hold = BudgetHold(b, name, state)
+        if state.exhausted:
+            hold.hit = True
+            self._apply_hard(ctx, plan, hold)
+        return hold
+
+    async def _unchecked(self, ctx: RequestContext, plan: Plan, b: Budget, name: str) -> BudgetHold:
+        """The store cannot say whether budget ``b`` has room (``budgets.on_store_error``). Closed:
+        refuse, giving back what was held. Open: serve unchecked; what the request uses is
+        charged at the end (deferred by the store until it is back)."""
+        if not self.budgets.fail_open:
+            self._count("budget", "store_closed")
+            plan.settled = True
+            await self._release(plan)
+            raise GatewayError(
+                503, "Budgets cannot be checked right now (the budget store is unreachable); retry shortly.",
+                code="budget_store_unavailable", type="server_error", headers={"retry-after": "5"},
+            )  # fmt: skip
+        self._count("budget", "store_open")
+        if "budget:unchecked" not in ctx.actions:
+            ctx.actions.append("budget:unchecked")
+        return BudgetHold(b, name, BudgetState.of(0.0, b.limit, time.time()))
 
     def _apply_hard(self, ctx: RequestContext, plan: Plan, hold: BudgetHold) -> None:
         b = hold.budget
@@ -256,8 +281,11 @@ class PolicyEngine:
     async def _release(self, plan: Plan) -> None:
         for hold in plan.holds:
             if hold.reservation is not None:
-                await self.budgets.release(hold.reservation)
-                hold.reservation = None
+                reservation, hold.reservation = hold.reservation, None
+                try:
+                    await self.budgets.release(reservation)
+                except StoreUnavailable:
+                    pass  # deferred by the store: replayed once it is back
 
     async def abandon(self, ctx: RequestContext) -> None:
         """The request ended without feedback() (an error, a disconnect): settle its budgets.
@@ -433,11 +461,14 @@ class PolicyEngine:
         for hold in plan.holds:
             b = hold.budget
             amount = amounts[b.unit]
-            if hold.reservation is not None:
-                state = await self.budgets.settle(hold.reservation, amount)
-                hold.reservation = None
-            else:
-                state = await self.budgets.charge(b.scope, hold.name, b.unit, amount, b.limit, b.period)
+            try:
+                if hold.reservation is not None:
+                    reservation, hold.reservation = hold.reservation, None
+                    state = await self.budgets.settle(reservation, amount)
+                else:
+                    state = await self.budgets.charge(b.scope, hold.name, b.unit, amount, b.limit, b.period)
+            except StoreUnavailable:
+                continue  # the store deferred the write; the answer goes on without the budget's news
             self.metrics.budget_used.labels(scope=b.scope, name=hold.name, unit=b.unit).set(state.ratio)
             if warn and b.soft_limit_pct is not None and not hold.hit and state.ratio * 100 >= b.soft_limit_pct:
                 self._count("budget", "soft_warn")

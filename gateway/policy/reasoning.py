@@ -16,7 +16,8 @@ none       Llama, Mistral, ...          nothing
 ``reasoning_effort`` reaches the backend only for effort models, and only with a value its
 vLLM accepts: up to 0.15 only low/medium/high (anything else is a 400); the full OpenAI set
 (none, minimal, ..., max) from 0.20. An unknown version is treated as old. When reasoning is
-off, no on-switch the client sent survives (``enable_thinking: true``, ``thinking: true``).
+off, no switch the client sent survives unless it is a real ``false``: a template reads
+``enable_thinking: 1`` or ``thinking: "yes"`` as on (``TEMPLATE_SWITCHES`` names the switches).
 The gateway's own opt-in spellings (a top-level Anthropic-style ``thinking`` object, an
 OpenRouter-style ``reasoning`` object) are removed: vLLM would only ignore them.
 """
@@ -56,6 +57,11 @@ def effort_for(level: str, vllm_version: str | None) -> str:
     return _NEAREST_OLD.get(level, "medium")
 
 
+# chat_template_kwargs names that switch a model's thinking on in the templates vLLM serves
+# (Qwen3: enable_thinking; DeepSeek-V3.1 and others: thinking; some: reasoning, enable_reasoning)
+TEMPLATE_SWITCHES = ("enable_thinking", "thinking", "reasoning", "enable_reasoning")
+
+
 def apply_switch(body: dict[str, Any], kind: str, on: bool, effort: str, vllm_version: str | None) -> tuple[bool, str]:
     """Edit ``body`` (the upstream chat request) in place.
 
@@ -71,8 +77,10 @@ def apply_switch(body: dict[str, Any], kind: str, on: bool, effort: str, vllm_ve
     kwargs = body.get("chat_template_kwargs")
     kwargs = dict(kwargs) if isinstance(kwargs, dict) else {}
     if not on:
-        for name in ("enable_thinking", "thinking"):
-            if kwargs.get(name) is True:
+        # A chat template reads its switch as Jinja does: 1, "yes" and even "no" are true. Off
+        # means no switch survives with anything but a real false.
+        for name in TEMPLATE_SWITCHES:
+            if name in kwargs and kwargs[name] is not False:
                 del kwargs[name]
 
     if kind == "hybrid":
@@ -121,10 +129,10 @@ def client_reasoning_wish(header: str | None, body: dict[str, Any]) -> tuple[boo
         return True, "reasoning_effort", e if e in NEW_EFFORTS else None
     kwargs = body.get("chat_template_kwargs")
     if isinstance(kwargs, dict):
-        flags = [kwargs.get("enable_thinking"), kwargs.get("thinking")]
-        if True in flags:
+        flags = [kwargs[name] for name in TEMPLATE_SWITCHES if kwargs.get(name) is not None]
+        if any(flags):  # Jinja's truthiness is Python's for JSON values: 1 and "yes" switch it on
             return True, "chat_template_kwargs", None
-        if False in flags:
+        if flags:
             return False, "chat_template_kwargs", None
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled"):

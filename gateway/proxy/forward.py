@@ -287,8 +287,16 @@ async def relay_stream(
         if not finished:
             # The stream ended without [DONE]: the backend died mid-stream.
             raise aiohttp.ClientPayloadError("upstream closed the stream before [DONE]")
+    except asyncio.CancelledError:
+        # The client left (or the server is stopping) before the usage chunk: what was generated
+        # up to here is still used, and budgets and the ledger must see it.
+        if not finished and ctx.usage is None:
+            ctx.usage = partial_usage(ctx)
+        raise
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         ctx.outcome = "upstream_error"
+        if ctx.usage is None:
+            ctx.usage = partial_usage(ctx)
         tail = [held] if held is not None else []
         err = GatewayError(502, f"The backend failed mid-stream: {exc}", code="backend_stream_error")
         tail += [sse.encode(err.body()), sse.DONE]
@@ -296,6 +304,13 @@ async def relay_stream(
     finally:
         upstream.close()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def partial_usage(ctx: RequestContext) -> dict[str, Any]:
+    """The usage of a stream that ended before its usage chunk: the prompt (exact when vLLM
+    reported running usage, else the gateway's count) and the tokens relayed so far."""
+    prompt, generated = ctx.prompt_tokens_est, ctx.gen_tokens_seen
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated, "partial": True}
 
 
 async def _finish_events(

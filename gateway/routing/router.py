@@ -27,6 +27,8 @@ from gateway.routing.quality import QualityBudget
 # A prompt estimated within this share of a model's context is not sent to it: the estimate
 # (characters / 4) can be off, and an answer needs room.
 _CONTEXT_MARGIN = 0.9
+# Tier names a client may ask for even where the catalog has fewer tiers (the nearest end is taken)
+_STANDARD_TIERS = frozenset({"xs", "small", "medium", "large"})
 
 
 @dataclass(slots=True)
@@ -102,9 +104,10 @@ class Router:
         if target.startswith("tier:"):
             tier = target[5:]
             if tier not in self.catalog.tiers:
-                # 'small'/'large' aliases on a one-tier deployment: take the nearest end
+                # the standard names ('small', 'medium', 'large') on a deployment with fewer tiers:
+                # take the nearest end. Any other name is unknown (404), never a new label.
                 tiers = self.catalog.tiers
-                if not tiers:
+                if not tiers or tier not in _STANDARD_TIERS:
                     raise _unknown(requested)
                 tier = tiers[0] if tier in ("small", "xs") else tiers[-1]
             return "tier", tier

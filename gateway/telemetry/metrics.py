@@ -62,6 +62,13 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("gateway_inflight_requests", "Requests being served now", registry=r)
+        self.refused = Counter(
+            "gateway_refused",
+            "Requests refused before admission, which leave no ledger row (unauthenticated: a missing or unknown "
+            "key; client_left: gone before its body arrived)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.upstream_attempts = Counter(
             "gateway_upstream_attempts",
             "Upstream attempts by backend and result (ok, connect_error, http_5xx, ...)",
@@ -120,6 +127,11 @@ class Metrics:
         )
         self.reasoning = Counter(
             "gateway_reasoning_requests", "Requests by whether reasoning ran", ["model_name", "reasoning"], registry=r
+        )
+        self.budget_deferred = Gauge(
+            "gateway_budget_store_deferred_writes",
+            "Budget charges waiting for the budget store to be reachable again (replayed in order when it is)",
+            registry=r,
         )
         self.budget_used = Gauge(
             "gateway_budget_used_ratio", "Share of a budget used this period", ["scope", "name", "unit"], registry=r

@@ -1,9 +1,11 @@
-"""Record a finished request: Prometheus metrics now, the ledger row once energy is final.
+"""Record a finished request: Prometheus metrics and its ledger row now, the row again once
+its energy is final.
 
-The energy of a request is final only when the meter has moved past its end (a few hundred
-milliseconds later), so a request whose energy is being measured reaches the ledger through
-``final`` (called by the energy service, from its thread); any other request is written
-when it finishes.
+The energy of a request is final only when the meter has moved past its end (up to a couple
+of seconds later). Its row is written as soon as it finishes, with the provisional energy
+(source ``measured-provisional``), and written again (the ledger upserts by request id) when
+the energy service calls ``final`` from its thread: a process killed in between loses only
+the final figure, never the row.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ class Recorder:
                 m.c_tokens(model, "reasoning", ctx.team).inc(ctx.reasoning_tokens)
         if ctx.model and ctx.endpoint == "chat" and ctx.status == 200:
             m.c_reasoning(model, "on" if ctx.reasoning_tokens else "off").inc()
-        if not awaiting_energy:
-            self._write(ctx)
+        self._write(ctx, final=not awaiting_energy)  # provisional energy: final() writes the row again
 
     def final(self, ctx: RequestContext) -> None:
         """The energy service calls this (from its thread) once a request's energy is final."""
         self._write(ctx)
 
-    def _write(self, ctx: RequestContext) -> None:
+    def _write(self, ctx: RequestContext, final: bool = True) -> None:
         if self.ledger is not None:
-            self.ledger.write(self.ledger.row_from_context(ctx))
+            self.ledger.write(self.ledger.row_from_context(ctx, final))

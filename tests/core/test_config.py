@@ -57,3 +57,20 @@ def test_guesses_from_names():
     assert guess_family("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B") == "deepseek_r1"
     assert guess_family("openai/gpt-oss-20b") == "gpt_oss"
     assert hash_key("k") == "sha256:" + "8254c329a92850f6d539dd376f4816ee2764517da5e0235514af433164480d7a"
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_at_once():
+    import time
+
+    from gateway.yamlfile import parse_yaml
+
+    laughs = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)
+    )  # 9^9 values from nine lines
+    started = time.monotonic()
+    with pytest.raises(YamlFileError, match="aliases are expanded"):
+        parse_yaml(laughs)
+    assert time.monotonic() - started < 2
+    with pytest.raises(YamlFileError, match="refers to itself"):
+        parse_yaml("a: &x [1, *x]\n")
+    assert parse_yaml("a: &x {b: 1}\nc: *x\n").data == {"a": {"b": 1}, "c": {"b": 1}}  # ordinary aliases still work

@@ -260,3 +260,86 @@ async def test_two_processes_share_one_budget_without_overspending(prefix):
     assert max(r["largest"] for r in results) <= 1.0
     assert 30.0 <= used <= 30.0 + 1.0
     await store.close()
+
+
+# ---------------------------------------------------------------- Redis outages
+
+
+class Forwarder:
+    """A TCP relay to the real Redis that can be cut and restored, on one fixed port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _client(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        self.server.close()
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+
+async def test_redis_pool_smaller_than_a_burst_waits_instead_of_failing(prefix):
+    store = RedisBudgetStore(REDIS_URL, prefix, pool_size=2, timeout_s=5.0)
+    try:
+        results = await asyncio.gather(*(store.reserve("team", "t", "requests", 1000) for _ in range(60)))
+        assert all(r is not None for r, _ in results)
+    finally:
+        await store.close()
+
+
+async def test_settles_during_an_outage_are_replayed_in_order_when_redis_is_back(prefix, caplog):
+    from gateway.policy.budgets import StoreUnavailable
+    from tests.support import free_port
+
+    port = free_port()
+    relay = Forwarder(port)
+    await relay.start()
+    store = RedisBudgetStore(f"redis://127.0.0.1:{port}/0", prefix, timeout_s=0.5)
+    try:
+        r, _ = await store.reserve("team", "t", "tokens", 1000, estimate=100)
+        await relay.cut()
+        with pytest.raises(StoreUnavailable) as err:
+            await store.settle(r, 40)  # what the request used must not be lost
+        assert err.value.deferred and store.deferred == 1
+        with pytest.raises(StoreUnavailable) as err:
+            await store.charge("team", "t", "tokens", 2, 1000)
+        assert err.value.deferred and store.deferred == 2
+        with pytest.raises(StoreUnavailable) as err:
+            await store.check("team", "t", "tokens", 1000)  # nothing to defer: the caller decides
+        assert not err.value.deferred
+        await relay.start()
+        state = await store.check("team", "t", "tokens", 1000)  # the first call that works replays
+        for _ in range(50):
+            if store.deferred == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert store.deferred == 0
+        state = await store.check("team", "t", "tokens", 1000)
+        assert state.used == 42 and state.reserved == 0
+        outage_logs = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(outage_logs) == 1  # once per outage, however many calls failed
+    finally:
+        await relay.cut()
+        await store.close()

@@ -102,3 +102,21 @@ def test_effort_for():
 )
 def test_client_reasoning_wish(header, body, wish):
     assert client_reasoning_wish(header, body) == wish
+
+
+@pytest.mark.parametrize("value", [1, "yes", "no", "true", [1], {"a": 1}, 2.5])
+@pytest.mark.parametrize("kind", ["hybrid", "opt_in", "none", "always"])
+def test_off_leaves_no_switch_a_template_would_read_as_on(value, kind):
+    # Jinja's {% if thinking %} is true for 1, "yes" and even "no": none of them may reach the backend
+    body = {"chat_template_kwargs": {name: value for name in ("enable_thinking", "thinking", "reasoning",
+                                                               "enable_reasoning")} | {"other": 3}}  # fmt: skip
+    apply_switch(body, kind, False, "low", None)
+    kwargs = body.get("chat_template_kwargs", {})
+    assert all(kwargs.get(name) in (None, False) for name in ("enable_thinking", "thinking", "reasoning",
+                                                              "enable_reasoning"))  # fmt: skip
+    assert kwargs["other"] == 3  # what is not a switch is the client's business
+
+
+@pytest.mark.parametrize("value, wish", [(1, True), ("yes", True), (True, True), (0, False), (False, False), ("", False)])
+def test_a_truthy_template_switch_is_read_as_asking_for_reasoning(value, wish):
+    assert client_reasoning_wish(None, {"chat_template_kwargs": {"thinking": value}})[:2] == (wish, "chat_template_kwargs")

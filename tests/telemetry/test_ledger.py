@@ -105,12 +105,40 @@ def test_query_filters_and_paginates_without_gaps_or_repeats(path):
 
 def test_the_same_request_written_twice_keeps_the_last_row(path):
     ledger = Ledger(path, flush_interval_s=0.01)
-    ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional"))
+    ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
     ledger.flush()
     ledger.write(row(1, energy_j=2.0, energy_source="measured"))
     ledger.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT energy_j, energy_source FROM requests").fetchall() == [(2.0, "measured")]
+
+
+def test_a_provisional_row_never_replaces_a_final_one(path):
+    # the request's end (event loop) and its final energy (sampler thread) may reach the queue
+    # in either order: the final figure must win both ways
+    ledger = Ledger(path, flush_interval_s=0.01)
+    ledger.write(row(1, energy_j=2.0, energy_source="measured", energy_final=1))
+    ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
+    ledger.write(row(2, energy_j=1.0, energy_source="estimated", energy_final=0))
+    ledger.close()
+    with sqlite3.connect(path) as conn:
+        got = conn.execute("SELECT request_id, energy_j, energy_final FROM requests ORDER BY request_id").fetchall()
+    assert [g[1:] for g in got] == [(2.0, 1), (1.0, 0)]
+
+
+def test_a_ledger_of_the_first_schema_is_migrated(path):
+    with sqlite3.connect(path) as conn:
+        from gateway.telemetry.ledger import _MIGRATIONS
+
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    ledger = Ledger(path, flush_interval_s=0.01)
+    ledger.write(row(1, energy_j=2.0))
+    ledger.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT energy_j, energy_final FROM requests").fetchall() == [(2.0, 1)]
 
 
 def test_totals_group_by_model_key_and_team(path):
