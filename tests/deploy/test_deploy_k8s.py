@@ -230,7 +230,7 @@ def test_gateway_deployment_is_replicated_probed_limited_and_non_root(resources)
     assert deployment["spec"]["replicas"] >= 2
     assert selects(deployment["spec"]["selector"], pod["metadata"]["labels"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": 8000, "admin": 9091}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     for kind in ("requests", "limits"):
@@ -244,7 +244,8 @@ def test_gateway_deployment_is_replicated_probed_limited_and_non_root(resources)
     assert user and pod_sec["runAsUser"] == int(user.group(1))
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == ports["http"] and annotations["prometheus.io/path"] == "/metrics"
+    # /metrics lives on the admin listener only (server.admin_port), which no Ingress routes to
+    assert int(annotations["prometheus.io/port"]) == ports["admin"] and annotations["prometheus.io/path"] == "/metrics"
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert container["image"] in {i["name"] for i in kustomization["images"]}
 
@@ -269,6 +270,14 @@ def test_config_secret_and_policy_configmap_are_mounted_and_valid(resources, tmp
     config_file.write_text(secret["stringData"][config_key])
     config = load_config(config_file)  # the gateway's own validation
     assert config.server.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (config.server.port, config.server.admin_port) == (ports["http"], ports["admin"])
+    # the admin port (metrics: key names, teams, costs) is open to the monitoring namespace only
+    admin = find(resources, "NetworkPolicy", "nudge-gateway-admin")
+    assert selects(admin["spec"]["podSelector"], pod["metadata"]["labels"])
+    rules = {r["ports"][0]["port"]: r.get("from") for r in admin["spec"]["ingress"]}
+    assert rules[ports["http"]] is None
+    assert rules[ports["admin"]] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
     policy_volume, policy_key = source(config.policy.path)
     configmap = find(resources, "ConfigMap", policy_volume["configMap"]["name"])
@@ -330,11 +339,13 @@ def test_service_pdb_hpa_and_servicemonitor_select_the_gateway(resources):
     monitor = find(resources, "ServiceMonitor")
     assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
     endpoint = monitor["spec"]["endpoints"][0]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics"
+    admin = next(p for p in service["spec"]["ports"] if p["name"] == "admin")
+    assert admin["targetPort"] == "admin"
 
 
 def test_only_the_gateway_reaches_redis_and_every_pod_is_restricted(resources):
-    policy = find(resources, "NetworkPolicy")
+    policy = find(resources, "NetworkPolicy", "nudge-redis")
     redis = find(resources, "Deployment", "nudge-redis")
     _, pod, _ = gateway_pod(resources)
     assert selects(policy["spec"]["podSelector"], redis["spec"]["template"]["metadata"]["labels"])
