@@ -74,6 +74,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -970,6 +971,49 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+
+
+def readme_paragraph(result: dict) -> str:
+    """The README's Performance paragraph, computed from a published result."""
+    s = result["summary"]
+    g, n, ll = s["gateway"], s.get("nginx", {}), s.get("litellm", {})
+
+    def added(arm: dict, q: str) -> str:
+        return fmt((arm.get("open_c16") or {}).get(f"added_{q}_ms"), "", 2)
+
+    missed = [x["target"] for x in result["targets"] if not x["met"]]
+    ratio = g["max_sustained_rps"] / ll["max_sustained_rps"] if ll.get("max_sustained_rps") else None
+    worst = max((g.get(f"open_c{c}") or {}).get("errors", 0) + (g.get(f"wrk_c{c}") or {}).get("errors", 0)
+                for c in (16, 64, 256))  # fmt: skip
+    text = (
+        f"Overhead, latest published run (`bench/results/overhead-latest.md`, {result['when'][:10]}, commit "
+        f"{result.get('commit')}: {result['machine']['cpus']}-vCPU shared VM, simulator and load on one core, each "
+        f"proxy pinned to the other): with every feature on, the gateway adds {added(g, 'p50')} ms p50 / "
+        f"{added(g, 'p99')} ms p99 at {g['open_c16']['rate']:,} req/s over 16 connections (nginx: {added(n, 'p50')} / "
+        f"{added(n, 'p99')} ms; LiteLLM: {added(ll, 'p50')} / {added(ll, 'p99')} ms), sustains "
+        f"{g['max_sustained_rps']:,.0f} req/s on one process"
+        + (f" (LiteLLM: {ll['max_sustained_rps']:,.0f}, so {ratio:.0f}x)" if ratio else "")
+        + f", adds {fmt(g['open_stream'].get('added_ttft_p50_ms'), '', 2)} ms to the first streamed token, peaks at "
+        f"{g['peak_rss_mb']:.0f} MB RSS and starts in {g['cold_start_s']:.2f} s; "
+        + ("no request failed up to 256 connections. " if worst == 0 else f"{worst} requests failed at some concurrency. ")
+        + ("Every target of the performance issue is met." if not missed else
+           "Every target of the performance issue is met except: " + "; ".join(missed) + " (p99s on this shared "
+           "machine swing from run to run; the published file lists each round).")
+        + " How it was measured: `bench/overhead.py` and `bench/NOTES.md`."
+    )
+    return "\n".join(textwrap.wrap(text, 100))
+
+
+def write_readme(result: dict) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_BEGIN in text and README_END in text:
+        head, rest = text.split(README_BEGIN, 1)
+        body = f"{README_BEGIN}\n{readme_paragraph(result)}\n{README_END}"
+        readme.write_text(head + body + rest.split(README_END, 1)[1])
+
+
 def machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
@@ -1000,7 +1044,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--publish", action="store_true", help="also write bench/results/overhead-latest.{json,md}")
-    ap.add_argument("--markdown-from", help="rewrite the published markdown from this JSON result and exit")
+    ap.add_argument("--markdown-from", help="rewrite the published markdown and the README paragraph from this JSON result and exit")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.client:
@@ -1009,6 +1053,7 @@ def main(argv=None) -> int:
     if args.markdown_from:
         result = json.loads(Path(args.markdown_from).read_text())
         (ROOT / "bench" / "results" / "overhead-latest.md").write_text(markdown(result))
+        write_readme(result)
         return 0
     if args.quick:
         args.rounds = 1
@@ -1076,7 +1121,8 @@ def main(argv=None) -> int:
     commit = os.environ.get("BENCH_COMMIT")
     if commit is None:
         try:
-            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+            # "-dirty": the code measured had changes not yet committed (then say which, by hand)
+            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                                     text=True, timeout=10).stdout.strip() or None  # fmt: skip
         except (OSError, subprocess.TimeoutExpired):
             commit = None
@@ -1120,7 +1166,8 @@ def main(argv=None) -> int:
         published.mkdir(parents=True, exist_ok=True)
         (published / "overhead-latest.json").write_text(json.dumps(result, indent=1))
         (published / "overhead-latest.md").write_text(markdown(result))
-        print(f"published: {published}/overhead-latest.{{json,md}}")
+        write_readme(result)
+        print(f"published: {published}/overhead-latest.{{json,md}} and README.md's Performance paragraph")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
