@@ -24,7 +24,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, normalise
 from gateway.proxy import sse
 from gateway.proxy.backends import Backend
-from gateway.proxy.client import Client, ConnectError, Response
+from gateway.proxy.client import Client, Response
 
 log = logging.getLogger("gateway.proxy")
 
@@ -155,9 +155,10 @@ class Proxy:
                 backend.inflight -= 1
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
-                if isinstance(exc, ConnectError):
-                    backend.mark_down(f"{exc.__class__.__name__}: {exc}")  # nobody listening
-                # else it dropped the connection mid-way: try elsewhere, let /health judge it
+                if not isinstance(exc, asyncio.TimeoutError):
+                    # nobody listening, or it dropped the connection mid-answer: down until its
+                    # /health says otherwise, so that a re-route (another tier) does not pick it again
+                    backend.mark_down(f"{exc.__class__.__name__}: {exc}")
                 self._count(backend, "connect_error")
                 last = GatewayError(
                     503, f"Backend {backend.name} could not be reached.", code="backend_unreachable",

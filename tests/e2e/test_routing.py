@@ -207,3 +207,18 @@ def test_a_bad_artefact_path_is_a_clear_start_up_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "routing.model: cannot load" in out.stderr
+
+
+def test_a_unary_answer_cut_by_its_backend_is_rerouted_to_another_tier(tmp_path):
+    # health checks far apart: the gateway learns of the failure only from the request itself
+    with start_sim(["--model", SMALL, "--params-b", "1.7", "--speed", "instant"]) as small, \
+            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as medium:
+        config = base_config(tmp_path, [backend_entry("s", small), backend_entry("m", medium)],
+                             routing={"threshold": -1000}, server={"health_interval_s": 30, "load_interval_s": 30})
+        with GatewayProcess(write_config(tmp_path, config)) as gw:
+            assert ask(gw, HARD).headers["x-gateway-routed-model"] == SMALL
+            httpx.post(f"{small.url}/debug/fault", json={"mode": "die_midstream", "count": 1})
+            r = ask(gw, HARD)  # small sends half an answer and drops the connection
+            assert r.status_code == 200, r.text
+            assert r.headers["x-gateway-routed-model"] == MEDIUM
+            assert "unreachable" in r.headers["x-gateway-route-reason"]
