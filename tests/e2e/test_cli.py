@@ -102,3 +102,16 @@ def test_sim_command_runs_one_simulated_vllm():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_hash_key_reads_the_key_from_stdin_and_generates_random_ones():
+    from gateway.config import hash_key
+
+    piped = cli("hash-key", input="my-secret-key\n")
+    assert piped.returncode == 0 and piped.stdout.strip() == hash_key("my-secret-key")
+    on_the_line = cli("hash-key", "my-secret-key")  # still works, with a warning about shell history
+    assert on_the_line.stdout.strip() == hash_key("my-secret-key") and "history" in on_the_line.stderr
+    made = cli("hash-key", "--generate").stdout.splitlines()
+    key, digest = made[0].split()[-1], made[1].split()[-1]
+    assert key.startswith("sk-nudge-") and len(key) >= 40 and digest == hash_key(key)
+    assert cli("hash-key", "--generate").stdout.splitlines()[0] != made[0]

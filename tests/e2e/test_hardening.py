@@ -95,6 +95,37 @@ def test_a_stranger_s_body_is_never_read_and_leaves_no_row(sims, tmp_path):
     assert rows(tmp_path) == []  # refused before admission: counted, never written
 
 
+def test_300_strangers_with_1_mb_bodies_cost_no_memory(sims, tmp_path):
+    with start(sims, tmp_path, {}, keys=KEYS) as gw:
+        rss = lambda: int(next(line.split()[1] for line in open(f"/proc/{gw.proc.pid}/status")  # noqa: E731
+                               if line.startswith("VmRSS"))) / 1024  # fmt: skip
+        before = rss()
+        body = b"{" + b" " * (1_000_000 - 2)  # one byte short of complete
+        socks = []
+        for _ in range(300):
+            sock = raw_connection(gw)
+            try:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n" + body)
+            except OSError:
+                pass  # answered and closed before all of it went out: as intended
+            socks.append(sock)
+        grown = rss() - before
+        for sock in socks:
+            sock.close()
+        assert grown < 40, f"RSS grew {grown:.0f} MB"  # was ~300 MB when bodies were read first
+
+
+def test_a_client_leaving_mid_body_is_counted_without_a_traceback(sims, tmp_path):
+    with start(sims, tmp_path, None) as gw:
+        for _ in range(3):
+            sock = raw_connection(gw)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 500\r\n\r\n{\"mo")
+            time.sleep(0.1)
+            sock.close()
+        wait_until(lambda: metric(gw, "gateway_refused_total", reason="client_left") == 3, 5, what="the counter")
+        assert "Traceback" not in gw.log()
+
+
 def test_a_client_s_model_string_is_stored_bounded(sims, tmp_path):
     with start(sims, tmp_path, {}, keys=KEYS) as gw:
         r = httpx.post(f"{gw.url}/v1/chat/completions", headers=ANN,

@@ -211,3 +211,11 @@ def test_a_memory_ledger_works_across_threads():
     rows, _ = ledger.query()
     assert [r["request_id"] for r in rows] == ["req-00001"]
     ledger.close()
+
+
+def test_the_ledger_file_is_readable_by_its_owner_only(path):
+    import os
+    import stat
+
+    Ledger(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
