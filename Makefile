@@ -4,19 +4,37 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test bench bench-litellm clean
+.PHONY: demo test test-fast lint bench bench-litellm clean
 
+# The runtime alone (what `make demo` needs): no test, lint or bench packages.
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The runtime with the test and lint tools.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.runtime
 	$(VENV)/bin/nudge-gateway demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The in-process tests (core, policy, routing, telemetry): under ~20 s, no gateway processes
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q tests/core tests/policy tests/routing tests/telemetry
+
+# ruff and mypy on gateway/, and the import contracts of pyproject.toml (the one-way request path)
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check gateway
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The overhead benchmark (bench/overhead.py, ~4 minutes on 2 cores; needs wrk, nginx, taskset)
 # against nginx and LiteLLM; LiteLLM goes into its own venv, never into the gateway's.
@@ -29,7 +47,11 @@ $(LITELLM_VENV)/bin/litellm:
 
 bench-litellm: $(LITELLM_VENV)/bin/litellm
 
-bench: $(VENV)/.installed $(LITELLM_VENV)/bin/litellm
+$(VENV)/.bench: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench $(LITELLM_VENV)/bin/litellm
 	$(PY) bench/overhead.py
 
 clean:

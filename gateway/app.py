@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -24,6 +24,11 @@ from gateway.routing.catalog import Catalog
 from gateway.routing.router import Router as ModelRouter
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.recorder import Recorder
+
+if TYPE_CHECKING:  # imported when policy is on (their modules load YAML and the policy schema)
+    from gateway.policy.budgets import BudgetStore
+    from gateway.policy.nudges import PolicyEngine
+    from gateway.policy.store import PolicyStore
 
 log = logging.getLogger("gateway")
 
@@ -81,7 +86,9 @@ class Gateway:
             from gateway.telemetry.ledger import Ledger
 
             lc = config.ledger
-            self.ledger = Ledger(config.resolve(lc.path), batch_size=lc.batch_size, flush_interval_s=lc.flush_interval_s)
+            self.ledger = Ledger(
+                config.resolve(lc.path), batch_size=lc.batch_size, flush_interval_s=lc.flush_interval_s
+            )
         self.recorder = Recorder(self.metrics, self.ledger)
 
         self.energy = None
@@ -101,9 +108,9 @@ class Gateway:
         # not policy is on. Bodies being received share one bound of memory.
         self.keys = KeyRing(config.keys)
         self.body_budget = BodyBudget(server.max_buffered_body_bytes)
-        self.policy = None
-        self.policy_store = None
-        self.budgets = None
+        self.policy: PolicyEngine | None = None
+        self.policy_store: PolicyStore | None = None
+        self.budgets: BudgetStore | None = None
         if features.policy:
             self._build_policy()
 

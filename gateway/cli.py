@@ -116,8 +116,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for i, (name, params, reasoning) in enumerate(DEMO_MODELS):
             sims.append(
                 start_sim(
-                    ["--model", name, "--params-b", str(params), "--reasoning", reasoning,
-                     "--speed", args.speed, "--seed", str(i)]
+                    [
+                        "--model",
+                        name,
+                        "--params-b",
+                        str(params),
+                        "--reasoning",
+                        reasoning,
+                        "--speed",
+                        args.speed,
+                        "--seed",
+                        str(i),
+                    ]
                 )
             )
         backends = [
@@ -135,7 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ledger=LedgerConfig(path=ledger),
         )
         url = f"http://{args.host}:{args.port}"
-        models = "\n".join(f"  - {name} ({params:g}B) at {sim.url}" for (name, params, _), sim in zip(DEMO_MODELS, sims))
+        models = "\n".join(
+            f"  - {name} ({params:g}B) at {sim.url}" for (name, params, _), sim in zip(DEMO_MODELS, sims)
+        )
         print(SNIPPET.format(url=url, n=len(sims), models=models), flush=True)
         return _serve_app(Gateway(config), args.host, args.port, args.log_level)
     finally:
@@ -201,8 +213,16 @@ def cmd_router_fit(args: argparse.Namespace) -> int:
         except YamlFileError as exc:
             print(f"invalid config:\n{exc}", file=sys.stderr)
             return 2
-    run(Path(args.data), Path(args.out), models, mode=args.mode, keep=args.keep, holdout=args.holdout, l2=args.l2,
-        base=Path(args.base) if args.base else None)
+    run(
+        Path(args.data),
+        Path(args.out),
+        models,
+        mode=args.mode,
+        keep=args.keep,
+        holdout=args.holdout,
+        l2=args.l2,
+        base=Path(args.base) if args.base else None,
+    )
     return 0
 
 
@@ -245,21 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     report_arguments(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("hash-key", help="print the sha256:... form of an API key for the config",
-                       description="Reads the key from a prompt (or stdin when piped); --generate makes a new one.")
+    p = sub.add_parser(
+        "hash-key",
+        help="print the sha256:... form of an API key for the config",
+        description="Reads the key from a prompt (or stdin when piped); --generate makes a new one.",
+    )
     p.add_argument("key", nargs="?", help=argparse.SUPPRESS)  # still accepted, with a warning
     p.add_argument("--generate", action="store_true", help="make a new random key and print it with its hash")
     p.set_defaults(func=cmd_hash_key)
 
     p = sub.add_parser("router", help="the right-sizing model")
     rsub = p.add_subparsers(dest="router_command", required=True)
-    f = rsub.add_parser("fit", help="refit the router on your own labelled prompts (needs the [fit] extra)",
-                        description="Refit the router on labelled prompts (gateway/routing/refit.py has the format).")
-    f.add_argument("--data", required=True, help="JSONL: {messages|prompt, scores: {model: quality in [0, 1]}} per line")
+    f = rsub.add_parser(
+        "fit",
+        help="refit the router on your own labelled prompts (needs the [fit] extra)",
+        description="Refit the router on labelled prompts (gateway/routing/refit.py has the format).",
+    )
+    f.add_argument(
+        "--data", required=True, help="JSONL: {messages|prompt, scores: {model: quality in [0, 1]}} per line"
+    )
     f.add_argument("--out", required=True, help="artefact to write; point routing.model at it")
     f.add_argument("--config", help="gateway config whose models: section gives sizes and abilities")
-    f.add_argument("--mode", choices=("calibrate", "full"), default="calibrate",
-                   help="calibrate: refit the loss scale and starting price; full: also the weights")
+    f.add_argument(
+        "--mode",
+        choices=("calibrate", "full"),
+        default="calibrate",
+        help="calibrate: refit the loss scale and starting price; full: also the weights",
+    )
     f.add_argument("--keep", type=float, default=0.95, help="share of the top model's quality to keep (default 0.95)")
     f.add_argument("--holdout", type=float, default=0.2, help="share of prompts kept out of the fit and reported on")
     f.add_argument("--l2", type=float, default=10.0, help="full mode: pull toward the shipped weights")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -53,9 +53,7 @@ class EstimateMeterConfig(Strict):
     interval_s: float = Field(0.5, gt=0, le=10)
 
 
-MeterConfig = Annotated[
-    Union[NvmlMeterConfig, DcgmMeterConfig, EstimateMeterConfig], Field(discriminator="type")
-]
+MeterConfig = Annotated[NvmlMeterConfig | DcgmMeterConfig | EstimateMeterConfig, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- backends and models
@@ -125,8 +123,6 @@ def guess_family(model_name: str) -> str | None:
     return None
 
 
-
-
 class ModelConfig(Strict):
     params_b: float | None = Field(None, gt=0, description="parameter count in billions (total)")
     active_params_b: float | None = Field(
@@ -157,10 +153,14 @@ class ServerConfig(Strict):
     )  # fmt: skip
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     max_buffered_body_bytes: int = Field(
-        256 * 1024 * 1024, gt=0, description="request bodies all requests may hold at once while they arrive; past it, 503"
+        256 * 1024 * 1024,
+        gt=0,
+        description="request bodies all requests may hold at once while they arrive; past it, 503",
     )
     max_connections: int = Field(4096, gt=0, description="open client connections; one more is answered 503 and closed")
-    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this; else disconnected")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this; else disconnected"
+    )
     body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this; else 408")
     default_max_tokens: int = Field(1024, gt=0, description="sent upstream when the client sends none")
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -208,7 +208,9 @@ class LedgerConfig(Strict):
     path: str = Field("nudge-usage.db", description="SQLite file; ':memory:' keeps nothing")
     batch_size: int = Field(256, gt=0)
     flush_interval_s: float = Field(
-        0.01, gt=0, description="a row is committed at most this long after it is written: what a killed process can lose"
+        0.01,
+        gt=0,
+        description="a row is committed at most this long after it is written: what a killed process can lose",
     )
 
 
@@ -237,7 +239,9 @@ class BudgetStoreConfig(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "nudge:budget:"
     redis_pool_size: int = Field(100, gt=0, description="Redis connections per gateway; a burst beyond waits for one")
-    redis_timeout_s: float = Field(2.0, gt=0, description="the longest a Redis call (or the wait for a connection) may take")
+    redis_timeout_s: float = Field(
+        2.0, gt=0, description="the longest a Redis call (or the wait for a connection) may take"
+    )
     on_store_error: Literal["closed", "open"] = Field(
         "closed",
         description="when the budget store is unreachable: closed = new requests under a budget get 503 with "
@@ -267,7 +271,7 @@ class Config(Strict):
     budgets: BudgetStoreConfig = Field(default_factory=BudgetStoreConfig)
 
     @model_validator(mode="after")
-    def _unique_backend_names(self) -> "Config":
+    def _unique_backend_names(self) -> Config:
         seen: set[str] = set()
         for b in self.backends:
             if b.name in seen:
@@ -292,7 +296,7 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-def config_from_backends(urls: list[str], **server: object) -> Config:
+def config_from_backends(urls: list[str], **server: Any) -> Config:
     """The config for ``serve --backend URL ...``: models are discovered from each backend."""
     backends = [BackendConfig(name=f"backend{i}", url=url) for i, url in enumerate(urls)]
     return Config(backends=backends, server=ServerConfig(**server))

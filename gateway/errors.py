@@ -88,4 +88,6 @@ def normalise(status: int, payload: Any) -> dict[str, Any]:
     if not isinstance(etype, str) or etype.endswith("Error") and "_" not in etype:
         etype = error_type(status)  # vLLM's "BadRequestError" -> OpenAI's "invalid_request_error"
     param = err.get("param")
-    return {"error": {"message": message, "type": etype, "param": param if isinstance(param, str) else None, "code": code}}
+    return {
+        "error": {"message": message, "type": etype, "param": param if isinstance(param, str) else None, "code": code}
+    }

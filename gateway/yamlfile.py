@@ -8,9 +8,10 @@ position of every mapping key and sequence item while loading, so the error can 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pydantic
 import yaml
@@ -79,7 +80,9 @@ def _check_expansion(root: yaml.Node, path: str) -> None:
                                        "an anchor refers to itself"])  # fmt: skip
         count += 1
         if count > MAX_NODES:
-            raise YamlFileError(path, [f"{path}: invalid YAML: more than {MAX_NODES:,} values once aliases are expanded"])
+            raise YamlFileError(
+                path, [f"{path}: invalid YAML: more than {MAX_NODES:,} values once aliases are expanded"]
+            )
         if isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
         elif isinstance(node, yaml.SequenceNode):

@@ -9,7 +9,8 @@ bench/NOTES.md). Everything a handler needs fits in this file.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -63,7 +64,9 @@ class Request:
         their bodies arrive) has no room for it."""
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
+            raise GatewayError(
+                413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
+            )
         chunks: list[bytes] = []
         size = 0
         try:
@@ -77,7 +80,9 @@ class Request:
                         size += len(chunk)
                         if size > limit:
                             raise GatewayError(
-                                413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large"
+                                413,
+                                f"Request body is larger than the limit of {limit} bytes.",
+                                code="request_too_large",
                             )
                         if budget is not None:
                             budget.take(len(chunk))  # GatewayError(503) when full

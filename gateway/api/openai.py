@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -127,7 +128,9 @@ class OpenAIEndpoints:
         now = int(time.time())
         data = [m.card(now) for m in sorted(self.gw.catalog.models.values(), key=lambda m: (m.rank, m.name))]
         for alias, target in self.gw.config.routing.aliases.items():
-            data.append({"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target})
+            data.append(
+                {"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target}
+            )
         await request.json(200, {"object": "list", "data": data})
 
     # ------------------------------------------------------------------ the request path
@@ -189,7 +192,8 @@ class OpenAIEndpoints:
                 ctx.outcome = "client_disconnect"
             if watch is None or not watch.fired:
                 raise  # cancelled from outside (server shutdown): let it go on
-            watch.task.uncancel()  # our own doing: the client left; the request ends here
+            if watch.task is not None:
+                watch.task.uncancel()  # our own doing: the client left; the request ends here
         finally:
             gw.metrics.inflight.dec()
             if ctx is not None:
@@ -330,14 +334,18 @@ class OpenAIEndpoints:
         try:
             payload = await upstream.read_json()
         except (Disconnected, ProtocolError) as exc:  # the backend died mid-body
-            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response")
-        except (ValueError, OSError, asyncio.TimeoutError) as exc:
-            raise GatewayError(502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response")
+            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response") from exc
+        except (TimeoutError, ValueError, OSError) as exc:
+            raise GatewayError(
+                502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response"
+            ) from exc
         except Exception as exc:  # anything else: the backend failed mid-body
-            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response")
+            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response") from exc
         ctx.first_byte = time.monotonic()
         if not isinstance(payload, dict):
-            raise GatewayError(502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response")
+            raise GatewayError(
+                502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response"
+            )
         ctx.usage = payload.get("usage")
         if ctx.endpoint == "chat":
             for choice in payload.get("choices") or ():

@@ -14,7 +14,6 @@ import orjson
 
 from gateway.errors import bad_request
 
-
 MAX_DEPTH = 64  # nesting of objects and arrays; orjson cannot write back past 254, tool schemas need ~10
 
 

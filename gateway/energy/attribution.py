@@ -56,8 +56,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from gateway.context import RequestContext
 from gateway.energy.coefficients import DEFAULT_BATCH, DEFAULT_CONTEXT, TokenCosts, context_sum
@@ -289,7 +289,7 @@ class Book:
                   and t.ctx.first_byte is not None and t.ctx.first_byte <= iv.t1]  # fmt: skip
         self._retime_counted_prompts(iv, costs, firsts)
         for track in firsts:
-            self._place_prompt(track, track.ctx.first_byte, costs)
+            self._place_prompt(track, _first_byte(track), costs)
         for track in self.tracks:
             if track.drained or track.final:
                 continue
@@ -353,7 +353,7 @@ class Book:
         energy = iv.joules
         start = iv.since if iv.since is not None else iv.t0
         end = iv.until if iv.until is not None else iv.t1
-        targets = []
+        targets: list[_Open] = []
         for op in reversed(self._open):
             if op.iv.measured != iv.measured or (targets and op.iv.t1 < targets[-1].iv.t0 - 1e-9):
                 break
@@ -390,16 +390,16 @@ class Book:
         if not counted or counted <= 0:
             return
         end = (iv.t0 + iv.t1) / 2.0
-        ours = [t for t in firsts if t.ctx.first_byte > iv.t0 and t.prompt_tokens() > 0]
+        ours = [t for t in firsts if _first_byte(t) > iv.t0 and t.prompt_tokens() > 0]
         if ours and sum(t.prompt_tokens() for t in ours) <= counted + 0.5:
-            end = max(t.ctx.first_byte for t in ours)
+            end = max(_first_byte(t) for t in ours)
         d = costs.prefill_seconds(counted)
         parts = [(op, f) for op, f in self._spread(end - d, end) if op.iv.prompt_tokens is not None]
         total = sum(f for _, f in parts) or 1.0
         parts = [(op, f / total) for op, f in parts]
         iv.prompt_tokens = 0.0
         for op, fraction in parts:
-            op.iv.prompt_tokens += counted * fraction
+            op.iv.prompt_tokens = (op.iv.prompt_tokens or 0.0) + counted * fraction  # parts: known counts only
         self._spreads.append(_Spread(iv.t0, iv.t1, counted, parts))
 
     def _place_prompt(self, track: Track, first_byte: float, costs: TokenCosts) -> None:
@@ -547,8 +547,10 @@ class Book:
                 decoding += 1
         if others_gen <= 0 and others_prompt <= 0:
             return
-        unary = [t for t in self.tracks
-                 if not t.stream and not t.final and t.sent < iv.t1 and (t.finished is None or t.finished > iv.t0)]  # fmt: skip
+        unary = [
+            t for t in self.tracks
+            if not t.stream and not t.final and t.sent < iv.t1 and (t.finished is None or t.finished > iv.t0)
+        ]  # fmt: skip
         each = others_gen / max(1.0, iv.running - decoding, len(unary)) if unary else 0.0
         for track in unary:
             if each > 0:
@@ -594,8 +596,9 @@ class Book:
     def _finalise(self, force: bool) -> list[Track]:
         done = []
         for track in self.tracks:
-            if track.ended and track.drained and (force or track.finished <= self.closed_until):
-                track.forced = track.finished > self.closed_until
+            finished = track.finished if track.finished is not None else track.sent  # set by end()
+            if track.ended and track.drained and (force or finished <= self.closed_until):
+                track.forced = finished > self.closed_until
                 self._settle(track)
                 track.final = True
                 done.append(track)
@@ -613,8 +616,8 @@ class Book:
         if usage is None:
             return
         costs = self.costs()
-        prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
-        gen = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+        prompt = _count(usage.get("prompt_tokens"))
+        gen = _count(usage.get("completion_tokens"))
         finished = track.finished if track.finished is not None else track.sent
         if track.stream and track.prompt_placed is not None:
             extra_p = prompt - track.prompt_placed
@@ -730,6 +733,16 @@ class Book:
         if rec.joules > 0:
             track.gpu_s += (rec.t1 - rec.t0) * self.gpus * joules / rec.joules
         self._add_tally("attributed", "measured" if rec.measured else "estimated", joules)
+
+
+def _first_byte(track: Track) -> float:
+    """When a streaming request's first byte came (only asked of tracks that have one)."""
+    first = track.ctx.first_byte
+    return first if first is not None else track.sent
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _overlap(rec: Closed, start: float, end: float) -> float:

@@ -21,8 +21,9 @@ then falls back to the estimate, labelled ``estimated``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gateway.config import BackendConfig, DcgmMeterConfig, NvmlMeterConfig
 from gateway.energy.coefficients import DEFAULT_CONTEXT, TokenCosts
@@ -69,17 +70,18 @@ class EnergyCounter:
         if self.raw is None:
             self.raw, self.t, self.moved_t, self.before_t = raw_mj, t, t, t - 1.0
             return 0.0
-        delta = raw_mj - self.raw
-        if delta == 0:
+        step = raw_mj - self.raw
+        if step == 0:
             self.t = t
             return 0.0
-        if delta < 0:
+        delta: float | None = step
+        if step < 0:
             if self.raw > COUNTER_WRAP * 0.9 and raw_mj < COUNTER_WRAP * 0.1:
                 delta = raw_mj + COUNTER_WRAP - self.raw
             else:  # restarted since the latest read
                 self.resets += 1
                 delta = raw_mj if raw_mj <= _plausible_mj(t - self.t) else None
-        elif delta > _plausible_mj(t - self.before_t):
+        elif step > _plausible_mj(t - self.before_t):
             delta = None
         if delta is None:
             added = max(0.0, fallback_j or 0.0)
@@ -170,11 +172,11 @@ class NvmlMeter(Meter):
         nvml = self._nvml
         if nvml is None:
             try:
-                import pynvml as nvml  # nvidia-ml-py; optional at import time
+                import pynvml  # nvidia-ml-py; optional at import time
             except ImportError:
                 self.fail("nvidia-ml-py (pynvml) is not installed")
                 return
-            self._nvml = nvml
+            nvml = self._nvml = pynvml
         try:
             nvml.nvmlInit()
             self._initialised = True

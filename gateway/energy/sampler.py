@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.config import BackendConfig
 from gateway.energy.attribution import Book, Interval, Track
@@ -45,7 +45,7 @@ class BackendSampler:
         book: Book,
         costs: Callable[[], TokenCosts],
         on_final: Callable[[list[Track]], None],
-        on_interval: Callable[["BackendSampler", Interval | None], None],
+        on_interval: Callable[[BackendSampler, Interval | None], None],
         *,
         interval_s: float | None = None,
         max_merge_s: float = 65.0,
@@ -69,7 +69,9 @@ class BackendSampler:
         self.reading: Reading | None = None  # latest meter reading
         self.running = False
         headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else None
-        self._http = HttpGetter(f"{backend.url}/metrics", timeout=min(2.0, max(0.5, 5 * self.interval_s)), headers=headers)
+        self._http = HttpGetter(
+            f"{backend.url}/metrics", timeout=min(2.0, max(0.5, 5 * self.interval_s)), headers=headers
+        )
         self._scrape = scrape or self._http.get
         self._current: dict[int, Track] = {}  # entry id -> this backend's live track for it
         self._last_t: float | None = None  # the previous cut
@@ -152,7 +154,7 @@ class BackendSampler:
                 self._moved = self._moved or reading.fresh
             elif self._moved:
                 reading = self.reading  # the counter moved at an earlier poll
-            since = time.monotonic() - self._last_t
+            since = time.monotonic() - (self._last_t or 0.0)  # coarse: _last_t is set
             if since < self.max_merge_s and not (self._moved and (last or since >= 0.75 * self.interval_s)):
                 return
         text = self._scrape()
@@ -228,7 +230,7 @@ class BackendSampler:
             running = batch = counters.running if counters is not None else 0.0
         until = _reached(reading, now) if reading is not None else now
         iv = Interval(
-            t0=self._last_t,
+            t0=self._last_t if self._last_t is not None else now,  # tick() cuts only after its baseline
             t1=now,
             joules=joules,
             since=self._last_at if self._last_at is not None and self._last_at <= until else self._last_t,
@@ -263,11 +265,11 @@ class BackendSampler:
                 entry.tracks.append(track)
                 self._current[key] = track
                 continue
-            track = self._current.pop(key, None)
-            if track is None:
+            if key not in self._current:
                 continue
+            track = self._current.pop(key)
             usage = ctx.usage if kind == "end" else None  # an abandoned attempt's usage is not its own
-            finished = (ctx.finished if kind == "end" and ctx.finished is not None else t)
+            finished = ctx.finished if kind == "end" and ctx.finished is not None else t
             self.book.end(track, finished, dict(usage) if isinstance(usage, dict) else None)
 
 

@@ -22,8 +22,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from gateway.config import BackendConfig
 from gateway.context import EnergyReport, RequestContext

@@ -39,10 +39,10 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from gateway.config import BudgetStoreConfig
@@ -60,7 +60,7 @@ _PERIOD_S = {"day": 86400.0, "week": 7 * 86400.0, "month": 31 * 86400.0}
 
 def period_window(period: str, now: float) -> tuple[str, float, float]:
     """``(id, start, end)`` of the UTC calendar period containing ``now`` (epoch seconds)."""
-    d = datetime.fromtimestamp(now, timezone.utc)
+    d = datetime.fromtimestamp(now, UTC)
     midnight = d.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "day":
         start, end = midnight, midnight + timedelta(days=1)
@@ -108,7 +108,9 @@ class BudgetState:
     admitted: bool = True  # reserve(): whether the request got a reservation
 
     @classmethod
-    def of(cls, used: float, limit: float, resets_at: float, reserved: float = 0.0, admitted: bool = True) -> "BudgetState":
+    def of(
+        cls, used: float, limit: float, resets_at: float, reserved: float = 0.0, admitted: bool = True
+    ) -> BudgetState:
         used = max(0.0, used)
         return cls(used, limit, used / limit if limit > 0 else 0.0, resets_at, max(0.0, reserved), admitted)
 
@@ -218,8 +220,8 @@ class BudgetStore(ABC):
     ) -> BudgetState:
         """Add an amount without a reservation (e.g. a request served downgraded over the limit)."""
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - a store with nothing to close needs no override
+        return None
 
 
 # ---------------------------------------------------------------- in memory
@@ -434,7 +436,9 @@ class RedisBudgetStore(BudgetStore):
         if len(self._pending) >= self.max_deferred:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("budget store down and %d writes deferred: %d dropped so far", self.max_deferred, self.dropped)
+                log.error(
+                    "budget store down and %d writes deferred: %d dropped so far", self.max_deferred, self.dropped
+                )
             return
         self._pending.append((r, lid, amount, count))
 

@@ -20,8 +20,8 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from gateway.config import ApiKeyConfig, KeysConfig
 from gateway.errors import GatewayError

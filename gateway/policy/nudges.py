@@ -71,7 +71,7 @@ class RouteFacts:
     smallest: bool = False  # its tier is the smallest served: nothing smaller to suggest
 
     @classmethod
-    def of(cls, route: Any) -> "RouteFacts":
+    def of(cls, route: Any) -> RouteFacts:
         if isinstance(route, RouteFacts):
             return route
         m = route.model
@@ -80,16 +80,29 @@ class RouteFacts:
         )
         if isinstance(m, str):  # a plain description: .model is the served name
             return cls(
-                m, route.tier, getattr(route, "family", None), getattr(route, "reasoning_kind", None) or "none",
-                getattr(route, "vllm_version", None), getattr(route, "recommended_model", None),
-                getattr(route, "recommended_adequacy", None), getattr(route, "params_b", None), friction,
+                m,
+                route.tier,
+                getattr(route, "family", None),
+                getattr(route, "reasoning_kind", None) or "none",
+                getattr(route, "vllm_version", None),
+                getattr(route, "recommended_model", None),
+                getattr(route, "recommended_adequacy", None),
+                getattr(route, "params_b", None),
+                friction,
                 getattr(route, "rank", None) == 0,
             )
         rec = getattr(route, "recommended", None)
         versions = [getattr(b, "vllm_version", None) for b in getattr(route, "backends", None) or ()]
         return cls(
-            m.name, m.tier, m.family, m.reasoning or "none", _oldest(versions),
-            rec.name if rec is not None else None, getattr(route, "recommended_adequacy", None), m.params_b, friction,
+            m.name,
+            m.tier,
+            m.family,
+            m.reasoning or "none",
+            _oldest(versions),
+            rec.name if rec is not None else None,
+            getattr(route, "recommended_adequacy", None),
+            m.params_b,
+            friction,
             getattr(m, "rank", None) == 0,
         )
 
@@ -358,7 +371,9 @@ class PolicyEngine:
                 ctx.actions.append("max_tokens:cap")
                 self._count("max_tokens", "cap")
                 notes.append(f"{f}={maximum} (was {asked}: {why})")
-                self._add(ctx, plan, "capped", "info", {"max_tokens": str(maximum), "requested": str(asked), "why": why})
+                self._add(
+                    ctx, plan, "capped", "info", {"max_tokens": str(maximum), "requested": str(asked), "why": why}
+                )
         caps = p.caps
         n = body.get("n")
         if n is None and caps.n_default != 1:
@@ -515,13 +530,25 @@ class PolicyEngine:
             if ident.section is not None and ident.section not in sections:
                 log.warning(
                     "key %s names policy section %r, which policy %s lacks: it gets %r",
-                    ident.label, ident.section, version, ident.team if ident.team in sections else "default",
+                    ident.label,
+                    ident.section,
+                    version,
+                    ident.team if ident.team in sections else "default",
                 )
 
 
 # Nudges whose decision is already counted under a more specific action.
 _COUNTED_ELSEWHERE = frozenset(
-    {"reasoning_refused", "always_thinking", "capped", "stripped", "large_model", "friction", "budget_hard", "budget_soft"}
+    {
+        "reasoning_refused",
+        "always_thinking",
+        "capped",
+        "stripped",
+        "large_model",
+        "friction",
+        "budget_hard",
+        "budget_soft",
+    }
 )
 
 
@@ -567,9 +594,11 @@ def _estimate(unit: str, ctx: RequestContext, plan: Plan) -> float:
     rcap = plan.policy.policy.reasoning.max_tokens
     if plan.reasoning and rcap is not None:
         bound = rcap if not isinstance(asked, int) else min(bound, rcap)
-    if None not in maxima:
-        bound = min(bound, max(maxima))  # type: ignore[type-var]
-    return float(bound * (body.get("n") if isinstance(body.get("n"), int) else 1) + _prompt_chars(body) + 32)
+    known = [m for m in maxima if m is not None]
+    if len(known) == len(maxima):  # every tier caps max_tokens: none can go past the largest cap
+        bound = min(bound, max(known))
+    n = body.get("n")
+    return float(bound * (n if isinstance(n, int) else 1) + _prompt_chars(body) + 32)
 
 
 def _prompt_chars(body: dict[str, Any]) -> int:

@@ -139,9 +139,11 @@ def client_reasoning_wish(header: str | None, body: dict[str, Any]) -> tuple[boo
         return thinking["type"] == "enabled", "thinking", None
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
-        e = reasoning.get("effort")
-        if isinstance(e, str):
-            return (False, "reasoning", None) if e == "none" else (True, "reasoning", e if e in NEW_EFFORTS else None)
+        level = reasoning.get("effort")
+        if isinstance(level, str):
+            if level == "none":
+                return False, "reasoning", None
+            return True, "reasoning", level if level in NEW_EFFORTS else None
         if isinstance(reasoning.get("enabled"), bool):
             return reasoning["enabled"], "reasoning", None
     return None, "", None

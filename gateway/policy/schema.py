@@ -70,7 +70,8 @@ class ReasoningPolicy(Strict):
     )
     require_header: bool = Field(
         False,
-        description="opting in needs the header 'x-gateway-reasoning: on'; a reasoning_effort in the body alone is not enough",
+        description="opting in needs the header 'x-gateway-reasoning: on'; "
+        "a reasoning_effort in the body alone is not enough",
     )
     max_tokens: int | None = Field(
         4096, gt=0, description="cap on max_tokens for answers that reason (thinking included); null = tier caps only"
@@ -82,7 +83,8 @@ class ReasoningPolicy(Strict):
         "reroute",
         description=(
             "models that always think (DeepSeek-R1 distills, QwQ) when reasoning is off: reroute = ask the router for "
-            "a non-reasoning model of similar size and warn if none is served; warn = serve and warn; allow = serve silently"
+            "a non-reasoning model of similar size and warn if none is served; warn = serve and warn; "
+            "allow = serve silently"
         ),
     )
 
@@ -113,7 +115,8 @@ class RightSizingPolicy(Strict):
     override_header: str = Field(
         "x-gateway-override",
         pattern=r"^[a-z0-9-]+$",
-        description="request header (lower case) that insists on the named large model under friction; value 1/true/yes/on",
+        description="request header (lower case) that insists on the named large model under friction; "
+        "value 1/true/yes/on",
     )
 
 
@@ -126,7 +129,9 @@ class FeedbackPolicy(Strict):
     enabled: bool = Field(True, description="add feedback nudges at all")
     large_tier: bool = Field(True, description="warn when a large tier answered")
     reasoning: bool = Field(True, description="warn when reasoning ran")
-    wh_above: float | None = Field(0.5, ge=0, description="warn when one answer used more than this many Wh; null = never")
+    wh_above: float | None = Field(
+        0.5, ge=0, description="warn when one answer used more than this many Wh; null = never"
+    )
     completion_tokens_above: int | None = Field(
         2000, gt=0, description="warn when an answer is longer than this many tokens; null = never"
     )
@@ -138,7 +143,8 @@ class CostPolicy(Strict):
     show: bool = Field(True, description="show each request's cost to the caller")
     cloud_model: str | None = Field(
         None,
-        description="compare with what the same tokens would cost on this cloud model (a name from litellm's price map, e.g. gpt-4o); null = no comparison",
+        description="compare with what the same tokens would cost on this cloud model "
+        "(a name from litellm's price map, e.g. gpt-4o); null = no comparison",
     )
 
 
@@ -157,17 +163,24 @@ class Budget(Strict):
     )
     on_exceed: Literal["downgrade", "reasoning_off", "refuse"] = Field(
         "refuse",
-        description="at the hard limit: downgrade = route no higher than downgrade_to; reasoning_off; refuse = 429 until the period resets",
+        description="at the hard limit: downgrade = route no higher than downgrade_to; reasoning_off; "
+        "refuse = 429 until the period resets",
     )
-    downgrade_to: str = Field("small", min_length=1, description="highest tier allowed once a downgrade budget is spent")
+    downgrade_to: str = Field(
+        "small", min_length=1, description="highest tier allowed once a downgrade budget is spent"
+    )
 
 
 # ---------------------------------------------------------------- caps
 
 
 class TierCaps(Strict):
-    default_max_tokens: int | None = Field(None, gt=0, description="max_tokens when the client sends none; null = the general default")
-    max_tokens: int | None = Field(None, gt=0, description="larger client values are lowered to this; null = the general maximum")
+    default_max_tokens: int | None = Field(
+        None, gt=0, description="max_tokens when the client sends none; null = the general default"
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, description="larger client values are lowered to this; null = the general maximum"
+    )
 
 
 CostlyOption = Literal["logprobs", "top_logprobs", "prompt_logprobs", "best_of", "n", "use_beam_search"]
@@ -176,7 +189,9 @@ CostlyOption = Literal["logprobs", "top_logprobs", "prompt_logprobs", "best_of",
 class CapsPolicy(Strict):
     """Sensible limits. vLLM without max_tokens generates up to the whole context; the gateway never sends that."""
 
-    default_max_tokens: int = Field(1024, gt=0, description="max_tokens when the client sends none (a default above max_tokens is lowered to it)")
+    default_max_tokens: int = Field(
+        1024, gt=0, description="max_tokens when the client sends none (a default above max_tokens is lowered to it)"
+    )
     max_tokens: int | None = Field(8192, gt=0, description="larger client values are lowered to this; null = no cap")
     tiers: dict[str, TierCaps] = Field(default_factory=dict, description="per-tier overrides of the two caps above")
     n_default: int = Field(1, ge=1, description="choices per request when the client sends no n")
@@ -194,7 +209,9 @@ class SocialProofPolicy(Strict):
 
     enabled: bool = Field(False, description="off by default: comparisons can feel like judgement")
     window: int = Field(500, ge=10, description="recent requests per team kept for the median")
-    min_samples: int = Field(20, ge=2, description="say nothing until the key and the team both have this many requests")
+    min_samples: int = Field(
+        20, ge=2, description="say nothing until the key and the team both have this many requests"
+    )
     ratio_above: float = Field(1.5, gt=1, description="warn when the key's mean is this many times the team median")
 
 
@@ -253,7 +270,7 @@ _WHEN = {
 
 def _describe_messages(schema: dict[str, Any]) -> None:
     for name, prop in schema.get("properties", {}).items():
-        fields = ", ".join("{%s}" % f for f in sorted(TEMPLATE_FIELDS[name]))
+        fields = ", ".join(f"{{{f}}}" for f in sorted(TEMPLATE_FIELDS[name]))
         prop["description"] = f"shown when {_WHEN[name]}; placeholders: {fields}"
 
 
@@ -280,13 +297,21 @@ class Messages(Strict):
         "Reasoning was on: {wh} Wh for {completion_tokens} tokens.",
         "Reasoning answers use up to ~30x the energy of direct ones; opt in only when needed.",
     )
-    large_tier: Template = _t("Answered by the large model {model}: {wh} Wh, {co2e_g} g CO2e.", "Use model auto for routine requests.")
+    large_tier: Template = _t(
+        "Answered by the large model {model}: {wh} Wh, {co2e_g} g CO2e.", "Use model auto for routine requests."
+    )
     energy: Template = _t("This answer used {wh} Wh ({co2e_g} g CO2e) on {model}.")
     long_answer: Template = _t("Long answer: {completion_tokens} tokens, {wh} Wh.", "Set max_tokens to what you need.")
     cost: Template = _t("Cost {usd} here; the same tokens on {cloud_model} would cost {cloud_usd}.")
-    budget_soft: Template = _t("{scope} {name} has used {pct} of its {period} budget ({used} of {limit} {unit}).", "Resets in {resets_in}.")
-    budget_hard: Template = _t("{scope} {name} is over its {period} {unit} budget: {action} until it resets in {resets_in}.")
-    budget_refused: Template = _t("{scope} {name} has used its {period} budget of {limit} {unit}; it resets in {resets_in}.")
+    budget_soft: Template = _t(
+        "{scope} {name} has used {pct} of its {period} budget ({used} of {limit} {unit}).", "Resets in {resets_in}."
+    )
+    budget_hard: Template = _t(
+        "{scope} {name} is over its {period} {unit} budget: {action} until it resets in {resets_in}."
+    )
+    budget_refused: Template = _t(
+        "{scope} {name} has used its {period} budget of {limit} {unit}; it resets in {resets_in}."
+    )
     social: Template = _t(
         "Your requests use {key_wh} Wh on average, {ratio}x the median of team {team} ({team_median_wh} Wh).",
         "Smaller models, shorter answers and reasoning off cut this most.",
@@ -295,7 +320,7 @@ class Messages(Strict):
     @field_validator("*")
     @classmethod
     def _placeholders(cls, value: Template, info: pydantic.ValidationInfo) -> Template:
-        allowed = TEMPLATE_FIELDS[info.field_name]
+        allowed = TEMPLATE_FIELDS[info.field_name or ""]
         for part, text in (("message", value.message), ("hint", value.hint)):
             if text is None:
                 continue
@@ -307,7 +332,9 @@ class Messages(Strict):
                 if name is None:
                     continue
                 if name not in allowed:
-                    raise ValueError(f"{part}: unknown placeholder {{{name}}}; expected one of {', '.join(sorted(allowed))}")
+                    raise ValueError(
+                        f"{part}: unknown placeholder {{{name}}}; expected one of {', '.join(sorted(allowed))}"
+                    )
                 if spec or conversion:
                     raise ValueError(f"{part}: placeholder {{{name}}} takes no format spec (values come rounded)")
         return value
@@ -323,18 +350,24 @@ class Policy(Strict):
     right_sizing: RightSizingPolicy = Field(default_factory=RightSizingPolicy)
     feedback: FeedbackPolicy = Field(default_factory=FeedbackPolicy)
     cost: CostPolicy = Field(default_factory=CostPolicy)
-    budgets: tuple[Budget, ...] = Field((), description="budgets for this policy; a section's list replaces the default's")
+    budgets: tuple[Budget, ...] = Field(
+        (), description="budgets for this policy; a section's list replaces the default's"
+    )
     caps: CapsPolicy = Field(default_factory=CapsPolicy)
     social_proof: SocialProofPolicy = Field(default_factory=SocialProofPolicy)
     messages: Messages = Field(default_factory=Messages)
-    explain: bool = Field(True, description="add explanation headers (x-gateway-reasoning, x-gateway-caps, x-gateway-nudge)")
+    explain: bool = Field(
+        True, description="add explanation headers (x-gateway-reasoning, x-gateway-caps, x-gateway-nudge)"
+    )
 
 
 class PolicyFile(Strict):
     """A nudge policy file for Nudge Gateway."""
 
     version: Literal[1] = Field(description="schema version of this file; this gateway reads version 1")
-    default: Policy = Field(default_factory=Policy, description="the policy every request gets unless a section applies")
+    default: Policy = Field(
+        default_factory=Policy, description="the policy every request gets unless a section applies"
+    )
     sections: dict[str, Policy] = Field(
         default_factory=dict,
         description="named overrides, deep-merged over default; picked by the key's 'policy' or by the team name",
@@ -374,7 +407,9 @@ def load_policy(doc: YamlDocument) -> LoadedPolicy:
     """Validate a parsed policy file and merge its sections; raise YamlFileError with positions."""
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
-        raise YamlFileError(doc.path, [f"{doc.path}:1:1: expected a mapping at the top level (version, default, sections)"])
+        raise YamlFileError(
+            doc.path, [f"{doc.path}:1:1: expected a mapping at the top level (version, default, sections)"]
+        )
     try:
         file = PolicyFile.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -401,7 +436,9 @@ def problems(doc: YamlDocument, error: pydantic.ValidationError, prefix: tuple =
         line, col = doc.position(loc)
         msg = err["msg"].removeprefix("Value error, ")
         got = ""
-        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), (dict, list, type(None))):
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            err.get("input"), (dict, list, type(None))
+        ):
             got = f" (got {err['input']!r})"
         if err["type"] == "missing":
             loc = loc + (raw[-1],) if loc != raw else loc

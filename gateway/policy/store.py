@@ -18,10 +18,10 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from gateway.policy.schema import SCHEMA_VERSION, Policy, PolicyFile, load_policy
 from gateway.telemetry.metrics import Metrics
@@ -56,7 +56,7 @@ class EffectivePolicy:
     caps: Mapping[str, tuple[int, int | None]]  # tier -> (default max_tokens, max max_tokens); "" = any tier
 
     @classmethod
-    def build(cls, section: str, version: str, policy: Policy) -> "EffectivePolicy":
+    def build(cls, section: str, version: str, policy: Policy) -> EffectivePolicy:
         r = policy.reasoning
         base_default, base_max = policy.caps.default_max_tokens, policy.caps.max_tokens
         caps = {"": (_clamp(base_default, base_max), base_max)}
@@ -192,13 +192,14 @@ class PolicyStore:
                 self.last_error = None
             return None
         if result == "ok":
+            assert isinstance(payload, PolicySnapshot)
             old, self._current = self._current, payload
             self.last_error = None
             self._metrics.policy_info.remove(old.version)
             self._metrics.policy_info.labels(version=payload.version).set(1)
             log.info("policy %s reloaded: version %s (was %s)", self.path, payload.version, old.version)
         else:
-            self.last_error = payload
+            self.last_error = str(payload)
             log.error("policy %s: change refused, keeping version %s:\n%s", self.path, self._current.version, payload)
         self._metrics.policy_reloads.labels(result=result).inc()
         return result

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import aiohttp
 import orjson
@@ -162,12 +162,12 @@ class BackendPool:
             async with self._session.get(f"{backend.url}/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
                 ok = r.status == 200
                 reason = None if ok else f"/health answered {r.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             ok, reason = False, f"/health unreachable: {exc.__class__.__name__}"
         if ok and (not was_healthy or not backend.models):
             try:
                 await self._discover(backend)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 ok, reason = False, f"/v1/models failed: {exc}"
         backend.checked_at = time.monotonic()
         if ok:
@@ -208,7 +208,7 @@ class BackendPool:
                 async with self._session.get(f"{backend.url}/version", timeout=timeout) as r:
                     if r.status == 200:
                         backend.vllm_version = orjson.loads(await r.read()).get("version")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
                 backend.vllm_version = None
 
     async def _read_load(self, backend: Backend) -> None:
@@ -218,7 +218,7 @@ class BackendPool:
                 if r.status != 200:
                     return
                 text = (await r.read()).decode("utf-8", "replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return
         values = _parse_gauges(text, ("vllm:num_requests_waiting", "vllm:num_requests_running"))
         backend.waiting = int(values.get("vllm:num_requests_waiting", 0))

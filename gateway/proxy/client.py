@@ -62,7 +62,7 @@ class Response:
         "_waiter", "_exc", "_paused", "_framed", "_timer", "_done",
     )  # fmt: skip
 
-    def __init__(self, conn: "_Conn") -> None:
+    def __init__(self, conn: _Conn) -> None:
         self.conn = conn
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -184,7 +184,7 @@ class Response:
 class _Conn(asyncio.Protocol):
     __slots__ = ("pool", "loop", "transport", "parser", "response", "closed", "idle_since")
 
-    def __init__(self, pool: "HostPool", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: HostPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -194,7 +194,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
 
     # --- asyncio.Protocol
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:

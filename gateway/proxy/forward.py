@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -125,7 +126,9 @@ class Proxy:
         assert client is not None
         if not backends:
             raise GatewayError(
-                503, f"No healthy backend serves {ctx.model!r} right now.", code="backend_unavailable",
+                503,
+                f"No healthy backend serves {ctx.model!r} right now.",
+                code="backend_unavailable",
                 headers={"retry-after": "2"},
             )
         last: GatewayError | None = None
@@ -151,7 +154,7 @@ class Proxy:
                         raise aiohttp.ServerDisconnectedError("stream closed before its first event")
                 elif response.status == 200:
                     whole = await response.read()  # a backend dying mid-body can still be replaced
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
                 backend.inflight -= 1
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
@@ -161,7 +164,9 @@ class Proxy:
                     backend.mark_down(f"{exc.__class__.__name__}: {exc}")
                 self._count(backend, "connect_error")
                 last = GatewayError(
-                    503, f"Backend {backend.name} could not be reached.", code="backend_unreachable",
+                    503,
+                    f"Backend {backend.name} could not be reached.",
+                    code="backend_unreachable",
                     headers={"retry-after": "1"},
                 )
                 continue
@@ -203,13 +208,15 @@ class Proxy:
             payload = orjson.dumps({"model": model, "prompt": text, "add_special_tokens": False})
             try:
                 async with self.session.post(
-                    f"{backend.url}/tokenize", data=payload, headers={**_JSON_HEADERS, **backend.auth_headers()},
+                    f"{backend.url}/tokenize",
+                    data=payload,
+                    headers={**_JSON_HEADERS, **backend.auth_headers()},
                     timeout=timeout,
                 ) as response:
                     if response.status == 200:
                         total += int(orjson.loads(await response.read()).get("count", 0))
                         continue
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
                 pass
             total += len(text) // 4
         return total
@@ -294,7 +301,7 @@ async def relay_stream(
         if not finished and ctx.usage is None:
             ctx.usage = partial_usage(ctx)
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         ctx.outcome = "upstream_error"
         if ctx.usage is None:
             ctx.usage = partial_usage(ctx)
@@ -311,7 +318,12 @@ def partial_usage(ctx: RequestContext) -> dict[str, Any]:
     """The usage of a stream that ended before its usage chunk: the prompt (exact when vLLM
     reported running usage, else the gateway's count) and the tokens relayed so far."""
     prompt, generated = ctx.prompt_tokens_est, ctx.gen_tokens_seen
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated, "partial": True}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "partial": True,
+    }
 
 
 async def _finish_events(

@@ -8,7 +8,8 @@ deltas from a vLLM that emits only one of the two reasoning field names.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 

@@ -119,7 +119,7 @@ class AdequacyModel:
         self._i_cap = (DENSE_NAMES.index("has_max_tokens"), DENSE_NAMES.index("log_max_tokens"))
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "AdequacyModel":
+    def load(cls, path: str | Path | None = None) -> AdequacyModel:
         """Load an artefact (``.json`` or ``.json.gz``); default: the one shipped in this package."""
         p = Path(path) if path is not None else DEFAULT_PATH
         raw = p.read_bytes()
@@ -127,7 +127,7 @@ class AdequacyModel:
             raw = gzip.decompress(raw)
         return cls(json.loads(raw))
 
-    def shifted(self, delta: float) -> "AdequacyModel":
+    def shifted(self, delta: float) -> AdequacyModel:
         """A copy whose predicted losses are ``exp(delta)`` times larger (for calibration)."""
         spec = dict(self.spec, sensitivity=dict(self.spec["sensitivity"]))
         for key in ("intercept", "mc_intercept"):

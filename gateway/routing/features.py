@@ -36,8 +36,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DENSE_NAMES", "Features", "Prompt", "extract", "from_request", "prompt_of", "prompt_text", "request_text",
-           "task_class"]
+__all__ = [
+    "DENSE_NAMES",
+    "Features",
+    "Prompt",
+    "extract",
+    "from_request",
+    "prompt_of",
+    "prompt_text",
+    "request_text",
+    "task_class",
+]
 
 # Long texts are scanned at the head and the tail only; the length features still see the
 # whole text. Keeps the worst case bounded (see bench/router_latency.py).
@@ -84,44 +93,80 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_REWRITE = (_words("rewrite rephrase paraphrase reword translate translation summarise summarize summary tldr "
-                   "proofread grammar shorten simplify condense extract classify categorise categorize sentiment"),
-            re.compile(r"re-write|tl;dr|correct (?:the|this|my|any)|fix (?:the |my )?(?:grammar|spelling|typos)|"
-                       r"make (?:it|this) (?:more|less|shorter|longer|formal|casual)|convert (?:this|the|it)|"
-                       r"label (?:the|each|this)|list the|bullet points"))
-_CREATIVE = (_words("poem poetry haiku sonnet limerick verse rhyme lyrics song story stories tale fable fiction novel "
-                    "screenplay dialogue joke pun riddle slogan tagline toast speech essay letter email tweet blog "
-                    "caption bio advert imagine pretend roleplay creative"),
-             re.compile(r"script for|post about|cover letter|product description|e-mail|role-play|act as|"
-                        r"in the style of"))
-_CODE = (_words("python javascript typescript java golang rust kotlin swift php ruby perl scala haskell bash shell "
-                "powershell sql html css regex regexp json yaml xml react vue angular django flask node nodejs pandas "
-                "numpy pytorch tensorflow docker kubernetes git api apis sdk sdks function functions method methods "
-                "class classes variable variables compile compiles compiled compiling compiler compilers runtime "
-                "debug debugging debugger bug bugs error errors exception exceptions traceback segfault script "
-                "scripts program programs programming code coding implement implements implemented implementing "
-                "implementation algorithm algorithms refactor refactoring endpoint endpoints database databases "
-                "query queries threads concurrent concurrency concurrently mutex async template templates templated "
-                "recursion recursive"),
-         re.compile(r"```|(?<![\w+#])(?:c\+\+|c#|f#)(?![\w+#])|stack trace|unit tests?|thread-?safe|"
-                    r"data structures?|linked list|hash ?map|binary search"))
-_MATH_TASK = (_words("solve calculate compute equation equations integral integrate derivative differentiate "
-                     "probability matrix eigenvalue eigenvalues eigenvector eigenvectors vector polynomial prime "
-                     "factorise factorize divisible modulo logarithm series geometry triangle circle angle algebra "
-                     "arithmetic percent percentage ratio combinatorics combinatorial inequality theorem lemma"),
-              re.compile(r"expected value|sum of|product of|limit of|how many ways"))
-_REASON = (_words("prove proof proofs derive derivation rigorous rigorously deduce justify puzzle riddle "
-                  "counterexample lemma theorem induction contradiction formally"),
-           re.compile(r"show that|step by step|step-by-step"))
-_EXPLAIN = (_words("explain describe advice recommend suggest tips ideas compare contrast analyse analyze analysis "
-                   "evaluate critique assess design plan strategy optimise optimize tradeoff tradeoffs"),
-            re.compile(r"how (?:do|does|can|should|would|to)|what are (?:the|some)|tell me about|difference between|"
-                       r"help me|should i|best way|pros and cons|trade-offs?|why (?:does|is|do|are)|what would happen"))
-_CONSTRAINT_WORDS = _words("must should exactly without only never always include including exclude avoid ensure "
-                           "limit maximum minimum words sentences paragraphs bullet table format json markdown steps "
-                           "each every both")
-_CONSTRAINT_PHRASES = re.compile(r"at least|at most|no more than|no less than|fewer than|less than|more than|do not|"
-                                 r"don't|make sure|all of")
+_REWRITE = (
+    _words(
+        "rewrite rephrase paraphrase reword translate translation summarise summarize summary tldr "
+        "proofread grammar shorten simplify condense extract classify categorise categorize sentiment"
+    ),
+    re.compile(
+        r"re-write|tl;dr|correct (?:the|this|my|any)|fix (?:the |my )?(?:grammar|spelling|typos)|"
+        r"make (?:it|this) (?:more|less|shorter|longer|formal|casual)|convert (?:this|the|it)|"
+        r"label (?:the|each|this)|list the|bullet points"
+    ),
+)
+_CREATIVE = (
+    _words(
+        "poem poetry haiku sonnet limerick verse rhyme lyrics song story stories tale fable fiction novel "
+        "screenplay dialogue joke pun riddle slogan tagline toast speech essay letter email tweet blog "
+        "caption bio advert imagine pretend roleplay creative"
+    ),
+    re.compile(
+        r"script for|post about|cover letter|product description|e-mail|role-play|act as|"
+        r"in the style of"
+    ),
+)
+_CODE = (
+    _words(
+        "python javascript typescript java golang rust kotlin swift php ruby perl scala haskell bash shell "
+        "powershell sql html css regex regexp json yaml xml react vue angular django flask node nodejs pandas "
+        "numpy pytorch tensorflow docker kubernetes git api apis sdk sdks function functions method methods "
+        "class classes variable variables compile compiles compiled compiling compiler compilers runtime "
+        "debug debugging debugger bug bugs error errors exception exceptions traceback segfault script "
+        "scripts program programs programming code coding implement implements implemented implementing "
+        "implementation algorithm algorithms refactor refactoring endpoint endpoints database databases "
+        "query queries threads concurrent concurrency concurrently mutex async template templates templated "
+        "recursion recursive"
+    ),
+    re.compile(
+        r"```|(?<![\w+#])(?:c\+\+|c#|f#)(?![\w+#])|stack trace|unit tests?|thread-?safe|"
+        r"data structures?|linked list|hash ?map|binary search"
+    ),
+)
+_MATH_TASK = (
+    _words(
+        "solve calculate compute equation equations integral integrate derivative differentiate "
+        "probability matrix eigenvalue eigenvalues eigenvector eigenvectors vector polynomial prime "
+        "factorise factorize divisible modulo logarithm series geometry triangle circle angle algebra "
+        "arithmetic percent percentage ratio combinatorics combinatorial inequality theorem lemma"
+    ),
+    re.compile(r"expected value|sum of|product of|limit of|how many ways"),
+)
+_REASON = (
+    _words(
+        "prove proof proofs derive derivation rigorous rigorously deduce justify puzzle riddle "
+        "counterexample lemma theorem induction contradiction formally"
+    ),
+    re.compile(r"show that|step by step|step-by-step"),
+)
+_EXPLAIN = (
+    _words(
+        "explain describe advice recommend suggest tips ideas compare contrast analyse analyze analysis "
+        "evaluate critique assess design plan strategy optimise optimize tradeoff tradeoffs"
+    ),
+    re.compile(
+        r"how (?:do|does|can|should|would|to)|what are (?:the|some)|tell me about|difference between|"
+        r"help me|should i|best way|pros and cons|trade-offs?|why (?:does|is|do|are)|what would happen"
+    ),
+)
+_CONSTRAINT_WORDS = _words(
+    "must should exactly without only never always include including exclude avoid ensure "
+    "limit maximum minimum words sentences paragraphs bullet table format json markdown steps "
+    "each every both"
+)
+_CONSTRAINT_PHRASES = re.compile(
+    r"at least|at most|no more than|no less than|fewer than|less than|more than|do not|"
+    r"don't|make sure|all of"
+)
 
 
 def _kind(cues: tuple[frozenset[str], re.Pattern[str]], terms: frozenset[str], head: str) -> bool:
@@ -213,7 +258,7 @@ def _last_shot(task: str) -> tuple[str, int]:
     shots = list(_SHOT.finditer(task))
     if len(shots) < 2:
         return task, 0
-    return task[shots[-1].end():].lstrip(), len(shots) - 1
+    return task[shots[-1].end() :].lstrip(), len(shots) - 1
 
 
 def extract(
@@ -238,17 +283,30 @@ def extract(
     letters = sum(map(len, words)) or 1
     non_ascii = 0.0 if low.isascii() else sum(len(w) for w in words if not w.isascii()) / letters
     head = low[:KIND_HEAD]
-    head_terms = terms if len(low) <= KIND_HEAD else frozenset(
-        head.translate(_NOT_LETTER).split() if head.isascii() else _WORD.findall(head))
+    head_terms = (
+        terms
+        if len(low) <= KIND_HEAD
+        else frozenset(head.translate(_NOT_LETTER).split() if head.isascii() else _WORD.findall(head))
+    )
     short = n_words <= 12
     arithmetic = n_words <= 8 and _ARITH.match(low) is not None
     greeting = short and _GREETING.match(low) is not None
     lookup = n_words <= 25 and not arithmetic and _LOOKUP.match(low) is not None and count("\n") <= 1
     code = _kind(_CODE, terms, head)
     sentences = len(_SENT.findall(task))
-    trivial = greeting or arithmetic or (
-        lookup and n_words <= TRIVIAL_WORDS and prompt.turns == 1 and not code and not any(map(task.__contains__, _DIGITS))
-        and sentences <= 1 and not shots)
+    trivial = (
+        greeting
+        or arithmetic
+        or (
+            lookup
+            and n_words <= TRIVIAL_WORDS
+            and prompt.turns == 1
+            and not code
+            and not any(map(task.__contains__, _DIGITS))
+            and sentences <= 1
+            and not shots
+        )
+    )
     mt = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
     dense = (
         math.log1p(n_chars),
@@ -293,7 +351,7 @@ _I_HARD = tuple(DENSE_NAMES.index(n) for n in ("k_code", "k_math", "k_reasoning"
 
 
 def task_class(features: Features) -> str:
-    """"trivial", "hard" (code, maths, multi-step reasoning, a multiple-choice question) or "chat":
+    """ "trivial", "hard" (code, maths, multi-step reasoning, a multiple-choice question) or "chat":
     the classes the energy service learns reasoning lengths for (energy/counterfactual.py)."""
     d = features.dense
     if d[_I_TRIVIAL]:
@@ -401,4 +459,6 @@ def _has_schema(body: Mapping[str, Any]) -> bool:
     fmt = body.get("response_format")
     if isinstance(fmt, Mapping) and fmt.get("type") in ("json_schema", "json_object"):
         return True
-    return any(body.get(k) for k in ("guided_json", "guided_regex", "guided_grammar", "guided_choice", "structured_outputs"))
+    return any(
+        body.get(k) for k in ("guided_json", "guided_regex", "guided_grammar", "guided_choice", "structured_outputs")
+    )

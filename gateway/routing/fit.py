@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.routing.features import DENSE_NAMES, Features
+from gateway.routing.features import Features
 
 CLIP_Q = 0.001  # dense features are clipped to their 0.1%..99.9% training quantiles
 MIN_DF = 3  # a word must appear in this many training prompts to get a weight
@@ -72,7 +72,7 @@ class Design:
     scale: Any  # how far outside the clip range counts as one unit of unfamiliarity (std; 1 for unseen features)
 
     @classmethod
-    def of_artefact(cls, spec: dict) -> "Design":
+    def of_artefact(cls, spec: dict) -> Design:
         """A shipped artefact's own design, in its raw units (no standardisation): its words and clip range."""
         np, _, _ = _np()
         n = len(spec["dense_names"])
@@ -80,7 +80,7 @@ class Design:
                    np.array(spec["dense_scale"], dtype=float))
 
     @classmethod
-    def build(cls, feats: Sequence[Features], min_df: int = MIN_DF) -> "Design":
+    def build(cls, feats: Sequence[Features], min_df: int = MIN_DF) -> Design:
         np, _, _ = _np()
         df: dict[str, int] = {}
         for f in feats:
@@ -164,7 +164,8 @@ def fit_sensitivity(feats: Sequence[Features], obs: Observations, design: Design
     p, g, delta, y, wt = obs.prompt, obs.group, obs.delta, obs.y, obs.weight
     wsum = wt.sum()
     # start each group's scale at its mean gap per unit delta
-    c0 = np.array([math.log(max(1e-3, float((wt[g == k] * y[g == k]).sum() / max((wt[g == k] * delta[g == k]).sum(), 1e-9))))
+    c0 = np.array([math.log(max(1e-3, float((wt[g == k] * y[g == k]).sum()
+                                            / max((wt[g == k] * delta[g == k]).sum(), 1e-9))))
                    for k in range(ng)])
     w0 = np.zeros(nd + nt)
     if prior is not None:
@@ -177,7 +178,8 @@ def fit_sensitivity(feats: Sequence[Features], obs: Observations, design: Design
         yh = np.exp(np.clip(c[g] + z[p], -20, 5)) * delta
         r = yh - y
         dw = w - w0
-        f = float((wt * r * r).sum()) / wsum + (l2_dense * (dw[:nd] @ dw[:nd]) + l2_terms * (dw[nd:] @ dw[nd:])) / len(feats)
+        f = (float((wt * r * r).sum()) / wsum
+             + (l2_dense * (dw[:nd] @ dw[:nd]) + l2_terms * (dw[nd:] @ dw[nd:])) / len(feats))
         dr = 2 * wt * r * yh / wsum  # d loss / d (c_g + z)
         gc = np.bincount(g, weights=dr, minlength=ng)
         gz = np.bincount(p, weights=dr, minlength=X.shape[0])
@@ -187,7 +189,7 @@ def fit_sensitivity(feats: Sequence[Features], obs: Observations, design: Design
         return f, np.concatenate([gc, gw])
 
     v0 = np.concatenate([c0, w0])
-    bounds = [(None, None)] * (ng + nd + nt)
+    bounds: list[tuple[float | None, float | None]] = [(None, None)] * (ng + nd + nt)
     for j in nonnegative:
         bounds[ng + j] = (0.0, None)
     res = optimize.minimize(loss, v0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iter})

@@ -75,7 +75,8 @@ def load_labelled(path: Path, models: dict[str, ModelConfig]) -> Labelled:
                 r = json.loads(line)
                 scores = {str(k): float(v) for k, v in r["scores"].items()}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise SystemExit(f"{path}:{n}: expected {{\"messages\"|\"prompt\": ..., \"scores\": {{model: 0..1}}}}: {exc}")
+                raise SystemExit(f"{path}:{n}: expected {{\"messages\"|\"prompt\": ..., "
+                                 f"\"scores\": {{model: 0..1}}}}: {exc}") from exc
             if not all(0.0 <= v <= 1.0 for v in scores.values()):
                 raise SystemExit(f"{path}:{n}: scores must lie in [0, 1]")
             rows.append((prompt_of(r.get("messages"), r.get("prompt")), scores))
@@ -109,7 +110,7 @@ def _replay(losses, savings, target: float, price: float, window: int):
     return np.array(picks), prices[-1] if prices else price
 
 
-def outcome(data: Labelled, rows, pick, model: AdequacyModel) -> dict[str, float]:
+def outcome(data: Labelled, rows, pick, model: AdequacyModel) -> dict[str, Any]:
     """Quality kept and energy saved (per token, ML.ENERGY law of the artefact) against always-top."""
     import numpy as np
 
@@ -196,7 +197,8 @@ def run(data_path: Path, out: Path, models: dict[str, ModelConfig], mode: str = 
     random.Random(0).shuffle(order)
     k = int(round(holdout * n))
     test, train = sorted(order[:k]), sorted(order[k:])
-    log(f"{n} prompts, models by ability: " + ", ".join(f"{m} ({t.ability_b:.1f})" for m, t in zip(data.models, data.tiers))
+    log(f"{n} prompts, models by ability: "
+        + ", ".join(f"{m} ({t.ability_b:.1f})" for m, t in zip(data.models, data.tiers))
         + (f"; {len(test)} held out" if test else ""))
     if mode == "full":
         model = _with_weights(model, *fit_weights(model, data, np.array(train), l2))
@@ -206,9 +208,10 @@ def run(data_path: Path, out: Path, models: dict[str, ModelConfig], mode: str = 
     for key in ("intercept", "mc_intercept"):
         spec["sensitivity"][key] = float(spec["sensitivity"][key]) + shift
     spec["quality"]["price"] = round(price, 4)
-    refit = {"mode": mode, "data": str(data_path), "data_sha256_16": hashlib.sha256(data_path.read_bytes()).hexdigest()[:16],
-             "prompts": n, "models": data.models, "keep": keep, "shift": shift, "base_version": model.version,
-             "fit": res}
+    refit: dict[str, Any] = {
+        "mode": mode, "data": str(data_path), "data_sha256_16": hashlib.sha256(data_path.read_bytes()).hexdigest()[:16],
+        "prompts": n, "models": data.models, "keep": keep, "shift": shift, "base_version": model.version,
+        "fit": res}
     fitted = AdequacyModel({**spec, "metadata": {**spec.get("metadata", {}), "refit": refit}})
     if test:
         losses, savings = _trades(fitted, data, np.array(test), 0.0)

@@ -4,9 +4,10 @@ For ``auto`` the router sends each request to the smallest tier that will answer
 well as the top tier would, for the energy it saves (the learned model in ``adequacy.py``:
 quality a tier gives up, from the request's size sensitivity and the tiers' abilities,
 weighed against the energy it saves), among the models that can hold the request
-(prompt + max_tokens within ``max_model_len``) and have a healthy backend. A saturated tier (every backend's queue at ``saturated_waiting``) spills
-up a tier when the config says so. An explicit model name is honoured; the router still
-works out what it would have picked, so policy can nudge toward it.
+(prompt + max_tokens within ``max_model_len``) and have a healthy backend. A saturated tier
+(every backend's queue at ``saturated_waiting``) spills up a tier when the config says so. An
+explicit model name is honoured; the router still works out what it would have picked, so policy
+can nudge toward it.
 
 The router only decides; it sends nothing.
 """
@@ -260,11 +261,19 @@ class Router:
             model = _prefer_reasoning_fit(healthy, reasoning)
             if i == len(tiers) - 1 or rs.losses[i] <= 0.0:
                 below = rs.adequacy[allowed[-2]] if len(allowed) > 1 else 1.0
-                reason = (f"tier {tier}: no smaller tier's energy saving is worth its predicted loss (adequacy of the "
-                          f"next tier down {below:.2f} at quality price {price:.3g})") if i == best else f"tier {tier}"
+                reason = (
+                    (
+                        f"tier {tier}: no smaller tier's energy saving is worth its predicted loss (adequacy of the "
+                        f"next tier down {below:.2f} at quality price {price:.3g})"
+                    )
+                    if i == best
+                    else f"tier {tier}"
+                )
             else:
-                reason = (f"tier {tier}: predicted adequacy {rs.adequacy[i]:.2f} for {rs.savings[i]:.0%} less energy "
-                          f"(quality price {price:.3g})")
+                reason = (
+                    f"tier {tier}: predicted adequacy {rs.adequacy[i]:.2f} for {rs.savings[i]:.0%} less energy "
+                    f"(quality price {price:.3g})"
+                )
             if spilled:
                 reason += " (smaller tier saturated)"
             elif i != best:

@@ -151,8 +151,9 @@ class _UvicornListener(Listener):
         config = server.config
 
         def create_protocol(_loop=None):
+            # uvicorn types http_protocol_class as type[asyncio.Protocol]; its HTTP protocols take these arguments
             return config.http_protocol_class(
-                config=config, server_state=server.server_state, app_state=server.lifespan.state, _loop=_loop
+                config=config, server_state=server.server_state, app_state=server.lifespan.state, _loop=_loop  # type: ignore[call-arg]
             )
 
         async def serve() -> None:

@@ -229,6 +229,7 @@ class Engine:
         if len(self.records) > self.keep_records:
             self._evict()
         self.waiting.append(seq)
+        assert self._wake is not None, "submit() before start()"
         self._wake.set()
         return seq
 
@@ -275,7 +276,7 @@ class Engine:
             "counter_j": self.meter.energy_at(tick(now)),
             "idle_j": self.idle_j,
             "requests": {
-                rid: dict(zip(ROW_FIELDS, row if type(row) is tuple else row.row()))
+                rid: dict(zip(ROW_FIELDS, row if isinstance(row, tuple) else row.row()))
                 for rid, row in self.records.items()
             },
             "evicted": {"count": self.evicted_n, "joules": self.evicted_j},
@@ -295,6 +296,7 @@ class Engine:
 
     # --- the loop -----------------------------------------------------------------------------
     async def _run(self) -> None:
+        assert self._wake is not None  # set by start(), which runs this
         while True:
             if not self.running and not self.waiting:
                 self._wake.clear()

@@ -17,6 +17,7 @@ import base64
 import os
 import struct
 import time
+from typing import Any
 
 import orjson
 
@@ -335,7 +336,7 @@ class Generation:
         if not await self.wait_done(seq, receive):
             return
         reasoning, content = plan.texts(0, seq.n_out)
-        message = {
+        message: dict[str, Any] = {
             "role": "assistant",
             "content": content,
             "refusal": None,
@@ -454,6 +455,7 @@ class Generation:
         data = []
         for index, item in enumerate(inputs):
             vector = text.embedding_vector(item if isinstance(item, str) else repr(item), self.cfg.embedding_dim)
+            value: str | list[float]
             if encoding == "base64":
                 value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             else:

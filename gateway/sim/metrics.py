@@ -10,6 +10,7 @@ what vLLM's own ``prometheus_client`` registry produces. Names and buckets follo
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -31,7 +32,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
     """1, 2, 5, 10, 20, 50, … up to ``max_value`` (vLLM's token-count buckets)."""
-    buckets, exponent = [], 0
+    buckets: list[int] = []
+    exponent = 0
     while True:
         for mantissa in (1, 2, 5):
             value = mantissa * 10**exponent
@@ -44,7 +46,7 @@ def build_1_2_5_buckets(max_value: int) -> list[int]:
 class Histogram:
     __slots__ = ("bounds", "counts", "sum", "count")
 
-    def __init__(self, bounds: list[float]) -> None:
+    def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
         self.sum = 0.0

@@ -86,7 +86,9 @@ class StepModel(Protocol):
 
     def prefill_time(self, chunk: int, start: int) -> float: ...
 
-    def step(self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float) -> tuple[float, float, list[float]]: ...
+    def step(
+        self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float
+    ) -> tuple[float, float, list[float]]: ...
 
 
 def kv_bytes_per_token(params_b: float) -> float:
@@ -131,12 +133,18 @@ class CostModel:
         return t, e * scale, decode_a, W_DECODE * self.t_ctx * scale, fixed_share, W_PREFILL * scale
 
 
-    def step(self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float) -> tuple[float, float, list[float]]:
+    def step(
+        self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float
+    ) -> tuple[float, float, list[float]]:
         """The engine's interface (as ``roofline.RooflineModel.step``): seconds, joules, and each
         sequence's share (decode first, then prompt chunks), by this model's additive split."""
         prefill_times = [self.prefill_time(chunk, start) for chunk, start in prefill]
-        t, energy, dec_a, dec_b, fixed_share, prefill_watts = self.price(len(decode_ctxs), sum(decode_ctxs), prefill_times)
-        shares = [dec_a + dec_b * ctx for ctx in decode_ctxs] + [fixed_share + prefill_watts * d for d in prefill_times]
+        t, energy, dec_a, dec_b, fixed_share, prefill_watts = self.price(
+            len(decode_ctxs), sum(decode_ctxs), prefill_times
+        )
+        shares = [dec_a + dec_b * ctx for ctx in decode_ctxs] + [
+            fixed_share + prefill_watts * d for d in prefill_times
+        ]
         return t, energy, shares
 
 

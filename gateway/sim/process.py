@@ -117,11 +117,12 @@ def start_sim(args: list[str], timeout: float = 15.0, env: dict[str, str] | None
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), child_env.get("PYTHONPATH")) if p)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
-    stderr_file = tempfile.TemporaryFile()
+    stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (SimProcess owns it; closed on exit or a failed start)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, stdin=subprocess.DEVNULL, env=child_env)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:  # keeps reading so the child never blocks on a full pipe
+        assert proc.stdout is not None  # stdout=PIPE
         for raw in proc.stdout:
             lines.put(raw.decode(errors="replace"))
         lines.put(None)

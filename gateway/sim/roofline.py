@@ -151,7 +151,9 @@ class RooflineModel:
         static = min(energy, P_STATIC * t * self.gpus)
         return t, energy, static, u_c, u_m
 
-    def step(self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float) -> tuple[float, float, list[float]]:
+    def step(
+        self, decode_ctxs: list[int], prefill: list[tuple[int, int]], now: float
+    ) -> tuple[float, float, list[float]]:
         """Price a step: ``decode_ctxs`` the contexts of the decoding sequences, ``prefill`` the
         (chunk, start) of each prompt chunk. Returns (seconds, joules for the group, each
         sequence's share of the joules: decode first, then prefill, in the order given)."""
@@ -168,7 +170,9 @@ class RooflineModel:
         t, energy, _, u_c, u_m = self._parts(kv_total, cmp_total)
         noise = 1.0
         if self.noise:
-            noise = math.exp(self._rng.gauss(0.0, NOISE_SIGMA)) * (1.0 + THERMAL[0] * math.sin(2 * math.pi * now / THERMAL[1]))
+            noise = math.exp(self._rng.gauss(0.0, NOISE_SIGMA)) * (
+                1.0 + THERMAL[0] * math.sin(2 * math.pi * now / THERMAL[1])
+            )
         energy *= noise
         # usage accounting: power accrues with time. The overhead's time (launch, all-reduce) is
         # everybody's, equally; the roofs' time, static and dynamic power alike, goes by each

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -106,7 +107,9 @@ class SimApp:
             kv_capacity=kv_cache_capacity(cfg, self.cost),
             speed=cfg.speed,
         )
-        self.dcgm = DcgmCounters(cfg.gpus, GPUS[cfg.gpu], cfg.seed, cfg.dcgm_labels, jitter=cfg.power_model == "roofline")
+        self.dcgm = DcgmCounters(
+            cfg.gpus, GPUS[cfg.gpu], cfg.seed, cfg.dcgm_labels, jitter=cfg.power_model == "roofline"
+        )
         self.exporter = MetricsExporter(self.engine, cfg.served_model_names[0], self.version)
         self.faults = Faults()
         self.listener: Listener | None = None
@@ -115,7 +118,7 @@ class SimApp:
         self.in_flight = 0
         gen = self.generation
         get, post, both = ("GET",), ("POST",), ("GET", "POST")
-        self.routes = {
+        self.routes: dict[str, tuple[tuple[str, ...], Callable[..., Awaitable[None]]]] = {
             "/v1/chat/completions": (post, partial(self._generate, gen.chat)),
             "/v1/completions": (post, partial(self._generate, gen.completions)),
             "/v1/embeddings": (post, partial(self._generate, gen.embeddings)),
@@ -382,6 +385,7 @@ class SimApp:
                 if fault.mode == "engine_dead":
                     self.engine.kill()
                 elif fault.mode == "refuse_connections":
+                    assert self.listener is not None, "refuse_connections needs the runner's listener"
                     self.listener.pause()
                     if fault.duration_s is not None:
                         loop = asyncio.get_running_loop()

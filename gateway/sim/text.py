@@ -199,7 +199,8 @@ def _build_corpus(
 ) -> tuple[list[str], list[int]]:
     """Pieces of a long text made of the sentences, and the piece index where each sentence starts."""
     rng = random.Random(seed)
-    pieces, starts = [], []
+    pieces: list[str] = []
+    starts: list[int] = []
     for i in range(n_sentences):
         starts.append(len(pieces))
         pieces += tokenize(rng.choice(sentences))
@@ -317,7 +318,8 @@ class OutputPlan:
         return natural
 
     def texts(self, i: int, j: int) -> tuple[str, str]:
-        reasoning, content = [], []
+        reasoning: list[str] = []
+        content: list[str] = []
         start = 0
         for index, (kind, count, corpus, offset) in enumerate(self.segments):
             end = start + count

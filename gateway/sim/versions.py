@@ -64,7 +64,9 @@ class VllmVersion:
         inner = body["error"] if self.nested_errors else body
         return f"data: {json.dumps({'error': inner})}\n\n".encode()
 
-    def context_length_error(self, prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> tuple[str, str]:
+    def context_length_error(
+        self, prompt_tokens: int, max_tokens: int | None, max_model_len: int
+    ) -> tuple[str, str | None]:
         """``(message, param)`` for a request that does not fit the context window."""
         n = max_model_len
         if not self.nested_errors:

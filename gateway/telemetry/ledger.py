@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -402,7 +402,8 @@ class Ledger:
         where, args = self._where(key, team, model, since, until)
         sql = (
             f"SELECT {column} AS grp, COUNT(*) AS requests, "
-            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
+            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+            "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
             "COALESCE(SUM(energy_j), 0) AS energy_j, COALESCE(SUM(co2e_g), 0) AS co2e_g, SUM(usd) AS usd, "
             "SUM(energy_source = 'estimated') AS estimated, SUM(reasoning) AS reasoning "
             f"FROM requests{where} GROUP BY {column} ORDER BY energy_j DESC"
@@ -412,7 +413,7 @@ class Ledger:
             result = conn.execute(sql, args).fetchall()
         finally:
             conn.close()
-        return [{by: r["grp"], **{k: r[k] for k in r.keys() if k != "grp"}} for r in result]
+        return [{by: r["grp"], **{k: r[k] for k in r.keys() if k != "grp"}} for r in result]  # noqa: SIM118 - Row iterates values
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -432,7 +433,7 @@ def parse_when(value: str, now: float | None = None) -> float:
     except ValueError:
         raise ValueError(f"{value!r} is not unix seconds, an ISO 8601 time or a duration like 24h") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 

@@ -83,7 +83,9 @@ class Metrics:
         )
 
         # --- backends
-        self.backend_up = Gauge("gateway_backend_up", "1 when the backend's /health answers 200", ["backend"], registry=r)
+        self.backend_up = Gauge(
+            "gateway_backend_up", "1 when the backend's /health answers 200", ["backend"], registry=r
+        )
         self.backend_waiting = Gauge(
             "gateway_backend_requests_waiting", "vllm:num_requests_waiting as last read", ["backend"], registry=r
         )
@@ -137,7 +139,9 @@ class Metrics:
             "gateway_budget_used_ratio", "Share of a budget used this period", ["scope", "name", "unit"], registry=r
         )
         self.budget_exceeded = Counter(
-            "gateway_budget_exceeded", "Requests that hit a hard budget limit, by action", ["scope", "name", "action"],
+            "gateway_budget_exceeded",
+            "Requests that hit a hard budget limit, by action",
+            ["scope", "name", "action"],
             registry=r,
         )
 
@@ -161,14 +165,18 @@ class Metrics:
             ["model_name", "team", "source"],
             registry=r,
         )
-        self.gpu_power = Gauge("gateway_gpu_power_watts", "GPU power per backend (all its GPUs)", ["backend"], registry=r)
+        self.gpu_power = Gauge(
+            "gateway_gpu_power_watts", "GPU power per backend (all its GPUs)", ["backend"], registry=r
+        )
         self.tokens_per_joule = Gauge(
             "gateway_tokens_per_joule", "Generated tokens per joule over the last minute", ["model_name"], registry=r
         )
         self.co2e = Counter(
             "gateway_co2e_grams", "CO2-equivalent of attributed energy", ["model_name", "team"], registry=r
         )
-        self.cost = Counter("gateway_cost_usd", "Money the requests cost, by model and team", ["model_name", "team"], registry=r)
+        self.cost = Counter(
+            "gateway_cost_usd", "Money the requests cost, by model and team", ["model_name", "team"], registry=r
+        )
         self.energy_saved = Counter(
             "gateway_energy_saved_joules",
             "Estimated counterfactual energy saved: by routing (the same tokens on the model asked for, or the top "

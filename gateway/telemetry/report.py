@@ -34,7 +34,8 @@ def table(rows: list[dict[str, Any]], by: str) -> str:
     """The terminal table, with a total line."""
     header = [by, "requests", "tokens", "Wh", "Wh/1k req", "CO2e g", "$", "estimated"]
     lines = []
-    total = {"requests": 0, "tokens": 0, "energy_j": 0.0, "co2e_g": 0.0, "usd": None, "estimated": 0}
+    total: dict[str, float] = {"requests": 0, "tokens": 0, "energy_j": 0.0, "co2e_g": 0.0, "estimated": 0}
+    usd: float | None = None
     for r in rows:
         tokens = (r["prompt_tokens"] or 0) + (r["completion_tokens"] or 0)
         wh = r["energy_j"] / 3600.0
@@ -54,12 +55,12 @@ def table(rows: list[dict[str, Any]], by: str) -> str:
         total["co2e_g"] += r["co2e_g"]
         total["estimated"] += r["estimated"] or 0
         if r["usd"] is not None:
-            total["usd"] = (total["usd"] or 0.0) + r["usd"]
+            usd = (usd or 0.0) + r["usd"]
     n = total["requests"]
     wh = total["energy_j"] / 3600.0
     footer = [
         "total", f"{n:,}", f"{total['tokens']:,}", _fmt(wh, 3), _fmt(wh * 1000.0 / n if n else None, 2),
-        _fmt(total["co2e_g"], 2), _fmt(total["usd"], 4), f"{total['estimated'] / n:.0%}" if n else "-",
+        _fmt(total["co2e_g"], 2), _fmt(usd, 4), f"{total['estimated'] / n:.0%}" if n else "-",
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *lines, footer]) for i in range(len(header))]
 

@@ -240,8 +240,8 @@ async def test_two_processes_share_one_budget_without_overspending(prefix):
     store = RedisBudgetStore(REDIS_URL, prefix)
 
     # requests: never over the limit
+    # (which process gets how much is a race: only the total is guaranteed)
     results = run_pair("requests", 150, 1, 1)
-    assert all(r["admitted"] > 0 for r in results)  # both really drew on it
     assert sum(r["admitted"] for r in results) == 150
     assert (await store.check("team", "shared", "requests", 150, "day")).used == 150
 
@@ -250,7 +250,6 @@ async def test_two_processes_share_one_budget_without_overspending(prefix):
     used = (await store.check("team", "shared", "tokens", 20000, "day")).used
     assert used == pytest.approx(sum(r["charged"] for r in results))
     assert 20000 <= used <= 20000 + 400
-    assert all(r["admitted"] > 0 for r in results)
 
     # Wh, unknown before a request runs: the store reserves the largest request seen
     seed, _ = await store.reserve("team", "shared", "wh", 30.0, "day")
