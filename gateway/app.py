@@ -15,6 +15,7 @@ import aiohttp
 from gateway.api.health import HealthEndpoints
 from gateway.api.http import BodyBudget, Receive, Router, Scope, Send
 from gateway.api.openai import OpenAIEndpoints
+from gateway.api.parts import Parts
 from gateway.config import Config
 from gateway.context import RequestContext
 from gateway.policy.keys import KeyRing
@@ -129,8 +130,13 @@ class Gateway:
         self.policy = PolicyEngine(self.policy_store, self.config.keys, self.budgets, self.metrics)
 
     def _routes(self) -> Router:
-        api = OpenAIEndpoints(self)
-        health = HealthEndpoints(self)
+        parts = Parts(
+            config=self.config, keys=self.keys, body_budget=self.body_budget, policy=self.policy,
+            router=self.router, catalog=self.catalog, pool=self.pool, proxy=self.proxy, energy=self.energy,
+            recorder=self.recorder, metrics=self.metrics,
+        )  # fmt: skip
+        api = OpenAIEndpoints(parts)
+        health = HealthEndpoints(parts)
         routes = Router()
         routes.add("/v1/chat/completions", api.chat, ("POST",))
         routes.add("/v1/completions", api.completions, ("POST",))

@@ -2,7 +2,8 @@
 
 ``api`` creates it from the HTTP request, ``policy`` fills in what the policy decided,
 ``routing`` where the request goes, ``proxy`` what happened upstream, and ``telemetry`` /
-``energy`` read it at the end. Each stage writes only its own fields; nothing flows back up.
+``energy`` read it at the end. The fields are grouped by the stage that writes them; the few
+that two stages still write are listed in CONTRIBUTING.md ("Who writes which context field").
 
 It is a plain slotted object: it is created for every request and touched per streamed
 chunk (``gen_tokens_seen``), so it must stay cheap.
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the context carries the policy's plan; it never calls it
+    from gateway.policy.nudges import Plan
 
 
 @dataclass(slots=True)
@@ -74,7 +78,7 @@ class RequestContext:
     nudges: list[Nudge] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)  # e.g. "reasoning:off", "max_tokens:cap"
     response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
-    policy_plan: Any = None  # the policy's Plan from admit(); feedback() settles its budgets from it
+    policy_plan: Plan | None = None  # the policy's Plan from admit(); feedback() settles its budgets from it
 
     # --- routing
     requested_model: str = ""

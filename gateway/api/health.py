@@ -17,15 +17,16 @@ the main port cannot expose it.
 from __future__ import annotations
 
 from gateway.api.http import Request
+from gateway.api.parts import Parts
 from gateway.errors import GatewayError
 
 
 class HealthEndpoints:
-    def __init__(self, gateway) -> None:
-        self.gw = gateway  # gateway.app.Gateway
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     def on_admin_port(self, request: Request) -> bool:
-        port = self.gw.config.server.admin_port
+        port = self.parts.config.server.admin_port
         server = request.scope.get("server")
         return port is not None and server is not None and server[1] == port
 
@@ -33,9 +34,9 @@ class HealthEndpoints:
         """Whether this request may see the operator's details (raises 401 for a bad key)."""
         if self.on_admin_port(request):
             return True
-        keys = self.gw.keys
+        keys = self.parts.keys
         if not keys.required:
-            return self.gw.config.server.admin_port is None
+            return self.parts.config.server.admin_port is None
         return keys.authenticate(request.headers).admin
 
     async def healthz(self, request: Request) -> None:
@@ -44,7 +45,7 @@ class HealthEndpoints:
 
     async def readyz(self, request: Request) -> None:
         """Ready only when at least one backend is healthy; the details for operators only."""
-        ready = self.gw.pool.any_healthy()
+        ready = self.parts.pool.any_healthy()
         payload: dict = {"status": "ready" if ready else "not ready"}
         try:
             show = self.operator(request)
@@ -53,18 +54,18 @@ class HealthEndpoints:
         if show:
             payload["backends"] = {
                 b.name: {"healthy": b.healthy, "models": list(b.models), "waiting": b.waiting, "error": b.last_error}
-                for b in self.gw.pool.backends
+                for b in self.parts.pool.backends
             }
         await request.json(200 if ready else 503, payload)
 
     async def metrics(self, request: Request) -> None:
         try:
-            if self.gw.config.server.admin_port is not None and not self.on_admin_port(request):
+            if self.parts.config.server.admin_port is not None and not self.on_admin_port(request):
                 raise GatewayError(404, f"Unknown path {request.path}", code="unknown_url")
             if not self.operator(request):
                 raise GatewayError(403, "Reading metrics needs an admin key.", code="permission_denied")
         except GatewayError as err:
             await request.error(err)
             return
-        body, content_type = self.gw.metrics.render()
+        body, content_type = self.parts.metrics.render()
         await request.respond(200, body, content_type.encode())

@@ -17,11 +17,12 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.api.http import JSON, ClientLeft, Request, encode_headers
+from gateway.api.parts import Parts
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
@@ -30,6 +31,10 @@ from gateway.proxy import sse
 from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
 from gateway.telemetry.ids import request_id
+
+if TYPE_CHECKING:  # the policy module is imported only when policy is on
+    from gateway.policy.nudges import Plan
+    from gateway.routing.router import Route
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -58,6 +63,26 @@ def _release_inputs(ctx: RequestContext) -> None:
     """
     ctx.body = ctx.headers = ctx.response_headers = _NOTHING  # type: ignore[assignment]
     ctx.policy_plan = None
+
+
+class _Unshaped:
+    """What ``policy.shape`` changes on the context, as it was before: a failover to another
+    model restores it and shapes again."""
+
+    __slots__ = ("nudges", "actions", "headers")
+
+    def __init__(self, nudges: int, actions: int, headers: dict[str, str]) -> None:
+        self.nudges, self.actions, self.headers = nudges, actions, headers
+
+    @classmethod
+    def of(cls, ctx: RequestContext) -> _Unshaped:
+        return cls(len(ctx.nudges), len(ctx.actions), dict(ctx.response_headers))
+
+    def restore(self, ctx: RequestContext, raw: bytes, check: Callable[[dict], None]) -> None:
+        del ctx.nudges[self.nudges :], ctx.actions[self.actions :]
+        ctx.response_headers = dict(self.headers)
+        ctx.body = parse_json_object(raw)  # the client's own body again (shape edited the old one)
+        check(ctx.body)
 
 
 class DisconnectWatch:
@@ -105,8 +130,8 @@ class DisconnectWatch:
 
 
 class OpenAIEndpoints:
-    def __init__(self, gateway) -> None:
-        self.gw = gateway  # gateway.app.Gateway: the parts, wired
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     # ------------------------------------------------------------------ endpoints
 
@@ -121,13 +146,13 @@ class OpenAIEndpoints:
 
     async def models(self, request: Request) -> None:
         try:
-            self.gw.keys.authenticate(request.headers)  # the same keys as generation (OpenAI: 401)
+            self.parts.keys.authenticate(request.headers)  # the same keys as generation (OpenAI: 401)
         except GatewayError as err:
             await request.error(err)
             return
         now = int(time.time())
-        data = [m.card(now) for m in sorted(self.gw.catalog.models.values(), key=lambda m: (m.rank, m.name))]
-        for alias, target in self.gw.config.routing.aliases.items():
+        data = [m.card(now) for m in sorted(self.parts.catalog.models.values(), key=lambda m: (m.rank, m.name))]
+        for alias, target in self.parts.config.routing.aliases.items():
             data.append(
                 {"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target}
             )
@@ -138,7 +163,7 @@ class OpenAIEndpoints:
     async def generate(self, request: Request, endpoint: str, path: str, check: Callable[[dict], None]) -> None:
         ctx: RequestContext | None = None
         watch: DisconnectWatch | None = None
-        gw = self.gw
+        gw = self.parts
         server = gw.config.server
         gw.metrics.inflight.inc()
         try:
@@ -201,9 +226,10 @@ class OpenAIEndpoints:
                     ctx.finished = time.monotonic()
                 if ctx.status == 0:
                     ctx.status = 499 if ctx.outcome == "client_disconnect" else 500
-                awaiting = gw.energy is not None and ctx.upstream_request_id is not None
-                if awaiting and ctx.energy is None:  # stopped before finish(): still account its energy
-                    ctx.energy = gw.energy.end(ctx)
+                energy = gw.energy
+                awaiting = energy is not None and ctx.upstream_request_id is not None
+                if energy is not None and awaiting and ctx.energy is None:  # stopped before finish()
+                    ctx.energy = energy.end(ctx)  # still account its energy
                 if gw.policy is not None:
                     await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
@@ -214,38 +240,18 @@ class OpenAIEndpoints:
         self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None],
         ident: Identity,
     ) -> None:  # fmt: skip
-        gw = self.gw
+        gw = self.parts
         policy = gw.policy
         plan = await policy.admit(ctx, ident) if policy is not None else None
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
-        after_admit = (len(ctx.nudges), len(ctx.actions), dict(ctx.response_headers))
-        if policy is not None and ctx.endpoint != "embeddings":
-            policy.shape(ctx, plan, route)
-        body = self._upstream_body(ctx)
+        unshaped = _Unshaped.of(ctx)
+        self._shape(ctx, plan, route)
         try:
-            upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+            upstream = await self._open(ctx, route, path)
         except GatewayError as err:
-            # Every backend of the routed model failed before sending a byte. A request the
-            # router placed ('auto') goes to the next tier that is up; a named model does not.
-            if err.status != 503 or ctx.endpoint == "embeddings" or gw.router.resolve(requested)[0] != "auto":
-                raise
-            failed = route.model.name
-            route = self._route(ctx, plan, requested)
-            if route.model.name == failed or not route.backends:
-                raise
-            route.reason = f"{failed} unreachable; {route.reason}"
-            ctx.route_reason = route.reason
-            # shape again from the client's own body: the new model may be of another family
-            nudges, actions, headers = after_admit
-            del ctx.nudges[nudges:], ctx.actions[actions:]
-            ctx.response_headers = dict(headers)
-            ctx.body = parse_json_object(raw)
-            check(ctx.body)
-            if policy is not None:
-                policy.shape(ctx, plan, route)
-            body = self._upstream_body(ctx)
-            upstream = await gw.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+            route = self._failover(err, ctx, plan, requested, route, unshaped, raw, check)
+            upstream = await self._open(ctx, route, path)
         try:
             if upstream.status >= 400:
                 raise await upstream_error(upstream)
@@ -256,8 +262,35 @@ class OpenAIEndpoints:
         finally:
             Proxy.done(upstream)
 
-    def _route(self, ctx: RequestContext, plan, requested: str):
-        gw = self.gw
+    def _shape(self, ctx: RequestContext, plan: Plan | None, route: Route) -> None:
+        policy = self.parts.policy
+        if policy is not None and plan is not None and ctx.endpoint != "embeddings":
+            policy.shape(ctx, plan, route)
+
+    async def _open(self, ctx: RequestContext, route: Route, path: str) -> Upstream:
+        body = self._upstream_body(ctx)
+        return await self.parts.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+
+    def _failover(
+        self, err: GatewayError, ctx: RequestContext, plan: Plan | None, requested: str, failed: Route,
+        unshaped: _Unshaped, raw: bytes, check: Callable[[dict], None],
+    ) -> Route:  # fmt: skip
+        """Every backend of the routed model failed before sending a byte. A request the router
+        placed ('auto') goes to the next tier that is up, shaped anew from the client's own body
+        (the new model may be of another family); a named model does not. Raises ``err`` when
+        there is nowhere else to go."""
+        if err.status != 503 or ctx.endpoint == "embeddings" or self.parts.router.resolve(requested)[0] != "auto":
+            raise err
+        route = self._route(ctx, plan, requested)
+        if route.model.name == failed.model.name or not route.backends:
+            raise err
+        route.reason = ctx.route_reason = f"{failed.model.name} unreachable; {route.reason}"
+        unshaped.restore(ctx, raw, check)
+        self._shape(ctx, plan, route)
+        return route
+
+    def _route(self, ctx: RequestContext, plan: Plan | None, requested: str) -> Route:
+        gw = self.parts
         started = time.perf_counter()
         if ctx.endpoint == "embeddings":
             route = gw.router.route_embedding(ctx, requested)
@@ -274,11 +307,7 @@ class OpenAIEndpoints:
         else:
             route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body)
         gw.metrics.route_seconds.observe(time.perf_counter() - started)
-        ctx.model = route.model.name
-        ctx.route_reason = route.reason
-        ctx.adequacy = route.adequacy
-        ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
-        gw.metrics.c_routes(requested, ctx.model, route.tier, route.reason.split(":")[0]).inc()
+        gw.metrics.c_routes(requested, route.model.name, route.tier, route.reason.split(":")[0]).inc()
         return route
 
     def _upstream_body(self, ctx: RequestContext) -> dict[str, Any]:
@@ -288,7 +317,7 @@ class OpenAIEndpoints:
             return body
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
             # vLLM would otherwise generate up to the whole remaining context.
-            body["max_tokens"] = self.gw.config.server.default_max_tokens
+            body["max_tokens"] = self.parts.config.server.default_max_tokens
             ctx.actions.append("max_tokens:default")
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         ctx.max_tokens = cap if isinstance(cap, int) else None
@@ -365,7 +394,7 @@ class OpenAIEndpoints:
 
     async def finish(self, ctx: RequestContext) -> dict[str, Any]:
         """Usage is known: account energy, let policy give feedback, say what to add to the answer."""
-        gw = self.gw
+        gw = self.parts
         ctx.finished = time.monotonic()
         usage = ctx.usage
         if ctx.reasoning_parts and ctx.backend is not None:

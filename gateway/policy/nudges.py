@@ -35,6 +35,7 @@ from gateway.policy.reasoning import apply_switch, client_reasoning_wish, parse_
 from gateway.policy.schema import Budget, Template
 from gateway.policy.social import SocialWindow
 from gateway.policy.store import EffectivePolicy, PolicyStore
+from gateway.routing.router import Route
 from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("gateway.policy")
@@ -57,7 +58,7 @@ class BudgetHold:
 
 @dataclass(frozen=True, slots=True)
 class RouteFacts:
-    """What shape() needs from the router's decision, whatever its Route looks like."""
+    """What shape() needs from the router's decision (``Route``), in the policy's terms."""
 
     model: str
     tier: str
@@ -71,39 +72,22 @@ class RouteFacts:
     smallest: bool = False  # its tier is the smallest served: nothing smaller to suggest
 
     @classmethod
-    def of(cls, route: Any) -> RouteFacts:
+    def of(cls, route: Route | RouteFacts) -> RouteFacts:
+        """The facts of the router's decision (tests may hand over the facts directly)."""
         if isinstance(route, RouteFacts):
             return route
-        m = route.model
-        friction = bool(getattr(route, "friction_applied", False)) or str(getattr(route, "reason", "")).startswith(
-            "friction"
-        )
-        if isinstance(m, str):  # a plain description: .model is the served name
-            return cls(
-                m,
-                route.tier,
-                getattr(route, "family", None),
-                getattr(route, "reasoning_kind", None) or "none",
-                getattr(route, "vllm_version", None),
-                getattr(route, "recommended_model", None),
-                getattr(route, "recommended_adequacy", None),
-                getattr(route, "params_b", None),
-                friction,
-                getattr(route, "rank", None) == 0,
-            )
-        rec = getattr(route, "recommended", None)
-        versions = [getattr(b, "vllm_version", None) for b in getattr(route, "backends", None) or ()]
+        m, rec = route.model, route.recommended
         return cls(
-            m.name,
-            m.tier,
-            m.family,
-            m.reasoning or "none",
-            _oldest(versions),
-            rec.name if rec is not None else None,
-            getattr(route, "recommended_adequacy", None),
-            m.params_b,
-            friction,
-            getattr(m, "rank", None) == 0,
+            model=m.name,
+            tier=m.tier,
+            family=m.family,
+            reasoning_kind=m.reasoning or "none",
+            vllm_version=_oldest([b.vllm_version for b in route.backends]),
+            recommended_model=rec.name if rec is not None else None,
+            recommended_adequacy=route.recommended_adequacy,
+            params_b=m.params_b,
+            friction_applied=route.friction_applied or route.reason.startswith("friction"),
+            smallest=m.rank == 0,
         )
 
 
@@ -317,7 +301,7 @@ class PolicyEngine:
 
     # ------------------------------------------------------------ shape
 
-    def shape(self, ctx: RequestContext, plan: Plan, route: Any) -> None:
+    def shape(self, ctx: RequestContext, plan: Plan, route: Route | RouteFacts) -> None:
         facts = plan.route = RouteFacts.of(route)
         p = plan.policy.policy
         body = ctx.body

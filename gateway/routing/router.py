@@ -48,6 +48,15 @@ class Route:
         return self.model.tier
 
 
+def _decided(ctx: RequestContext, route: Route) -> Route:
+    """Write the routing stage's fields of the context (a failover routes again and rewrites them)."""
+    ctx.model = route.model.name
+    ctx.route_reason = route.reason
+    ctx.adequacy = route.adequacy
+    ctx.counterfactual_model = route.counterfactual.name if route.counterfactual else None
+    return route
+
+
 def estimate_prompt_tokens(text: str) -> int:
     # ~4 characters per token for English; the exact count comes back in usage.
     return len(text) // 4 + 8
@@ -192,7 +201,8 @@ class Router:
             if quiet is not None:
                 reason = f"{model.name} always thinks; {quiet.name} is a similar size and need not"
                 model, p = quiet, probs.get(quiet.tier)
-        return Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
+        route = Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
+        return _decided(ctx, route)
 
     def _similar_quiet(self, model: ModelInfo, fits: list[ModelInfo]) -> ModelInfo | None:
         """A healthy model that need not think, within 2.5x of ``model``'s size, nearest first."""
@@ -215,7 +225,7 @@ class Router:
             raise GatewayError(400, "Embeddings need a model name in 'model'.", param="model")
         model = self.catalog.get(name)
         assert model is not None
-        return Route(model, self._backends(model), "model asked for by name", counterfactual=model)
+        return _decided(ctx, Route(model, self._backends(model), "model asked for by name", counterfactual=model))
 
     def scores(self, body: dict, reasoning: bool = False) -> RouteScores | None:
         """What the model says of each tier for ``body``, among every model that can hold it
