@@ -65,6 +65,8 @@ from gateway.energy.estimators import Balance, Calibration
 
 log = logging.getLogger("gateway.energy")
 
+RING_MARGIN_S = 60.0  # closed intervals kept before the oldest request in flight (see _finalise)
+
 
 @dataclass(slots=True)
 class Interval:
@@ -608,6 +610,14 @@ class Book:
         first_sent = min((t.sent for t in self.tracks), default=math.inf)
         while self._unpublished and (self._unpublished[0].t1 <= first_sent or self._unpublished[0].published):
             self._publish(self._unpublished.popleft())
+        # Closed intervals are looked up by the claims of requests still open, over their own
+        # lifetimes: keep those since the oldest one began (and a margin for requests whose begin
+        # is still on its way to this thread), not the ring's whole length. Memory then follows the
+        # longest request in flight, not the uptime (a full ring is ~16k intervals per backend).
+        keep_from = min(first_sent, self.closed_until) - RING_MARGIN_S
+        ring = self._ring
+        while ring and ring[0].t1 < keep_from and ring[0].published:
+            ring.popleft()
         return done
 
     def _settle(self, track: Track) -> None:

@@ -350,3 +350,30 @@ def test_calibration_gives_a_prompt_its_measured_cost_not_the_models():
     assert ours == pytest.approx(truth, rel=0.08)  # the prior (a few intervals' worth) pulls a little
     uncalibrated, _ = run_prefill_world(calibrate=False)
     assert uncalibrated > 1.2 * truth  # what the model alone would have charged
+
+
+def test_closed_intervals_are_kept_for_the_oldest_request_in_flight_not_for_the_uptime():
+    from gateway.energy.attribution import RING_MARGIN_S
+
+    b = book()
+    t = 0.0
+    for _ in range(3000):  # five minutes of busy intervals from other clients, none of ours
+        b.push(interval(t, t + 0.1, 50.0, gen=10, running=1))
+        t += 0.1
+    assert len(b._ring) <= RING_MARGIN_S / 0.1 + 2  # a minute's worth, not five
+    # a unary request that runs ten minutes claims its share over its whole life at the end
+    n = ctx("n", stream=False)
+    b.begin(n, sent=t)
+    start = t
+    for _ in range(6000):
+        b.push(interval(t, t + 0.1, 50.0, gen=10, running=1))
+        t += 0.1
+    assert b._ring[0].t1 <= start  # everything since it began is still there
+    n.usage = {"prompt_tokens": 10, "completion_tokens": 60000}  # every token the backend made meanwhile
+    b.end(b.tracks[0], t, n.usage)
+    [track] = b.push(interval(t, t + 0.1, 0.0, running=0))
+    # it claimed over its whole life (a minute's ring would have held a tenth of it)
+    assert track.joules > 0.8 * 50.0 * 6000
+    conserved(b)
+    b.push(interval(t + 0.1, t + RING_MARGIN_S + 1, 1.0, running=0))
+    assert len(b._ring) <= 3  # and let go of them once it was final
