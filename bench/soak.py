@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import hash_key  # noqa: E402
+from gateway.policy.keys import hash_key  # noqa: E402
 from gateway.sim.process import start_sim  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "soak.json"

@@ -177,7 +177,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:
-    from gateway.config import hash_key
+    from gateway.policy.keys import hash_key
 
     if args.generate:
         import secrets

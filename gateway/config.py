@@ -9,7 +9,6 @@ Policies (the nudges) live in their own file, referenced by ``policy.path``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -302,10 +301,6 @@ def config_from_backends(urls: list[str], **server: Any) -> Config:
     return Config(backends=backends, server=ServerConfig(**server))
 
 
-def hash_key(api_key: str) -> str:
-    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
-
-
 __all__ = [
     "BackendConfig",
     "Config",
@@ -313,6 +308,5 @@ __all__ = [
     "YamlFileError",
     "config_from_backends",
     "guess_family",
-    "hash_key",
     "load_config",
 ]

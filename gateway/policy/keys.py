@@ -45,6 +45,12 @@ class Identity:
         return "anonymous" if self.key_hash is None else self.key_hash[:19]  # "sha256:" + 12 hex
 
 
+def hash_key(api_key: str) -> str:
+    """The form a key is configured in (``keys.keys[].hash``): ``sha256:<hex>``. Unsalted, so only
+    for keys nobody can guess (``nudge-gateway hash-key --generate`` makes such keys)."""
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
+
+
 ANONYMOUS = Identity(key_hash=None, key_name=None, team=ANONYMOUS_TEAM, section=None)
 
 
@@ -85,7 +91,7 @@ class KeyRing:
                     "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
                 )
             return ANONYMOUS
-        found = self._by_hash.get("sha256:" + hashlib.sha256(key.encode()).hexdigest())
+        found = self._by_hash.get(hash_key(key))
         if found is None:
             # Never echo the key, not even masked: the message must be safe to log anywhere.
             raise _unauthorized("Incorrect API key provided.")

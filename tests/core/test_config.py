@@ -1,6 +1,7 @@
 import pytest
 
-from gateway.config import Config, guess_family, hash_key, load_config
+from gateway.config import Config, guess_family, load_config
+from gateway.policy.keys import hash_key
 from gateway.routing.ability import facts_from_name
 from gateway.yamlfile import YamlFileError
 

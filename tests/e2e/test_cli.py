@@ -105,7 +105,7 @@ def test_sim_command_runs_one_simulated_vllm():
 
 
 def test_hash_key_reads_the_key_from_stdin_and_generates_random_ones():
-    from gateway.config import hash_key
+    from gateway.policy.keys import hash_key
 
     piped = cli("hash-key", input="my-secret-key\n")
     assert piped.returncode == 0 and piped.stdout.strip() == hash_key("my-secret-key")

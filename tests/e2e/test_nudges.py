@@ -12,7 +12,7 @@ import orjson
 import pytest
 import yaml
 
-from gateway.config import hash_key
+from gateway.policy.keys import hash_key
 from tests.e2e.conftest import LARGE, SMALL, backend_entry, base_config
 from tests.support import GatewayProcess, wait_until, write_config
 

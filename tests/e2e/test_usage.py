@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.config import hash_key
+from gateway.policy.keys import hash_key
 from tests.e2e.conftest import MEDIUM, backend_entry, base_config
 from tests.support import GatewayProcess, wait_until, write_config
 

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from gateway.config import ApiKeyConfig, KeysConfig, hash_key
+from gateway.config import ApiKeyConfig, KeysConfig
+from gateway.policy.keys import hash_key
 from gateway.context import EnergyReport, RequestContext
 from gateway.errors import GatewayError
 from gateway.policy.budgets import MemoryBudgetStore

@@ -7,7 +7,8 @@ import logging
 import orjson
 import pytest
 
-from gateway.config import ApiKeyConfig, KeysConfig, hash_key
+from gateway.config import ApiKeyConfig, KeysConfig
+from gateway.policy.keys import hash_key
 from gateway.errors import GatewayError
 from gateway.policy.keys import KeyRing, presented_key
 
