@@ -24,13 +24,12 @@ import orjson
 from gateway.api.http import JSON, ClientLeft, Request, encode_headers
 from gateway.api.parts import Parts
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
-from gateway.context import RequestContext
+from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
 from gateway.policy.keys import Identity
 from gateway.proxy import sse
 from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
-from gateway.telemetry.ids import request_id
 
 if TYPE_CHECKING:  # the policy module is imported only when policy is on
     from gateway.policy.nudges import Plan
