@@ -88,40 +88,6 @@ class BackendConfig(Strict):
 
 Reasoning = Literal["hybrid", "always", "effort", "opt_in", "none"]
 
-# What each family does about thinking (see FACTS.md): hybrid = thinks unless switched off
-# (Qwen3: chat_template_kwargs.enable_thinking=false); opt_in = off unless switched on
-# (Granite, DeepSeek-V3.1); effort = only reasoning_effort, cannot be switched off (gpt-oss);
-# always = always thinks (DeepSeek-R1 and distills, QwQ).
-FAMILY_REASONING: dict[str, Reasoning] = {
-    "qwen3": "hybrid",
-    "granite": "opt_in",
-    "deepseek_v3": "opt_in",
-    "gpt_oss": "effort",
-    "deepseek_r1": "always",
-    "qwq": "always",
-}
-
-
-def guess_family(model_name: str) -> str | None:
-    n = model_name.lower()
-    for needle, family in (
-        ("qwq", "qwq"),
-        ("deepseek-r1", "deepseek_r1"),
-        ("r1-distill", "deepseek_r1"),
-        ("deepseek-v3", "deepseek_v3"),
-        ("gpt-oss", "gpt_oss"),
-        ("granite", "granite"),
-        ("qwen3", "qwen3"),
-        ("llama", "llama"),
-        ("mistral", "mistral"),
-        ("gemma", "gemma"),
-        ("phi", "phi"),
-    ):
-        if needle in n:
-            return family
-    return None
-
-
 class ModelConfig(Strict):
     params_b: float | None = Field(None, gt=0, description="parameter count in billions (total)")
     active_params_b: float | None = Field(
@@ -307,6 +273,5 @@ __all__ = [
     "ModelConfig",
     "YamlFileError",
     "config_from_backends",
-    "guess_family",
     "load_config",
 ]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.config import FAMILY_REASONING, ModelConfig, guess_family
+from gateway.config import ModelConfig
 from gateway.proxy.backends import BackendPool
 from gateway.routing.ability import ability_b, facts_from_name
+from gateway.routing.families import FAMILY_REASONING, guess_family
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 import pytest
 
-from gateway.config import Config, guess_family, load_config
+from gateway.config import Config, load_config
 from gateway.policy.keys import hash_key
+from gateway.routing.families import guess_family
 from gateway.routing.ability import facts_from_name
 from gateway.yamlfile import YamlFileError
 
