@@ -1,0 +1,204 @@
+"""Would Starlette's router and middleware cost the request path less than 10% of its throughput?
+
+    python bench/starlette_check.py [--rounds 3] [--duration 5]      # needs wrk and starlette
+
+The same gateway (every feature on, the shipped default policy, one instant simulator) is served
+two ways, each by uvicorn on core 1 with the load and the simulator on core 0 (``taskset``):
+
+  toolkit    the gateway's own ASGI dispatch (``gateway/api/http.py``: exact paths, 404/405)
+  starlette  the same handlers behind ``starlette.routing.Router`` and ``CORSMiddleware``
+             (what a move to Starlette for routing, CORS and middleware would put in front)
+
+and measured in interleaved rounds with ``wrk`` (closed loop, 16 connections, a short chat
+request). It prints the requests per second of each, their ratio, and writes
+``bench/results/starlette-check.json``. The decision rule of issue 13: use Starlette when it costs
+under 10% of throughput; otherwise keep the toolkit and record the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results" / "starlette-check.json"
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model": "%s", "messages": [{"role": "user", "content": "Name one prime number."}], "max_tokens": 8}'
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"errors\\":%%d}\\n",
+    summary.requests, summary.duration, summary.errors.status + summary.errors.read + summary.errors.connect))
+end
+""" % MODEL
+
+
+def starlette_app(gateway):
+    """The gateway's handlers behind Starlette's Router and CORSMiddleware."""
+    from contextlib import asynccontextmanager
+
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.routing import Route, Router
+
+    from gateway.api.http import Request
+
+    class Endpoint:  # an ASGI app per path: Starlette has matched the path, we pick the method
+        def __init__(self, methods: dict) -> None:
+            self.methods = methods
+
+        async def __call__(self, scope, receive, send) -> None:
+            await self.methods[scope["method"]](Request(scope, receive, send))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await gateway.startup()
+        yield
+        await gateway.shutdown()
+
+    routes = [Route(path, endpoint=Endpoint(methods), methods=list(methods)) for path, methods in gateway.routes.routes.items()]
+    return CORSMiddleware(Router(routes=routes, lifespan=lifespan), allow_origins=["*"], allow_methods=["*"],
+                          allow_headers=["*"])  # fmt: skip
+
+
+def serve(kind: str, config_path: str, port: int) -> None:
+    import uvicorn
+
+    from gateway.api.server import GatewayHttpProtocol
+    from gateway.app import Gateway
+    from gateway.config import load_config
+
+    gateway = Gateway(load_config(config_path))
+    app = gateway if kind == "toolkit" else starlette_app(gateway)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
+                access_log=False, log_level="warning")  # fmt: skip
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready")
+
+
+def wrk(url: str, lua: Path, seconds: float) -> dict:
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c16", f"-d{round(seconds)}s", "-s", str(lua),
+                          f"{url}/v1/chat/completions"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("JSON "))
+    r = json.loads(line[5:])
+    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "errors": r["errors"]}
+
+
+README_BEGIN, README_END = "<!-- starlette-check:begin -->", "<!-- starlette-check:end -->"
+
+
+def write_readme(r: dict) -> None:
+    import textwrap
+
+    med, cost = r["median_rps"], r["throughput_cost"]
+    decision = (
+        "That is under the 10% bar, so routing, CORS and middleware should move to Starlette; the move "
+        "is not made yet." if cost < 0.10 else "That is over the 10% bar, so the toolkit stays."
+    )
+    text = (
+        f"Starlette's router and CORS middleware in front of the same handlers (`{r['command']}`, "
+        f"`bench/results/starlette-check.json`, {r['when'][:10]}, {r['cpus']} cores, the full request path "
+        f"with every feature on): {med['toolkit']:,.0f} req/s with the gateway's own dispatch against "
+        f"{med['starlette']:,.0f} with Starlette's, {cost:.1%} fewer. {decision}"
+    )
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    if README_BEGIN in body and README_END in body:
+        head, rest = body.split(README_BEGIN, 1)
+        wrapped = "\n".join(textwrap.wrap(text, 100))
+        readme.write_text(f"{head}{README_BEGIN}\n{wrapped}\n{README_END}{rest.split(README_END, 1)[1]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--readme", action="store_true", help="only rewrite the README's line from the results file")
+    ap.add_argument("--serve", choices=("toolkit", "starlette"), help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.config, args.port)
+        return 0
+    if args.readme:
+        write_readme(json.loads(RESULTS.read_text()))
+        return 0
+
+    import yaml
+
+    from gateway.sim.process import start_sim
+
+    tmp = Path(tempfile.mkdtemp(prefix="starlette-check-"))
+    lua = tmp / "post.lua"
+    lua.write_text(LUA)
+    sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", "instant"])
+    procs = {}
+    try:
+        subprocess.run(["taskset", "-cp", "0", str(sim.proc.pid)], capture_output=True)
+        config = {"backends": [{"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}],
+                  "ledger": {"path": str(tmp / "usage.db")}}  # fmt: skip
+        (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
+        urls = {}
+        for kind in ("toolkit", "starlette"):
+            port = free_port()
+            procs[kind] = subprocess.Popen(["taskset", "-c", "1", sys.executable, __file__, "--serve", kind, "--config",
+                                            str(tmp / "gateway.yaml"), "--port", str(port)], cwd=ROOT)  # fmt: skip
+            urls[kind] = f"http://127.0.0.1:{port}"
+            wait_ready(urls[kind])
+        for kind in urls:
+            wrk(urls[kind], lua, 2)  # warm-up
+        rounds = []
+        for i in range(args.rounds):
+            order = list(urls) if i % 2 == 0 else list(reversed(list(urls)))
+            rounds.append({kind: wrk(urls[kind], lua, args.duration) for kind in order})
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v['rps']:.0f} req/s" for k, v in rounds[-1].items()), flush=True)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(30)
+        sim.stop()
+    med = {k: statistics.median(r[k]["rps"] for r in rounds) for k in ("toolkit", "starlette")}
+    cost = 1 - med["starlette"] / med["toolkit"]
+    verdict = "use Starlette (costs under 10%)" if cost < 0.10 else "keep the toolkit (Starlette costs 10% or more)"
+    result = {"command": f"python bench/starlette_check.py --rounds {args.rounds} --duration {args.duration:g}",
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "rounds": rounds,
+              "median_rps": med, "throughput_cost": round(cost, 4), "verdict": verdict}  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_readme(result)
+    print(f"toolkit {med['toolkit']:.0f} req/s, starlette {med['starlette']:.0f} req/s: Starlette costs {cost:.1%} -> {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
