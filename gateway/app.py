@@ -127,7 +127,7 @@ class Gateway:
         self.policy_store = PolicyStore(path, self.metrics, watch_interval_s=ref.watch_interval_s)
         self.budgets = budgets = make_budget_store(self.config.budgets)
         self.metrics.budget_deferred.set_function(lambda: budgets.deferred)
-        self.policy = PolicyEngine(self.policy_store, self.config.keys, self.budgets, self.metrics)
+        self.policy = PolicyEngine(self.policy_store, self.keys, self.budgets, self.metrics)
 
     def _routes(self) -> Router:
         parts = Parts(

@@ -169,13 +169,10 @@ class OpenAIEndpoints:
             # Who is calling, from the headers alone: a stranger's body is never read, and a
             # refusal here leaves no trace but a counter (no context, no ledger row).
             try:
-                ident = gw.keys.authenticate(request.headers)
+                ident = gw.keys.caller(request.headers)
             except GatewayError:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise
-            headers = request.headers
-            headers.pop("authorization", None)  # the key has done its job: keep it out of
-            headers.pop("api-key", None)  # anything that may log or forward the context
             raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
             body = parse_json_object(raw)
             check(body)
@@ -187,7 +184,7 @@ class OpenAIEndpoints:
                 stream=bool(body.get("stream")),
                 include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
                 continuous_usage=bool(options.get("continuous_usage_stats")),
-                headers=headers,
+                headers=request.headers,
                 requested_model=body.get("model") or "",
                 api_key_hash=ident.key_hash,
                 key_name=ident.key_name,

@@ -20,7 +20,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from gateway.config import ApiKeyConfig, KeysConfig
@@ -77,6 +77,14 @@ class KeyRing:
 
     def identities(self) -> list[Identity]:
         return list(self._by_hash.values())
+
+    def caller(self, headers: MutableMapping[str, str]) -> Identity:
+        """``authenticate``, then drop the key from ``headers``: it has done its job and must not
+        reach anything that may log or forward the request."""
+        ident = self.authenticate(headers)
+        headers.pop("authorization", None)
+        headers.pop("api-key", None)
+        return ident
 
     def authenticate(self, headers: Mapping[str, str]) -> Identity:
         """The caller's identity; raises GatewayError(401, code="invalid_api_key") when refused."""

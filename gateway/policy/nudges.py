@@ -1,6 +1,6 @@
 """The policy engine: apply the nudge policy to each request, in three steps.
 
-``admit(ctx)`` before routing: who is calling (401 otherwise), which policy version and
+``admit(ctx, ident)`` before routing (the api has checked who is calling): which policy version and
 section, budgets (429 when a ``refuse`` budget is spent; else downgrade or reasoning off),
 whether reasoning is wanted and allowed, and what model the client asked for. Nothing has
 been sent upstream yet, so a refusal costs nothing.
@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import KeysConfig
 from gateway.context import Nudge, RequestContext
 from gateway.errors import GatewayError
 from gateway.policy.budgets import BudgetState, BudgetStore, Reservation, StoreUnavailable
@@ -124,14 +123,14 @@ class PolicyEngine:
     def __init__(
         self,
         store: PolicyStore,
-        keys: KeysConfig,
+        keys: KeyRing,
         budgets: BudgetStore,
         metrics: Metrics,
         *,
         cloud_prices: CloudPrices | None = None,
     ):
         self.store = store
-        self.keys = KeyRing(keys)
+        self.keys = keys  # the gateway's one ring: the api authenticates with it, feedback lists its keys
         self.budgets = budgets
         self.metrics = metrics
         self.cloud = cloud_prices or CloudPrices()
@@ -141,15 +140,9 @@ class PolicyEngine:
 
     # ------------------------------------------------------------ admit
 
-    async def admit(self, ctx: RequestContext, ident: Identity | None = None) -> Plan:
+    async def admit(self, ctx: RequestContext, ident: Identity) -> Plan:
         """The request's plan. ``ident``: the caller, as the api authenticated it from the headers
-        before reading the body; without it (the engine used on its own) the keys are checked here."""
-        if ident is None:
-            ident = self.keys.authenticate(ctx.headers)
-            # The key has done its job: keep it out of anything that may log or forward the context.
-            ctx.headers.pop("authorization", None)
-            ctx.headers.pop("api-key", None)
-            ctx.api_key_hash, ctx.key_name, ctx.team = ident.key_hash, ident.key_name, ident.team
+        (``KeyRing.caller``) before reading the body."""
         pol = self.store.for_request(ident.key_name, ident.team, ident.section)
         if pol.version != self._sections_checked:
             self._check_sections(pol.version)

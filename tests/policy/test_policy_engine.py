@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from gateway.config import ApiKeyConfig, KeysConfig
-from gateway.policy.keys import hash_key
 from gateway.context import EnergyReport, RequestContext
 from gateway.errors import GatewayError
+from gateway.policy.keys import KeyRing, hash_key
 from gateway.policy.budgets import MemoryBudgetStore
 from gateway.policy.cloud import CloudPrices
 from gateway.policy.nudges import PolicyEngine, RouteFacts
@@ -67,6 +67,13 @@ def make_ctx(key=ALICE, body=None, headers=None, endpoint="chat") -> RequestCont
     return RequestContext(request_id="r", endpoint=endpoint, body=b, headers=h)
 
 
+async def admit(engine: PolicyEngine, ctx: RequestContext):
+    """What the api does before the policy: who is calling, from the headers (401 otherwise)."""
+    ident = engine.keys.caller(ctx.headers)
+    ctx.api_key_hash, ctx.key_name, ctx.team = ident.key_hash, ident.key_name, ident.team
+    return await engine.admit(ctx, ident)
+
+
 def finish(ctx: RequestContext, completion=50, wh=0.01, usd=0.0001, prompt=20) -> None:
     ctx.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     ctx.energy = EnergyReport(joules=wh * 3600, source="estimated", co2e_g=wh * 0.475, usd=usd)
@@ -79,7 +86,7 @@ def env(tmp_path):
     metrics = Metrics()
     store = PolicyStore(path, metrics)
     budgets = MemoryBudgetStore()
-    engine = PolicyEngine(store, KEYS, budgets, metrics, cloud_prices=CloudPrices(tmp_path / "none.json"))
+    engine = PolicyEngine(store, KeyRing(KEYS), budgets, metrics, cloud_prices=CloudPrices(tmp_path / "none.json"))
     return SimpleNamespace(path=path, metrics=metrics, store=store, budgets=budgets, engine=engine)
 
 
@@ -92,23 +99,24 @@ def rewrite(env, text: str) -> None:
 
 async def test_admit_identifies_and_snapshots(env):
     ctx = make_ctx(BOB, body={"model": None})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert (ctx.key_name, ctx.team, ctx.api_key_hash) == ("bob", "physics", hash_key(BOB))
+    assert plan.identity.key_name == "bob" and "authorization" not in ctx.headers  # the key is dropped
     assert ctx.policy_version == env.store.current.version and ctx.policy_section == "default"
     assert plan.model_choice == "auto" and ctx.policy_plan is plan
-    assert (await env.engine.admit(make_ctx(body={"model": "fast"}))).model_choice == "tier:small"
-    assert (await env.engine.admit(make_ctx(body={"model": "Qwen3-32B"}))).model_choice == "Qwen3-32B"
+    assert (await admit(env.engine, make_ctx(body={"model": "fast"}))).model_choice == "tier:small"
+    assert (await admit(env.engine, make_ctx(body={"model": "Qwen3-32B"}))).model_choice == "Qwen3-32B"
 
 
 async def test_admit_refuses_unknown_keys_with_401(env):
     with pytest.raises(GatewayError) as info:
-        await env.engine.admit(make_ctx("sk-nope"))
+        await admit(env.engine, make_ctx("sk-nope"))
     assert info.value.status == 401 and info.value.code == "invalid_api_key"
 
 
 async def test_reasoning_off_by_default_and_opt_in(env):
     ctx = make_ctx(ALICE)
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert plan.reasoning is False and plan.reasoning_why == "policy default"
     env.engine.shape(ctx, plan, QWEN_SMALL)
     assert ctx.body["chat_template_kwargs"] == {"enable_thinking": False} and ctx.reasoning is False
@@ -117,7 +125,7 @@ async def test_reasoning_off_by_default_and_opt_in(env):
 
     for headers, body, via in [({"x-gateway-reasoning": "on"}, {}, "header"), ({}, {"reasoning_effort": "high"}, "reasoning_effort")]:
         ctx = make_ctx(ALICE, body=body, headers=headers)
-        plan = await env.engine.admit(ctx)
+        plan = await admit(env.engine, ctx)
         env.engine.shape(ctx, plan, QWEN_SMALL)
         assert plan.reasoning and ctx.reasoning
         assert ctx.body["chat_template_kwargs"] == {"enable_thinking": True} and "reasoning_effort" not in ctx.body
@@ -127,7 +135,7 @@ async def test_reasoning_off_by_default_and_opt_in(env):
 
 async def test_reasoning_only_for_allowed_teams_and_keys(env):
     ctx = make_ctx(BOB, headers={"x-gateway-reasoning": "on"})  # team physics is not allowed
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     env.engine.shape(ctx, plan, QWEN_SMALL)
     assert plan.reasoning is False and ctx.body["chat_template_kwargs"] == {"enable_thinking": False}
     assert ctx.response_headers["x-gateway-reasoning"] == "off (not allowed for this key)"
@@ -139,21 +147,21 @@ async def test_reasoning_only_for_allowed_teams_and_keys(env):
 async def test_require_header(env):
     rewrite(env, "version: 1\ndefault:\n  reasoning: {require_header: true}\n")
     await env.store.poll()
-    plan = await env.engine.admit(make_ctx(BOB, body={"reasoning_effort": "high"}))
+    plan = await admit(env.engine, make_ctx(BOB, body={"reasoning_effort": "high"}))
     assert plan.reasoning is False and "x-gateway-reasoning: on" in plan.reasoning_why
-    plan = await env.engine.admit(make_ctx(BOB, headers={"x-gateway-reasoning": "on"}))
+    plan = await admit(env.engine, make_ctx(BOB, headers={"x-gateway-reasoning": "on"}))
     assert plan.reasoning is True
 
 
 async def test_per_key_sections(env):
     ctx = make_ctx(CAROL, body={"logprobs": True, "best_of": 3, "n": 4}, headers={"x-gateway-reasoning": "on"})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert ctx.policy_section == "strict" and plan.friction == "friction" and plan.reasoning is False
     env.engine.shape(ctx, plan, QWEN_SMALL)
     assert "logprobs" not in ctx.body and "best_of" not in ctx.body and ctx.body["n"] == 1
     assert "removed logprobs,best_of" in ctx.response_headers["x-gateway-caps"]
     bob = make_ctx(BOB, body={"logprobs": True, "n": 4})
-    env.engine.shape(bob, await env.engine.admit(bob), QWEN_SMALL)
+    env.engine.shape(bob, await admit(env.engine, bob), QWEN_SMALL)
     assert bob.body["logprobs"] is True and bob.body["n"] == 2  # default section: n_max 2, nothing stripped
 
 
@@ -162,16 +170,16 @@ async def test_per_key_sections(env):
 
 async def test_shape_per_family(env):
     ctx = make_ctx(BOB, body={"reasoning_effort": "none"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), GPT_OSS)
+    env.engine.shape(ctx, await admit(env.engine, ctx), GPT_OSS)
     assert ctx.body["reasoning_effort"] == "low" and ctx.reasoning is True
     assert ctx.response_headers["x-gateway-reasoning"] == "low (gpt-oss-20b cannot switch reasoning off)"
 
     ctx = make_ctx(ALICE, body={"reasoning_effort": "xhigh"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), GPT_OSS)
+    env.engine.shape(ctx, await admit(env.engine, ctx), GPT_OSS)
     assert ctx.body["reasoning_effort"] == "high"  # vLLM 0.10.1 only takes low/medium/high
 
     ctx = make_ctx(BOB)
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert plan.avoid_always_thinking is True
     env.engine.shape(ctx, plan, R1)  # the router found nothing else of that size
     assert ctx.reasoning is True and "chat_template_kwargs" not in ctx.body
@@ -191,52 +199,52 @@ async def test_shape_reads_the_routers_route(env):
     assert facts == RouteFacts("Qwen3-32B", "large", "qwen3", "hybrid", "0.15.1", "Qwen3-8B", 0.88, 32.0, False)
     assert RouteFacts.of(Route(large, [SimpleNamespace(vllm_version=None)], "x")).vllm_version is None
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), route)
+    env.engine.shape(ctx, await admit(env.engine, ctx), route)
     assert ctx.nudges[0].message == "You asked for Qwen3-32B; Qwen3-8B would likely do (88% predicted adequacy)."
 
 
 async def test_caps(env):
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     assert ctx.body["max_tokens"] == 500 and ctx.response_headers["x-gateway-caps"] == "max_tokens=500 (default)"
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     assert ctx.body["max_tokens"] == 256  # the large tier's default
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B", "max_completion_tokens": 9000})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     assert ctx.body["max_completion_tokens"] == 2000 and "max_tokens" not in ctx.body
     assert "max_tokens:cap" in ctx.actions
     capped = [n for n in ctx.nudges if n.id == "capped"][0]
     assert capped.message == "max_tokens lowered from 9000 to 2000 (cap for tier large)."
     # reasoning answers: their own cap, which is also their default
     ctx = make_ctx(ALICE, headers={"x-gateway-reasoning": "on"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     assert ctx.body["max_tokens"] == 3000
     ctx = make_ctx(ALICE, body={"max_tokens": 3500}, headers={"x-gateway-reasoning": "on"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     assert ctx.body["max_tokens"] == 3000 and "reasoning cap" in ctx.response_headers["x-gateway-caps"]
     assert nudged(env.metrics, "max_tokens", "cap") == 2 and nudged(env.metrics, "max_tokens", "default") == 3
 
 
 async def test_explicit_large_model(env):
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     n = ctx.nudges[0]
     assert (n.id, n.level) == ("large_model", "warn") and "Qwen3-8B" in n.message and "87%" in n.message
     assert n.saving_hint and nudged(env.metrics, "large_model", "warn") == 1
     # auto never gets the nudge; nor does a large model the router would have picked itself
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     assert not ctx.nudges
     # friction: the router served its pick instead; with the override header, a warning
     ctx = make_ctx(CAROL, body={"model": "Qwen3-32B"})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert plan.friction == "friction" and not plan.override
     env.engine.shape(ctx, plan, RouteFacts("Qwen3-8B", "small", "qwen3", "hybrid", None, "Qwen3-8B", 0.87, 8, True))
     assert ctx.nudges[0].id == "friction"
     assert ctx.nudges[0].message == "Served Qwen3-8B instead of Qwen3-32B; large models need the header x-gateway-override."
     ctx = make_ctx(CAROL, body={"model": "Qwen3-32B"}, headers={"x-gateway-override": "1"})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     assert plan.override
     env.engine.shape(ctx, plan, QWEN_LARGE)
     assert ctx.nudges[0].id == "large_model" and nudged(env.metrics, "large_model", "override") == 1
@@ -260,7 +268,7 @@ async def test_budgets_soft_downgrade_and_refuse(env):
 
     async def request(key=BOB, wh=0.3):
         ctx = make_ctx(key)
-        plan = await eng.admit(ctx)
+        plan = await admit(eng, ctx)
         eng.shape(ctx, plan, QWEN_SMALL)
         finish(ctx, wh=wh)
         await eng.feedback(ctx)
@@ -283,7 +291,7 @@ async def test_budgets_soft_downgrade_and_refuse(env):
     ) == pytest.approx(1.4)
     # bob has used his 3 requests: refused before anything goes upstream
     with pytest.raises(GatewayError) as info:
-        await eng.admit(make_ctx(BOB))
+        await admit(eng, make_ctx(BOB))
     err = info.value
     assert err.status == 429 and err.code == "rate_limit_exceeded"
     assert err.headers["x-should-retry"] == "false" and 1 <= int(err.headers["retry-after"]) <= 86400
@@ -305,9 +313,9 @@ async def test_refusal_releases_reservations_and_abandon_frees_them(env):
     await env.store.poll()
     eng, budgets = env.engine, env.budgets
     first = make_ctx(BOB)
-    await eng.admit(first)  # holds 1 of bob's 1 and 1 of the team's 10
+    await admit(eng, first)  # holds 1 of bob's 1 and 1 of the team's 10
     with pytest.raises(GatewayError) as info:
-        await eng.admit(make_ctx(BOB))
+        await admit(eng, make_ctx(BOB))
     assert "retry shortly" in info.value.message and "x-should-retry" not in info.value.headers
     team = await budgets.check("team", "physics", "requests", 10, "day")
     assert team.reserved == 1  # the refused request's team reservation was given back
@@ -315,14 +323,14 @@ async def test_refusal_releases_reservations_and_abandon_frees_them(env):
     assert (await budgets.check("team", "physics", "requests", 10, "day")).reserved == 0
     assert (await budgets.check("key", "bob", "requests", 1, "day")).used == 0
     again = make_ctx(BOB)
-    await eng.admit(again)  # admitted again; this one reaches a backend, then the client leaves
+    await admit(eng, again)  # admitted again; this one reaches a backend, then the client leaves
     again.upstream_request_id = "up-1"
     await eng.abandon(again)
     await eng.abandon(again)  # idempotent
     assert (await budgets.check("key", "bob", "requests", 1, "day")).used == 1
     refused = make_ctx(BOB)
     with pytest.raises(GatewayError):
-        await eng.admit(refused)
+        await admit(eng, refused)
     await eng.feedback(refused)  # a refused request is never charged, whatever the caller does
     assert (await budgets.check("team", "physics", "requests", 10, "day")).used == 1
 
@@ -331,11 +339,11 @@ async def test_reasoning_off_budget(env):
     rewrite(env, "version: 1\ndefault:\n  budgets: [{scope: team, period: month, unit: tokens, limit: 100, on_exceed: reasoning_off}]\n")
     await env.store.poll()
     ctx = make_ctx(ALICE, headers={"x-gateway-reasoning": "on"})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     finish(ctx, completion=200)
     await env.engine.feedback(ctx)
     ctx = make_ctx(ALICE, headers={"x-gateway-reasoning": "on"})
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     env.engine.shape(ctx, plan, QWEN_SMALL)
     assert plan.reasoning is False and ctx.body["chat_template_kwargs"] == {"enable_thinking": False}
     assert ctx.response_headers["x-gateway-reasoning"] == "off (month tokens budget spent)"
@@ -346,13 +354,13 @@ async def test_reasoning_off_budget(env):
 
 async def test_feedback_thresholds_and_templates(env):
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     finish(ctx, completion=100, wh=0.05)
     await env.engine.feedback(ctx)
     assert ctx.nudges == []  # nothing crossed
 
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B"}, headers={})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     ctx.model = "Qwen3-32B"
     finish(ctx, completion=1500, wh=0.8)
     await env.engine.feedback(ctx)
@@ -363,7 +371,7 @@ async def test_feedback_thresholds_and_templates(env):
     assert nudged(env.metrics, "energy", "warn") == 1 and nudged(env.metrics, "long_answer", "warn") == 1
 
     ctx = make_ctx(ALICE, headers={"x-gateway-reasoning": "on"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_LARGE)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_LARGE)
     ctx.model = "Qwen3-32B"
     finish(ctx, completion=400, wh=0.2)
     await env.engine.feedback(ctx)
@@ -380,13 +388,13 @@ async def test_custom_templates_and_feedback_off(env):
     )
     await env.store.poll()
     ctx = make_ctx(ALICE)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     ctx.model = "Qwen3-8B"
     finish(ctx, wh=0.25)
     await env.engine.feedback(ctx)
     assert [(n.message, n.saving_hint) for n in ctx.nudges] == [("Qwen3-8B: 0.25 Wh > 0.1 Wh", None)]
     ctx = make_ctx(BOB)  # team physics has its own section with feedback off
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     finish(ctx, wh=0.25)
     await env.engine.feedback(ctx)
     assert ctx.nudges == [] and ctx.policy_section == "physics"
@@ -394,7 +402,7 @@ async def test_custom_templates_and_feedback_off(env):
 
 async def test_one_request_one_policy_version(env):
     ctx = make_ctx(BOB)
-    plan = await env.engine.admit(ctx)
+    plan = await admit(env.engine, ctx)
     version = ctx.policy_version
     rewrite(env, "version: 1\ndefault:\n  caps: {default_max_tokens: 77}\n  feedback: {wh_above: 0.01}\n")
     assert await env.store.poll() == "ok"
@@ -404,7 +412,7 @@ async def test_one_request_one_policy_version(env):
     assert ctx.body["max_tokens"] == 500 and ctx.nudges == []  # the old policy, throughout
     assert ctx.policy_version == version and version in ctx.response_headers["x-gateway-policy"]
     new = make_ctx(BOB)
-    env.engine.shape(new, await env.engine.admit(new), QWEN_SMALL)
+    env.engine.shape(new, await admit(env.engine, new), QWEN_SMALL)
     assert new.body["max_tokens"] == 77 and new.policy_version != version
 
 
@@ -421,7 +429,7 @@ async def test_cloud_comparison_reads_litellm_without_importing_it(env, tmp_path
     rewrite(env, "version: 1\ndefault:\n  cost: {cloud_model: gpt-4o}\n")
     await env.store.poll()
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     finish(ctx, prompt=1000, completion=500, usd=0.0004)
     await env.engine.feedback(ctx)
     assert "litellm" not in sys.modules
@@ -435,7 +443,7 @@ async def test_cloud_comparison_silently_unavailable(env):
     await env.store.poll()
     env.engine.cloud = CloudPrices()  # no litellm installed here (or not this model)
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     finish(ctx)
     await env.engine.feedback(ctx)
     if env.engine.cloud.price("gpt-4o") is None:
@@ -448,7 +456,7 @@ async def test_social_proof(env):
 
     async def request(key, wh):
         ctx = make_ctx(key)
-        env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+        env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
         finish(ctx, wh=wh)
         await env.engine.feedback(ctx)
         return [n for n in ctx.nudges if n.id == "social"]
@@ -464,11 +472,11 @@ async def test_social_proof(env):
 async def test_keys_never_logged_through_the_engine(env, caplog):
     with caplog.at_level(logging.DEBUG):
         ctx = make_ctx(BOB)
-        env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+        env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
         finish(ctx)
         await env.engine.feedback(ctx)
         with pytest.raises(GatewayError):
-            await env.engine.admit(make_ctx("sk-wrong-key-zzz"))
+            await admit(env.engine, make_ctx("sk-wrong-key-zzz"))
     assert BOB not in caplog.text and "sk-wrong-key-zzz" not in caplog.text
     assert BOB not in repr(ctx) and BOB not in orjson.dumps(ctx.response_headers).decode()
 
@@ -480,7 +488,7 @@ async def test_per_request_cost_without_budgets(env):
     started = time.perf_counter()
     for _ in range(n):
         ctx = make_ctx(BOB)
-        plan = await eng.admit(ctx)
+        plan = await admit(eng, ctx)
         eng.shape(ctx, plan, QWEN_SMALL)
         finish(ctx)
         await eng.feedback(ctx)
@@ -492,7 +500,7 @@ async def test_no_large_model_nudges_when_nothing_smaller_is_served(env):
     """A one-tier deployment calls its only tier 'large': there is nothing to steer toward."""
     only = RouteFacts("Qwen3-32B", "large", "qwen3", "hybrid", None, "Qwen3-32B", 1.0, 32, smallest=True)
     ctx = make_ctx(BOB, body={"model": "Qwen3-32B"})
-    env.engine.shape(ctx, await env.engine.admit(ctx), only)
+    env.engine.shape(ctx, await admit(env.engine, ctx), only)
     ctx.model = "Qwen3-32B"
     finish(ctx)
     await env.engine.feedback(ctx)
@@ -501,7 +509,7 @@ async def test_no_large_model_nudges_when_nothing_smaller_is_served(env):
 
 async def test_unknown_energy_is_not_reported_as_zero(env):
     ctx = make_ctx(BOB)
-    env.engine.shape(ctx, await env.engine.admit(ctx), QWEN_SMALL)
+    env.engine.shape(ctx, await admit(env.engine, ctx), QWEN_SMALL)
     ctx.usage = {"prompt_tokens": 5, "completion_tokens": 2500, "total_tokens": 2505}  # energy stage off
     await env.engine.feedback(ctx)
     assert [n.message for n in ctx.nudges] == ["Long answer: 2500 tokens, ? Wh."]

@@ -8,9 +8,8 @@ import orjson
 import pytest
 
 from gateway.config import ApiKeyConfig, KeysConfig
-from gateway.policy.keys import hash_key
 from gateway.errors import GatewayError
-from gateway.policy.keys import KeyRing, presented_key
+from gateway.policy.keys import KeyRing, hash_key, presented_key
 
 SECRET = "sk-live-4f9a1c2b7e"
 OTHER = "sk-other-0000"
@@ -101,3 +100,14 @@ def test_keys_never_reach_logs(caplog):
             logging.getLogger("test").error("refused: %s", info.value)
     assert SECRET not in caplog.text and OTHER not in caplog.text
     assert "refused: Incorrect API key provided." in caplog.text
+
+
+@pytest.mark.parametrize("name", ["authorization", "api-key"])
+def test_the_caller_s_key_is_dropped_from_the_headers_once_checked(name):
+    r = ring(True, (SECRET, "alice", "physics", None))
+    headers = {name: f"Bearer {SECRET}" if name == "authorization" else SECRET, "x-other": "1"}
+    assert r.caller(headers).key_name == "alice"
+    assert headers == {"x-other": "1"}
+    refused = {"authorization": "Bearer sk-nope"}
+    with pytest.raises(GatewayError):
+        r.caller(refused)
