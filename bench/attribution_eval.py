@@ -42,6 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, wait_ready  # noqa: E402
 from gateway.sim.process import start_sim  # noqa: E402
 from gateway.sim.replay import marginal_costs, replay  # noqa: E402
 
@@ -169,7 +170,7 @@ def run(args) -> dict:
             "ledger": {"path": str(tmp / "usage.db")},
         }
         (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(tmp / "gateway.log", "wb")
         gw = subprocess.Popen(
@@ -177,7 +178,7 @@ def run(args) -> dict:
              "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-        _wait_ready(url, gw, tmp / "gateway.log")
+        wait_ready(url, gw, tmp / "gateway.log")
         # The balance window: the gateway's energy totals and the simulators' at one moment before
         # the load and one after it, both while idle. The gateway books an interval some time after
         # it ends (prompts are spread back over up to 2 s), a lag the same at both edges, so over
@@ -190,7 +191,6 @@ def run(args) -> dict:
         load_s = time.monotonic() - started
         time.sleep(args.settle)  # idle, and every request past the attribution horizon
         gw_after, truth_after = balance_snapshot(url, sims)
-        metrics = httpx.get(f"{url}/metrics").text
         gw.terminate()
         gw.wait(60)
         truth = {k: s.energy() for k, s in sims.items()}
@@ -258,28 +258,6 @@ def balance_snapshot(url: str, sims: dict) -> tuple[dict, dict]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     truth = {k: s.energy()["total_j"] for k, s in sims.items()}
     return {key: {k: metric_sum(text, "gateway_energy_joules_total", backend=key, kind=k) for k in KINDS} for key in sims}, truth
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("gateway not ready in 30 s")
 
 
 def report(out: dict, details: bool = False) -> None:

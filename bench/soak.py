@@ -38,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, wait_ready  # noqa: E402
 from gateway.policy.keys import hash_key  # noqa: E402
 from gateway.sim.process import start_sim  # noqa: E402
 
@@ -46,14 +47,6 @@ SMALL, LARGE = ("Qwen/Qwen3-1.7B", 1.7), ("Qwen/Qwen3-32B", 32.0)
 KEY = "soak-key"
 ASKS = ["Name one prime number.", "Write a haiku about autumn.", "Explain TCP slow start in two sentences.",
         "Prove that the square root of 2 is irrational.", "Summarise: " + "the ledger records energy. " * 80]  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sim_args(model: tuple[str, float], port: int, seed: int) -> list[str]:
@@ -144,13 +137,7 @@ def run(args) -> dict:
     counts: dict[str, int] = {}
     restarts = 0
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(url, gw, tmp / "gateway.log")
         started = time.monotonic()
         stop = started + args.minutes * 60
 

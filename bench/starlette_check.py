@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, wait_ready  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "starlette-check.json"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LUA = """
@@ -81,28 +83,6 @@ def serve(kind: str, config_path: str, port: int) -> None:
     app = gateway if kind == "toolkit" else starlette_app(gateway)
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=False, log_level="warning")  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready")
 
 
 def wrk(url: str, lua: Path, seconds: float) -> dict:
@@ -174,7 +154,7 @@ def main() -> int:
             procs[kind] = subprocess.Popen(["taskset", "-c", "1", sys.executable, __file__, "--serve", kind, "--config",
                                             str(tmp / "gateway.yaml"), "--port", str(port)], cwd=ROOT)  # fmt: skip
             urls[kind] = f"http://127.0.0.1:{port}"
-            wait_ready(urls[kind])
+            wait_ready(urls[kind], procs[kind])
         for kind in urls:
             wrk(urls[kind], lua, 2)  # warm-up
         rounds = []
