@@ -88,6 +88,7 @@ class BackendConfig(Strict):
 
 Reasoning = Literal["hybrid", "always", "effort", "opt_in", "none"]
 
+
 class ModelConfig(Strict):
     params_b: float | None = Field(None, gt=0, description="parameter count in billions (total)")
     active_params_b: float | None = Field(
