@@ -1,13 +1,12 @@
 """``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``, shaped like vLLM's.
 
-Requests are validated by hand, with vLLM's status codes and messages (400 for validation with
-FastAPI-style error lists as message, ``BadRequestError`` for sampling-parameter and context-length
-errors, 404 for an unknown model); unknown fields are ignored. Responses are built as vLLM
-serializes them: non-streaming with every field (``null`` included); chat stream chunks with
-``exclude_unset`` (unset fields absent); completion stream chunks with every field; the usage
-chunk with ``exclude_none``. Streamed deltas carry the tokens produced since the last event: one
-token per event while the reader keeps up, merged when it lags (vLLM's output collector), unless
-the server runs with ``--no-coalesce``.
+Request fields are read and checked by ``params.py``; the checks that need the server's
+configuration (served model name, context length, tool choice, chat template) are steps of the
+handlers here. Responses are built as vLLM serializes them: non-streaming with every field
+(``null`` included); chat stream chunks with ``exclude_unset`` (unset fields absent); completion
+stream chunks with every field; the usage chunk with ``exclude_none``. Streamed deltas carry the
+tokens produced since the last event: one token per event while the reader keeps up, merged when it
+lags (vLLM's output collector), unless the server runs with ``--no-coalesce``.
 """
 
 from __future__ import annotations
@@ -23,17 +22,10 @@ import orjson
 
 from . import text
 from .engine import FINISHED, EngineDeadError, Sequence
+from .params import ApiError, Sampling, invalid, read_bool
 from .sse import DONE, SSE_HEADERS, ChatChunks, CompletionChunks
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class ApiError(Exception):
-    """An error answer: status, message, vLLM error type, param."""
-
-    def __init__(self, status: int, message: str, err_type: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.err_type, self.param = status, message, err_type, param
 
 
 class EngineDead(ApiError):
@@ -41,111 +33,6 @@ class EngineDead(ApiError):
 
     def __init__(self) -> None:
         super().__init__(500, "")
-
-
-def invalid(loc: str, msg: str, value, kind: str) -> ApiError:
-    """A request-schema error, as vLLM reports FastAPI's RequestValidationError (400 "Bad Request")."""
-    detail = {"type": kind, "loc": ("body", loc) if loc else ("body",), "msg": msg, "input": value}
-    return ApiError(400, str([detail]), "Bad Request")
-
-
-# --- field readers (pydantic-like, lax: 16.0 is an int, as in pydantic's lax mode) -----------
-
-
-def _int(body: dict, key: str) -> int | None:
-    value = body.get(key)
-    if value is None or (type(value) is int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise invalid(key, "Input should be a valid integer", value, "int_type")
-
-
-def _bool(body: dict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if type(value) is not bool:
-        raise invalid(key, "Input should be a valid boolean", value, "bool_type")
-    return value
-
-
-def _number(body: dict, key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if type(value) is bool or not isinstance(value, (int, float)):
-        raise invalid(key, "Input should be a valid number", value, "float_type")
-    return float(value)
-
-
-def _stop(body: dict) -> list[str] | None:
-    stop = body.get("stop")
-    if stop is None or stop == []:
-        return None
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop
-    raise invalid("stop", "Input should be a valid string or list of strings", stop, "string_type")
-
-
-class Sampling:
-    """The sampling parameters the simulator honours, validated like vLLM's SamplingParams."""
-
-    __slots__ = (
-        "max_tokens",
-        "stop",
-        "seed",
-        "min_tokens",
-        "ignore_eos",
-        "stream",
-        "include_usage",
-        "continuous_usage",
-    )
-
-    def __init__(self, body: dict, max_tokens_key: str | None) -> None:
-        max_tokens = _int(body, max_tokens_key) if max_tokens_key else None
-        if max_tokens is None:
-            max_tokens = _int(body, "max_tokens")
-        if max_tokens is not None and max_tokens < 1:
-            raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.")
-        self.max_tokens = max_tokens
-        n = _int(body, "n")
-        if n is not None and n < 1:
-            raise ApiError(400, f"n must be at least 1, got {n}.")
-        if n is not None and n > 1:
-            raise ApiError(400, "The simulator generates one choice per request (n=1).")
-        temperature = _number(body, "temperature")
-        if temperature is not None and temperature < 0:
-            raise ApiError(400, f"temperature must be non-negative, got {temperature}.")
-        top_p = _number(body, "top_p")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ApiError(400, f"top_p must be in (0, 1], got {top_p}.")
-        self.min_tokens = _int(body, "min_tokens") or 0
-        if self.min_tokens < 0:
-            raise ApiError(400, f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
-        if max_tokens is not None and self.min_tokens > max_tokens:
-            raise ApiError(
-                400, f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {self.min_tokens}."
-            )
-        self.stop = _stop(body)
-        self.seed = _int(body, "seed")
-        self.ignore_eos = _bool(body, "ignore_eos", False)
-        self.stream = _bool(body, "stream", False)
-        options = body.get("stream_options")
-        if options is not None:
-            if not isinstance(options, dict):
-                raise invalid("stream_options", "Input should be a valid dictionary", options, "dict_type")
-            if not self.stream:
-                raise invalid(
-                    "", "Value error, Stream options can only be defined when `stream=True`.", body, "value_error"
-                )
-            # vLLM's StreamOptions.include_usage defaults to True once the object is sent
-            self.include_usage = _bool(options, "include_usage", True)
-            self.continuous_usage = self.include_usage and _bool(options, "continuous_usage_stats", False)
-        else:
-            self.include_usage = self.continuous_usage = False
 
 
 def _request_id(scope: dict) -> str:
@@ -284,8 +171,8 @@ class Generation:
         try:
             prompt = text.render_chat(
                 messages,
-                add_generation_prompt=_bool(body, "add_generation_prompt", True),
-                continue_final_message=_bool(body, "continue_final_message", False),
+                add_generation_prompt=read_bool(body, "add_generation_prompt", True),
+                continue_final_message=read_bool(body, "continue_final_message", False),
                 tools=body.get("tools") or None,
                 generation_prefix=prefix,
             )
@@ -325,7 +212,7 @@ class Generation:
             min_tokens=sampling.min_tokens,
             ignore_eos=sampling.ignore_eos,
         )
-        include_reasoning = _bool(body, "include_reasoning", True)
+        include_reasoning = read_bool(body, "include_reasoning", True)
         seq = self.submit(scope, prompt_len, plan, sampling.max_tokens)
         rid = "chatcmpl-" + seq.rid
         if sampling.stream:

@@ -22,8 +22,9 @@ import orjson
 from . import text
 from .engine import Engine
 from .faults import Faults, FaultSpecError, parse_fault
-from .generate import JSON_HEADERS, ApiError, EngineDead, Generation, invalid, wait_disconnect
+from .generate import JSON_HEADERS, EngineDead, Generation, wait_disconnect
 from .metrics import CONTENT_TYPE, MetricsExporter
+from .params import ApiError, invalid
 from .power import GPUS, CostModel, DcgmCounters, StepModel
 from .roofline import RooflineModel
 from .sse import DONE
