@@ -28,7 +28,7 @@ from gateway.telemetry.recorder import Recorder
 
 if TYPE_CHECKING:  # imported when policy is on (their modules load YAML and the policy schema)
     from gateway.policy.budgets import BudgetStore
-    from gateway.policy.nudges import PolicyEngine
+    from gateway.policy.engine import PolicyEngine
     from gateway.policy.store import PolicyStore
 
 log = logging.getLogger("gateway")
@@ -119,7 +119,7 @@ class Gateway:
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store
-        from gateway.policy.nudges import PolicyEngine
+        from gateway.policy.engine import PolicyEngine
         from gateway.policy.store import PolicyStore, default_policy_path
 
         ref = self.config.policy

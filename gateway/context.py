@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the context carries the policy's plan; it never calls it
-    from gateway.policy.nudges import Plan
+    from gateway.policy.plan import Plan
 
 
 # Request ids: the format of ``uuid.uuid4().hex``, made without a system call.

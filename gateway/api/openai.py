@@ -32,7 +32,7 @@ from gateway.proxy.client import Disconnected, ProtocolError
 from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
 
 if TYPE_CHECKING:  # the policy module is imported only when policy is on
-    from gateway.policy.nudges import Plan
+    from gateway.policy.plan import Plan
     from gateway.routing.router import Route
 
 _SSE_HEADERS = [

@@ -14,8 +14,8 @@ if TYPE_CHECKING:  # policy and energy are imported only when they are switched 
     from gateway.api.http import BodyBudget
     from gateway.config import Config
     from gateway.energy.service import EnergyService
+    from gateway.policy.engine import PolicyEngine
     from gateway.policy.keys import KeyRing
-    from gateway.policy.nudges import PolicyEngine
     from gateway.proxy.backends import BackendPool
     from gateway.proxy.forward import Proxy
     from gateway.routing.catalog import Catalog

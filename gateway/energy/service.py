@@ -28,8 +28,8 @@ from functools import partial
 from gateway.config import BackendConfig
 from gateway.context import EnergyReport, RequestContext
 from gateway.energy.attribution import Book, Interval, Track
-from gateway.energy.carbon import energy_report
 from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
+from gateway.energy.costs import energy_report
 from gateway.energy.counterfactual import ReasoningLengths
 from gateway.energy.meters import make_meter
 from gateway.energy.sampler import BackendSampler

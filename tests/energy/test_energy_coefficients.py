@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import BackendConfig
-from gateway.energy.carbon import co2e_grams, cost_usd, energy_report
 from gateway.energy.coefficients import TokenCosts
+from gateway.energy.costs import co2e_grams, cost_usd, energy_report
 
 ROOT = Path(__file__).resolve().parents[2]
 CSV = ROOT.parent / "shared" / "mlenergy_v3_llm_configs.csv"

@@ -12,11 +12,12 @@ import pytest
 
 from gateway.config import ApiKeyConfig, KeysConfig
 from gateway.context import EnergyReport, RequestContext
+from gateway.energy.costs import CloudPrices
 from gateway.errors import GatewayError
 from gateway.policy.keys import KeyRing, hash_key
 from gateway.policy.budgets import MemoryBudgetStore
-from gateway.policy.cloud import CloudPrices
-from gateway.policy.nudges import PolicyEngine, RouteFacts
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.plan import RouteFacts
 from gateway.policy.store import PolicyStore
 from gateway.telemetry.metrics import Metrics
 
