@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from gateway.api.health import HealthEndpoints
-from gateway.api.http import BodyBudget, Receive, Router, Scope, Send
+from gateway.api.http import BodyBudget, Handler, Receive, Scope, Send, application
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.parts import Parts
 from gateway.config import Config
@@ -115,7 +115,8 @@ class Gateway:
         if features.policy:
             self._build_policy()
 
-        self.routes = self._routes()
+        self.paths = self._paths()
+        self.http = application(self.paths, config.server.cors_allow_origins)
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store
@@ -129,7 +130,8 @@ class Gateway:
         self.metrics.budget_deferred.set_function(lambda: budgets.deferred)
         self.policy = PolicyEngine(self.policy_store, self.keys, self.budgets, self.metrics)
 
-    def _routes(self) -> Router:
+    def _paths(self) -> dict[str, dict[str, Handler]]:
+        """Every path the gateway serves, with its handler per method."""
         parts = Parts(
             config=self.config, keys=self.keys, body_budget=self.body_budget, policy=self.policy,
             router=self.router, catalog=self.catalog, pool=self.pool, proxy=self.proxy, energy=self.energy,
@@ -137,19 +139,20 @@ class Gateway:
         )  # fmt: skip
         api = OpenAIEndpoints(parts)
         health = HealthEndpoints(parts)
-        routes = Router()
-        routes.add("/v1/chat/completions", api.chat, ("POST",))
-        routes.add("/v1/completions", api.completions, ("POST",))
-        routes.add("/v1/embeddings", api.embeddings, ("POST",))
-        routes.add("/v1/models", api.models)
-        routes.add("/healthz", health.healthz)
-        routes.add("/readyz", health.readyz)
-        routes.add("/metrics", health.metrics)
+        paths: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": api.chat},
+            "/v1/completions": {"POST": api.completions},
+            "/v1/embeddings": {"POST": api.embeddings},
+            "/v1/models": {"GET": api.models},
+            "/healthz": {"GET": health.healthz},
+            "/readyz": {"GET": health.readyz},
+            "/metrics": {"GET": health.metrics},
+        }
         if self.ledger is not None:
             from gateway.api.usage import UsageEndpoint
 
-            routes.add("/v1/usage", UsageEndpoint(self.ledger, self.keys))
-        return routes
+            paths["/v1/usage"] = {"GET": UsageEndpoint(self.ledger, self.keys)}
+        return paths
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,13 +190,13 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.routes(scope, receive, send)
+            await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            message: dict[str, Any] = await receive()
+            message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()

@@ -117,6 +117,11 @@ class ServerConfig(Strict):
         description="a second listener for /metrics and /readyz details, kept inside the cluster; the main port then "
         "answers 404 for /metrics. Without it, /metrics needs an admin key once keys.required is true",
     )  # fmt: skip
+    cors_allow_origins: list[str] = Field(
+        ["*"],
+        description="origins a browser script may call the gateway from (CORS; as vLLM's --allowed-origins, whose "
+        "default this is). No credentials are allowed: callers send their key in a header. [] turns CORS off",
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     max_buffered_body_bytes: int = Field(
         256 * 1024 * 1024,

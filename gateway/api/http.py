@@ -1,9 +1,12 @@
-"""A very small ASGI toolkit: read a request, send a response, dispatch by path.
+"""Read a request, send a response; paths and CORS are Starlette's.
 
-The gateway speaks plain ASGI on uvicorn (uvloop + httptools) rather than through FastAPI:
-on this project's 2-core benchmark machine a FastAPI route in front of the same aiohttp
-upstream call served ~3,700 req/s against ~6,600 for a plain ASGI callable (see
-bench/NOTES.md). Everything a handler needs fits in this file.
+Handlers take this module's small ``Request`` (body limits and deadlines, OpenAI-shaped
+errors, no per-request parsing it does not need) rather than FastAPI's: on this project's
+2-core benchmark machine a FastAPI route in front of the same upstream call served ~3,700
+req/s against ~6,600 for a plain ASGI callable (bench/NOTES.md). Dispatch by path, path
+parameters, trailing-slash redirects and CORS come from Starlette's router and middleware,
+which cost the full request path a few percent of its throughput
+(``bench/starlette_check.py``, README "Library choices").
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+from starlette.routing import Router as StarletteRouter
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[["Request"], Awaitable[None]]
 
 JSON = b"application/json"
@@ -54,6 +58,11 @@ class Request:
         if self._headers is None:
             self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
         return self._headers
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        """The ``{parameters}`` of the matched path (Starlette's router puts them in the scope)."""
+        return self.scope.get("path_params", {})
 
     def query(self) -> dict[str, list[str]]:
         return parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -158,30 +167,56 @@ def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-class Router:
-    """Exact-path dispatch with per-path allowed methods; 404 / 405 in OpenAI's error shape."""
+class Endpoint:
+    """One path's handlers by method, as the ASGI app Starlette's router hands the request to.
 
-    def __init__(self) -> None:
-        self.routes: dict[str, dict[str, Handler]] = {}
+    An unsupported method is a 405 in OpenAI's error shape with ``allow``; a GET handler also
+    answers HEAD.
+    """
 
-    def add(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",)) -> None:
-        for method in methods:
-            self.routes.setdefault(path, {})[method] = handler
-            if method == "GET":
-                self.routes[path]["HEAD"] = handler
+    __slots__ = ("handlers", "allow")
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.handlers = dict(handlers)
+        if "GET" in self.handlers:
+            self.handlers.setdefault("HEAD", self.handlers["GET"])
+        self.allow = ", ".join(sorted(self.handlers))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
-        path = scope["path"]
-        if len(path) > 1 and path.endswith("/"):
-            path = path[:-1]
-        methods = self.routes.get(path)
-        if methods is None:
-            await request.error(GatewayError(404, f"Unknown path {scope['path']}", code="unknown_url"))
-            return
-        handler = methods.get(scope["method"])
+        handler = self.handlers.get(scope["method"])
         if handler is None:
-            err = GatewayError(405, f"Method {scope['method']} is not allowed on {path}", code="method_not_allowed")
-            await request.error(err, {"allow": ", ".join(sorted(methods))})
+            err = GatewayError(
+                405, f"Method {scope['method']} is not allowed on {scope['path']}", code="method_not_allowed"
+            )
+            await request.error(err, {"allow": self.allow})
             return
         await handler(request)
+
+
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await Request(scope, receive, send).error(GatewayError(404, f"Unknown path {scope['path']}", code="unknown_url"))
+
+
+# What a browser script may read of an answer (CORS): the request id, retry advice and the
+# gateway's own headers (routing, energy, nudges, policy).
+EXPOSED_HEADERS = [
+    "x-request-id", "retry-after", "x-should-retry", "x-gateway-routed-model", "x-gateway-route-reason",
+    "x-gateway-adequacy", "x-gateway-energy-j", "x-gateway-energy-source", "x-gateway-nudge", "x-gateway-policy",
+    "x-gateway-reasoning", "x-gateway-caps", "x-gateway-cloud-usd", "x-gateway-override",
+]  # fmt: skip
+
+
+def application(paths: dict[str, dict[str, Handler]], cors_origins: list[str]) -> ASGIApp:
+    """The HTTP application: Starlette's router over ``paths`` (path -> method -> handler; paths
+    may have ``{parameters}``), unknown paths 404 in OpenAI's shape, and a trailing slash
+    redirected (307) as vLLM's FastAPI server does. With ``cors_origins``, Starlette's CORS
+    middleware answers preflights and adds the CORS headers, as ``vllm serve --allowed-origins``
+    does (no credentials: the gateway is called with a key in a header, never with cookies)."""
+    routes = [Route(path, endpoint=Endpoint(handlers), methods=None) for path, handlers in paths.items()]
+    app: ASGIApp = StarletteRouter(routes, default=not_found)
+    if cors_origins:
+        app = CORSMiddleware(
+            app, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"], expose_headers=EXPOSED_HEADERS
+        )
+    return app
