@@ -222,7 +222,7 @@ def test_a_stream_left_midway_is_charged_what_it_generated(sims, tmp_path):
         wait_until(lambda: any(row[0] == rid for row in rows(tmp_path)), 10, what="the row")
         used = metric(gw, "gateway_budget_used_ratio", scope="key", name="ann", unit="tokens") * 10**6
     [(_, _, completion, _)] = [row for row in rows(tmp_path) if row[0] == rid]
-    assert 60 <= completion < 3000
+    assert 59 <= completion < 3000  # the client saw 60 events: the role chunk and at least 59 tokens
     assert used >= completion  # the prompt and what was generated, not zero
 
 
