@@ -26,9 +26,9 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# The in-process tests (core, policy, routing, telemetry): under ~20 s, no gateway processes
+# The in-process tests (api, proxy, policy, routing, telemetry, config, errors): under ~20 s, no processes
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q tests/core tests/policy tests/routing tests/telemetry
+	$(PY) -m pytest -q tests/api tests/proxy tests/policy tests/routing tests/telemetry tests/test_config.py tests/test_errors.py
 
 # ruff and mypy on gateway/, and the import contracts of pyproject.toml (the one-way request path)
 lint: $(VENV)/.installed

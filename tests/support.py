@@ -8,6 +8,7 @@ for tests that need to look inside (its metrics registry, its parts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+from gateway.sim.process import start_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -126,3 +129,50 @@ class InProcessGateway:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ---------------------------------------------------------------- simulated backends for e2e tests
+
+# A speed-up keeps generation fast in tests while keeping batching and timing realistic in shape.
+SPEED = "20"
+
+SMALL = "Qwen/Qwen3-1.7B"
+MEDIUM = "meta-llama/Llama-3.1-8B-Instruct"
+LARGE = "Qwen/Qwen3-32B"
+
+
+def backend_entry(name: str, sim, **extra) -> dict:
+    return {"name": name, "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}, **extra}
+
+
+def base_config(tmp_path, backends: list[dict], **sections) -> dict:
+    config = {
+        "server": {"health_interval_s": 0.2, "load_interval_s": 0.2},
+        "backends": backends,
+        "ledger": {"path": str(tmp_path / "usage.db")},
+    }
+    config.update(sections)
+    return config
+
+
+def sim_counter(sim, name: str, **labels) -> float:
+    """Sum of a counter on a simulator's /metrics over the series matching ``labels``."""
+    total = 0.0
+    for line in httpx.get(f"{sim.url}/metrics").text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@contextlib.contextmanager
+def twin_backends(tmp_path):
+    """Two instant simulators serving the same model behind one gateway whose health checks are
+    slow, so the gateway tries ``a`` first and learns of a failure only from the request itself."""
+    with start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as a, \
+            start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "instant"]) as b:
+        config = base_config(tmp_path, [backend_entry("a", a), backend_entry("b", b)],
+                             server={"health_interval_s": 30, "load_interval_s": 30})
+        with GatewayProcess(write_config(tmp_path, config)) as gw:
+            yield gw, a, b

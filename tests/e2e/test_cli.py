@@ -11,7 +11,7 @@ import httpx
 import openai
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM
+from tests.support import MEDIUM
 from tests.support import ROOT, free_port, wait_until
 
 

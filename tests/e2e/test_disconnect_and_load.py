@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config, sim_counter
+from tests.support import MEDIUM, backend_entry, base_config, sim_counter
 from tests.support import GatewayProcess, wait_until, write_config
 
 LONG = {"model": MEDIUM, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 4000}

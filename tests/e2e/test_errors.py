@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config, twin_backends, sim_counter
+from tests.support import MEDIUM, backend_entry, base_config, twin_backends, sim_counter
 from tests.support import GatewayProcess, write_config
 
 CHAT = {"model": MEDIUM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 from gateway.policy.keys import hash_key  # noqa: E402
 from gateway.sim.process import start_sim  # noqa: E402
-from tests.e2e.conftest import LARGE, SMALL, backend_entry, base_config  # noqa: E402
+from tests.support import LARGE, SMALL, backend_entry, base_config  # noqa: E402
 from tests.e2e.test_nudges import policy_file  # noqa: E402
 from tests.support import GatewayProcess, write_config  # noqa: E402
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.policy.keys import hash_key
-from tests.e2e.conftest import SMALL, backend_entry, base_config
+from tests.support import SMALL, backend_entry, base_config
 from tests.e2e.test_nudges import policy_file
 from tests.support import GatewayProcess, free_port, wait_until, write_config
 

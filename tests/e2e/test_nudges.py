@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.policy.keys import hash_key
-from tests.e2e.conftest import LARGE, SMALL, backend_entry, base_config
+from tests.support import LARGE, SMALL, backend_entry, base_config
 from tests.support import GatewayProcess, wait_until, write_config
 
 ASK = [{"role": "user", "content": "Name three primary colours."}]

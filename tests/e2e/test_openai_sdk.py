@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.e2e.conftest import LARGE, MEDIUM, SMALL
+from tests.support import LARGE, MEDIUM, SMALL
 
 PROMPT = [{"role": "user", "content": "Name three primary colours."}]
 

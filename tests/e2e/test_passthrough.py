@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config, twin_backends
+from tests.support import MEDIUM, backend_entry, base_config, twin_backends
 from tests.support import GatewayProcess, write_config
 
 EMBED = "BAAI/bge-small-en-v1.5"

@@ -23,7 +23,7 @@ from gateway.config import (
     ServerConfig,
 )
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import MEDIUM, SMALL
+from tests.support import MEDIUM, SMALL
 from tests.e2e.test_nudges import policy_file
 from tests.support import InProcessGateway, wait_until
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from gateway.sim.process import start_sim
-from tests.e2e.conftest import LARGE, MEDIUM, SMALL, backend_entry, base_config
+from tests.support import LARGE, MEDIUM, SMALL, backend_entry, base_config
 from tests.support import GatewayProcess, wait_until, write_config
 
 TRIVIAL = "What is 2+2?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from gateway.policy.keys import hash_key
-from tests.e2e.conftest import MEDIUM, backend_entry, base_config
+from tests.support import MEDIUM, backend_entry, base_config
 from tests.support import GatewayProcess, wait_until, write_config
 
 KEYS = {"alice": ("alice-secret-key", "nlp", False), "bob": ("bob-secret-key", "vision", False),

@@ -31,6 +31,14 @@ class FakeUpstream:
         self.response.release()
 
 
+async def relay_all(ctx, upstream) -> bytes:
+    """What the API sends: the relayed bytes, and each StreamEnd's tail without nudges."""
+    out = []
+    async for piece in forward.relay(ctx, upstream):
+        out.append(piece.tail(ctx, None) if isinstance(piece, forward.StreamEnd) else piece)
+    return b"".join(out)
+
+
 def chunk(i: int, text: str, finish: str | None = None, usage: int | None = None) -> bytes:
     tail = b',"finish_reason":"%s"}]' % finish.encode() if finish else b',"finish_reason":null}]'
     running = b',"usage":{"prompt_tokens":7,"total_tokens":%d,"completion_tokens":%d}' % (7 + usage, usage) if usage else b""
@@ -61,19 +69,10 @@ def test_plain_chunks_pass_through_without_json(monkeypatch):
     monkeypatch.setattr(sse.orjson, "dumps", dumps)
 
     ctx = RequestContext(request_id="r", endpoint="chat", body={}, stream=True, include_usage=False)
-    sent: list[bytes] = []
-
-    async def send(message):
-        sent.append(message.get("body", b""))
-
-    async def finish(c):
-        return {}
-
     upstream = FakeUpstream(reads)
-    asyncio.run(forward.relay_stream(ctx, upstream, send, finish))
+    out = asyncio.run(relay_all(ctx, upstream))
     during = dict(calls)
     monkeypatch.undo()
-    out = b"".join(sent)
     # every content chunk is forwarded as it came, minus the running usage the client did not ask for
     for i in range(30):
         assert chunk(i, f"tok{i} ") in out
