@@ -27,7 +27,8 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.config import BackendConfig
-from gateway.energy.attribution import Book, Interval, Track
+from gateway.energy.attribution.book import Book
+from gateway.energy.attribution.records import Interval, Track
 from gateway.energy.coefficients import TokenCosts
 from gateway.energy.meters import DcgmMeter, EstimateMeter, Meter, Reading
 from gateway.energy.scrape import HttpGetter, VllmCounters, counter_delta, parse_vllm

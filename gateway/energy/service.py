@@ -27,7 +27,8 @@ from functools import partial
 
 from gateway.config import BackendConfig
 from gateway.context import EnergyReport, RequestContext
-from gateway.energy.attribution import Book, Interval, Track
+from gateway.energy.attribution.book import Book
+from gateway.energy.attribution.records import Interval, Track
 from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
 from gateway.energy.costs import energy_report
 from gateway.energy.counterfactual import ReasoningLengths

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from gateway.context import RequestContext
-from gateway.energy.attribution import Book, Interval
+from gateway.energy.attribution.book import Book
+from gateway.energy.attribution.records import Interval
 from gateway.energy.coefficients import TokenCosts, context_sum
 
 COSTS = TokenCosts(8.0, 1, "h100")
@@ -353,7 +354,7 @@ def test_calibration_gives_a_prompt_its_measured_cost_not_the_models():
 
 
 def test_closed_intervals_are_kept_for_the_oldest_request_in_flight_not_for_the_uptime():
-    from gateway.energy.attribution import RING_MARGIN_S
+    from gateway.energy.attribution.book import RING_MARGIN_S
 
     b = book()
     t = 0.0

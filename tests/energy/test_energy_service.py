@@ -241,7 +241,7 @@ def test_the_sampler_waits_for_the_counter_to_move_and_survives_a_backend_restar
     """Driven tick by tick (no thread; an interval so short that every tick may cut): merging
     while the exporter's counter stands still, and a vLLM restart whose counters go back to
     small values."""
-    from gateway.energy.attribution import Book
+    from gateway.energy.attribution.book import Book
     from gateway.energy.coefficients import TokenCosts
     from gateway.energy.meters import DcgmMeter
     from gateway.energy.sampler import BackendSampler
