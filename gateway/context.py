@@ -1,9 +1,12 @@
 """The one object that travels with a request through the gateway.
 
 ``api`` creates it from the HTTP request, ``policy`` fills in what the policy decided,
-``routing`` where the request goes, ``proxy`` what happened upstream, and ``telemetry`` /
-``energy`` read it at the end. The fields are grouped by the stage that writes them; the few
-that two stages still write are listed in CONTRIBUTING.md ("Who writes which context field").
+``routing`` where the request goes, ``proxy`` what happened upstream, ``energy`` what it
+cost, and ``telemetry`` reads it at the end. The fields are grouped by the one stage that
+writes them (a failover routes and shapes again: the same stages rewrite their own fields).
+Two fields are shared logs rather than fields: ``actions`` and ``response_headers``, which any
+stage may append to; and the API completes the ``usage`` dict the proxy stored (reasoning
+tokens, energy) as it writes the answer.
 
 It is a plain slotted object: it is created for every request and touched per streamed
 chunk (``gen_tokens_seen``), so it must stay cheap.
@@ -76,7 +79,7 @@ class EnergyReport:
 
 @dataclass(slots=True)
 class RequestContext:
-    # --- api: born from the HTTP request
+    # --- api: born from the HTTP request, and how it was answered
     request_id: str
     endpoint: str  # "chat" | "completions" | "embeddings"
     body: dict[str, Any]  # the client's JSON; policy and routing edit the copy sent upstream
@@ -90,6 +93,10 @@ class RequestContext:
     api_key_hash: str | None = None
     key_name: str | None = None
     team: str = "default"
+    finished: float | None = None  # monotonic time the answer was complete (or the request ended)
+    status: int = 0  # the HTTP status the client got
+    outcome: str = "pending"  # ok | upstream_error | client_disconnect | refused
+    error_code: str | None = None
 
     # --- policy
     policy_version: str | None = None
@@ -97,8 +104,8 @@ class RequestContext:
     reasoning: bool = False  # reasoning will run for this request
     reasoning_avoided: bool = False  # policy switched off a model's default thinking
     nudges: list[Nudge] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)  # e.g. "reasoning:off", "max_tokens:cap"
-    response_headers: dict[str, str] = field(default_factory=dict)  # added by any stage
+    actions: list[str] = field(default_factory=list)  # a log any stage appends to: "reasoning:off", ...
+    response_headers: dict[str, str] = field(default_factory=dict)  # any stage may add one
     policy_plan: Plan | None = None  # the policy's Plan from admit(); feedback() settles its budgets from it
 
     # --- routing
@@ -106,7 +113,7 @@ class RequestContext:
     model: str = ""  # the routed model, as the backend knows it
     route_reason: str = ""
     adequacy: float | None = None
-    prompt_tokens_est: int = 0
+    prompt_tokens_est: int = 0  # the gateway's own count (proxy.prompt_tokens is vLLM's, once known)
     task_class: str = "chat"  # trivial | chat | hard (features.task_class): what reasoning would cost
     counterfactual_model: str | None = None  # what it would have run on without right-sizing
 
@@ -116,17 +123,15 @@ class RequestContext:
     upstream_request_id: str | None = None
     sent: float | None = None  # monotonic time the upstream request was sent
     first_byte: float | None = None  # first upstream body byte relayed to the client
-    finished: float | None = None
+    prompt_tokens: int = 0  # exact, from vLLM's running usage in a stream (0: not known yet)
     gen_tokens_seen: int = 0  # tokens streamed so far (read by the energy sampler)
     gen_tokens_exact: bool = False  # ...from vLLM's running usage, else counted one per event
     reasoning_parts: list[str] = field(default_factory=list)  # reasoning text as relayed, to count exactly
     reasoning_tokens: int = 0
-    status: int = 0
-    outcome: str = "pending"  # ok | client_error | upstream_error | client_disconnect | refused
-    error_code: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None  # vLLM's usage (or, for a stream cut short, what was used)
+    upstream_error: str | None = None  # why the answer failed after it started (a stream's error event)
 
-    # --- energy / telemetry
+    # --- energy
     energy: EnergyReport | None = None
 
     @property

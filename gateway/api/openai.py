@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from contextlib import aclosing
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,7 @@ from gateway.api.validate import check_chat, check_completion, check_embedding, 
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
 from gateway.policy.keys import Identity
-from gateway.proxy import sse
-from gateway.proxy.client import Disconnected, ProtocolError
-from gateway.proxy.forward import Proxy, Upstream, relay_stream, upstream_error
+from gateway.proxy.forward import StreamEnd, Upstream, relay
 
 if TYPE_CHECKING:  # the policy module is imported only when policy is on
     from gateway.policy.plan import Plan
@@ -225,7 +224,7 @@ class OpenAIEndpoints:
                 energy = gw.energy
                 awaiting = energy is not None and ctx.upstream_request_id is not None
                 if energy is not None and awaiting and ctx.energy is None:  # stopped before finish()
-                    ctx.energy = energy.end(ctx)  # still account its energy
+                    energy.end(ctx)  # still account its energy
                 if gw.policy is not None:
                     await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
@@ -249,14 +248,12 @@ class OpenAIEndpoints:
             route = self._failover(err, ctx, plan, requested, route, unshaped, raw, check)
             upstream = await self._open(ctx, route, path)
         try:
-            if upstream.status >= 400:
-                raise await upstream_error(upstream)
             if ctx.stream:
                 await self._relay(request, ctx, upstream)
             else:
                 await self._unary(request, ctx, upstream)
         finally:
-            Proxy.done(upstream)
+            upstream.close()
 
     def _shape(self, ctx: RequestContext, plan: Plan | None, route: Route) -> None:
         policy = self.parts.policy
@@ -277,15 +274,14 @@ class OpenAIEndpoints:
         there is nowhere else to go."""
         if err.status != 503 or ctx.endpoint == "embeddings" or self.parts.router.resolve(requested)[0] != "auto":
             raise err
-        route = self._route(ctx, plan, requested)
+        route = self._route(ctx, plan, requested, unreachable=failed.model.name)
         if route.model.name == failed.model.name or not route.backends:
             raise err
-        route.reason = ctx.route_reason = f"{failed.model.name} unreachable; {route.reason}"
         unshaped.restore(ctx, raw, check)
         self._shape(ctx, plan, route)
         return route
 
-    def _route(self, ctx: RequestContext, plan: Plan | None, requested: str) -> Route:
+    def _route(self, ctx: RequestContext, plan: Plan | None, requested: str, unreachable: str | None = None) -> Route:
         gw = self.parts
         started = time.perf_counter()
         if ctx.endpoint == "embeddings":
@@ -299,9 +295,10 @@ class OpenAIEndpoints:
                 reasoning=plan.reasoning,
                 friction_tiers=friction,
                 avoid_always_thinking=plan.avoid_always_thinking,
+                unreachable=unreachable,
             )
         else:
-            route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body)
+            route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body, unreachable=unreachable)
         gw.metrics.route_seconds.observe(time.perf_counter() - started)
         gw.metrics.c_routes(requested, route.model.name, route.tier, route.reason.split(":")[0]).inc()
         return route
@@ -351,61 +348,45 @@ class OpenAIEndpoints:
     async def _relay(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
         ctx.status = 200
         await request.start(200, _SSE_HEADERS + encode_headers(self._headers(ctx)))
-        await relay_stream(ctx, upstream, request.send, self.finish)
-        if ctx.outcome == "pending":
-            ctx.outcome = "ok"
+        send = request.send
+        async with aclosing(relay(ctx, upstream)) as events:
+            async for piece in events:
+                if isinstance(piece, StreamEnd):  # usage is known: settle, then the finish and usage chunks
+                    nudges = await self.finish(ctx)
+                    piece = piece.tail(ctx, nudges)
+                    if not piece:
+                        continue
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        ctx.outcome = "upstream_error" if ctx.upstream_error else "ok"
 
     async def _unary(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
-        try:
-            payload = await upstream.read_json()
-        except (Disconnected, ProtocolError) as exc:  # the backend died mid-body
-            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response") from exc
-        except (TimeoutError, ValueError, OSError) as exc:
-            raise GatewayError(
-                502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response"
-            ) from exc
-        except Exception as exc:  # anything else: the backend failed mid-body
-            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response") from exc
-        ctx.first_byte = time.monotonic()
-        if not isinstance(payload, dict):
-            raise GatewayError(
-                502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response"
-            )
-        ctx.usage = payload.get("usage")
-        if ctx.endpoint == "chat":
-            for choice in payload.get("choices") or ():
-                message = choice.get("message")
-                if isinstance(message, dict):
-                    sse.both_reasoning_names(message)
-                    if message.get("reasoning"):
-                        ctx.reasoning_parts.append(message["reasoning"])
-        extra = await self.finish(ctx)
+        payload = await upstream.answer(ctx)
+        nudges = await self.finish(ctx)
         if ctx.usage is not None:
             payload["usage"] = ctx.usage
-        if extra.get("nudges"):
-            payload["nudges"] = extra["nudges"]
+        if nudges:
+            payload["nudges"] = nudges
         ctx.status = 200
         ctx.outcome = "ok"
         await request.respond(200, orjson.dumps(payload), JSON, self._headers(ctx))
 
-    async def finish(self, ctx: RequestContext) -> dict[str, Any]:
-        """Usage is known: account energy, let policy give feedback, say what to add to the answer."""
+    async def finish(self, ctx: RequestContext) -> list[dict[str, Any]] | None:
+        """Usage is known: account energy, let policy give feedback; the nudges to add to the answer."""
         gw = self.parts
         ctx.finished = time.monotonic()
         usage = ctx.usage
         if ctx.reasoning_parts and ctx.backend is not None:
-            # vLLM reports no reasoning_tokens: count the reasoning text with the backend's tokenizer
-            texts = ["".join(ctx.reasoning_parts)]
-            ctx.reasoning_tokens = await gw.proxy.count_tokens(gw.pool.by_name[ctx.backend], ctx.model, texts)
+            await gw.proxy.count_reasoning(ctx, gw.pool.by_name[ctx.backend])
         if isinstance(usage, dict) and ctx.endpoint == "chat":
             details = usage.get("completion_tokens_details") or {}
             details["reasoning_tokens"] = ctx.reasoning_tokens
             usage["completion_tokens_details"] = details
         if gw.energy is not None and ctx.upstream_request_id is not None:
-            ctx.energy = gw.energy.end(ctx)
+            gw.energy.end(ctx)  # writes ctx.energy
         if gw.policy is not None:
             await gw.policy.feedback(ctx)
         if isinstance(usage, dict) and ctx.energy is not None:
             plan = ctx.policy_plan
             usage["energy"] = ctx.energy.as_dict(show_cost=plan is None or plan.show_cost)
-        return {"nudges": [n.as_dict() for n in ctx.nudges]} if ctx.nudges else {}
+        return [n.as_dict() for n in ctx.nudges] if ctx.nudges else None

@@ -198,7 +198,7 @@ class EnergyService:
             estimated = estimated or est
         if not entry.tracks:  # the sampler has not seen it yet (or never will)
             usage = ctx.usage if isinstance(ctx.usage, dict) else {}
-            prompt = usage.get("prompt_tokens") or ctx.prompt_tokens_est or 0
+            prompt = usage.get("prompt_tokens") or ctx.prompt_tokens or ctx.prompt_tokens_est or 0
             gen = usage.get("completion_tokens") or ctx.gen_tokens_seen or 0
             sampler = self.samplers.get(ctx.backend or "")
             if sampler is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -39,9 +39,13 @@ class AttemptHooks(Protocol):
 
 
 class Upstream:
-    """An open upstream response: status, and either a body to read or a stream to relay."""
+    """An open 2xx upstream response: a unary answer (``answer``) or a stream (``relay``).
 
-    __slots__ = ("response", "backend", "status", "first", "body")
+    ``close()`` lets go of it: an unfinished answer drops its TCP connection, which makes vLLM
+    abort the request; a finished one keeps its connection for the next request.
+    """
+
+    __slots__ = ("response", "backend", "status", "first", "body", "closed")
 
     def __init__(self, response: Response, backend: Backend):
         self.response = response
@@ -49,26 +53,51 @@ class Upstream:
         self.status = response.status
         self.first = b""  # a stream's first bytes, read before committing to this backend
         self.body: bytes | None = None  # a unary answer, read whole before committing to it
+        self.closed = False
 
     def close(self) -> None:
-        # An unfinished answer: drop the TCP connection, which makes vLLM abort the request.
-        # A finished one: its connection is clean, keep it for the next request.
-        self.response.release()
+        if not self.closed:
+            self.closed = True
+            self.response.release()
+            self.backend.inflight -= 1
 
-    async def read_json(self) -> Any:
-        raw = self.body if self.body is not None else await self.response.read()
-        return orjson.loads(raw) if raw else None
+    async def answer(self, ctx: RequestContext) -> dict[str, Any]:
+        """The unary answer as a JSON object (``ctx.usage`` and the reasoning text noted), or
+        GatewayError 502 when the backend failed while sending it or sent something else."""
+        try:
+            raw = self.body if self.body is not None else await self.response.read()
+            payload = orjson.loads(raw) if raw else None
+        except (TimeoutError, ValueError) as exc:
+            raise GatewayError(
+                502, f"The backend sent an unreadable answer: {exc}", code="bad_upstream_response"
+            ) from exc
+        except Exception as exc:  # the backend died mid-body (Disconnected, ProtocolError, OSError...)
+            raise GatewayError(502, f"The backend failed while answering: {exc}", code="bad_upstream_response") from exc
+        ctx.first_byte = time.monotonic()
+        if not isinstance(payload, dict):
+            raise GatewayError(
+                502, "The backend sent an answer that is not a JSON object.", code="bad_upstream_response"
+            )
+        ctx.usage = payload.get("usage")
+        if ctx.endpoint == "chat":
+            for choice in payload.get("choices") or ():
+                message = choice.get("message") if isinstance(choice, dict) else None
+                if isinstance(message, dict):
+                    sse.both_reasoning_names(message)
+                    if message.get("reasoning"):
+                        ctx.reasoning_parts.append(message["reasoning"])
+        return payload
 
 
-async def upstream_error(upstream: Upstream) -> GatewayError:
-    """An upstream error answer in OpenAI's shape, with its status."""
+async def _upstream_error(upstream: Upstream) -> GatewayError:
+    """An upstream error answer in OpenAI's shape, with its status; the upstream is closed."""
     try:
         raw = await upstream.response.read()
         payload: Any = orjson.loads(raw) if raw else None
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # the client's errors are OSErrors
         payload = None
     finally:
-        upstream.response.release()
+        upstream.close()
     err = normalise(upstream.status, payload)["error"]
     return GatewayError(upstream.status, err["message"], code=err["code"], param=err["param"], type=err["type"])
 
@@ -177,8 +206,7 @@ class Proxy:
             upstream.first = first
             upstream.body = whole
             if response.status >= 500:
-                last = await upstream_error(upstream)
-                backend.inflight -= 1
+                last = await _upstream_error(upstream)
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
                 self._count(backend, f"http_{response.status}")
@@ -186,7 +214,10 @@ class Proxy:
                     backend.mark_down("answered 503")
                 last.headers.setdefault("retry-after", "1")
                 continue
-            self._count(backend, "ok" if response.status < 400 else f"http_{response.status}")
+            if response.status >= 400:  # the request itself was refused: the same on any backend
+                self._count(backend, f"http_{response.status}")
+                raise await _upstream_error(upstream)
+            self._count(backend, "ok")
             return upstream
         assert last is not None
         if last.code == "backend_unreachable":  # nobody answered at all
@@ -195,6 +226,11 @@ class Proxy:
             last.status = 502  # a backend answered 5xx: the gateway got a bad answer
         last.type = "server_error"
         raise last
+
+    async def count_reasoning(self, ctx: RequestContext, backend: Backend) -> None:
+        """``ctx.reasoning_tokens``: vLLM reports none, so the reasoning text relayed is counted
+        with the backend's own tokenizer."""
+        ctx.reasoning_tokens = await self.count_tokens(backend, ctx.model, ["".join(ctx.reasoning_parts)])
 
     async def count_tokens(self, backend: Backend, model: str, texts: list[str]) -> int:
         """Exact token count from the backend's /tokenize (vLLM reports no reasoning_tokens).
@@ -221,24 +257,49 @@ class Proxy:
             total += len(text) // 4
         return total
 
-    @staticmethod
-    def done(upstream: Upstream) -> None:
-        upstream.backend.inflight -= 1
+
+class StreamEnd:
+    """The point in a stream where its usage became known (the usage chunk, or ``[DONE]`` without
+    one). The API settles the request there (energy, policy feedback) and sends ``tail(...)``:
+    the events before this point in the same read, the held-back finish chunk with the nudges
+    added, and the usage chunk if the client asked for it (with the usage the API completed)."""
+
+    __slots__ = ("before", "held", "usage_chunk")
+
+    def __init__(self, before: bytes, held: bytes | None, usage_chunk: dict[str, Any] | None) -> None:
+        self.before, self.held, self.usage_chunk = before, held, usage_chunk
+
+    def tail(self, ctx: RequestContext, nudges: list[dict[str, Any]] | None) -> bytes:
+        out = [self.before] if self.before else []
+        held = self.held
+        if held is not None:
+            if nudges:
+                chunk = sse.decode(held)
+                chunk["nudges"] = nudges
+                held = sse.encode(chunk)
+            out.append(held)
+        usage_chunk = self.usage_chunk
+        if usage_chunk is not None and ctx.include_usage:
+            usage_chunk["usage"] = ctx.usage
+            if nudges:
+                usage_chunk["nudges"] = nudges
+            out.append(sse.encode(usage_chunk))
+        return b"".join(out)
 
 
-async def relay_stream(
-    ctx: RequestContext,
-    upstream: Upstream,
-    send: Callable[[dict], Awaitable[None]],
-    finish: Callable[[RequestContext], Awaitable[dict[str, Any]]],
-) -> None:
-    """Forward an upstream SSE stream to the client, event by event.
+async def relay(ctx: RequestContext, upstream: Upstream) -> AsyncGenerator[bytes | StreamEnd, None]:
+    """An upstream SSE stream as what to send the client: bytes as they arrive, and one
+    ``StreamEnd`` where the usage becomes known.
 
     The gateway always asks upstream for the usage chunk. The last chunk that carries a
-    ``finish_reason`` is held back until the usage chunk arrives, so that ``finish`` (which
-    computes energy and nudges once usage is known) can attach ``nudges`` to it. The usage
-    chunk itself is forwarded, enriched with what ``finish`` returned under ``usage``, only
-    if the client asked for it.
+    ``finish_reason`` is held back until the usage chunk arrives, so that the API (which
+    computes energy and nudges once usage is known) can attach ``nudges`` to it. Events the
+    gateway has nothing to change in pass through as they came (no JSON round trip).
+
+    A backend that fails mid-stream ends the stream with an error event and ``[DONE]``
+    (``ctx.upstream_error`` says so); a stream that stops early (client gone, backend failed)
+    leaves ``ctx.usage`` as what was used up to there (``partial_usage``). Use it with
+    ``contextlib.aclosing`` so that the upstream connection closes as soon as the caller stops.
     """
     splitter = sse.EventSplitter()
     held: bytes | None = None  # the latest finish chunk, waiting for usage
@@ -255,14 +316,16 @@ async def relay_stream(
             for event in splitter.feed(data):
                 if sse.is_done(event):
                     if not finished:
-                        out.extend(await _finish_events(ctx, held, None, finish))
-                        held, finished = None, True
+                        yield StreamEnd(b"".join(out), held, None)
+                        out, held, finished = [], None, True
                     out.append(sse.DONE)
                 elif sse.is_usage(event):
-                    out.extend(await _finish_events(ctx, held, event, finish))
-                    held, finished = None, True
+                    usage_chunk = sse.decode(event)
+                    ctx.usage = usage_chunk.get("usage")
+                    yield StreamEnd(b"".join(out), held, usage_chunk)
+                    out, held, finished = [], None, True
                 elif sse.is_error(event):
-                    ctx.outcome = "upstream_error"
+                    ctx.upstream_error = "upstream_error_event"
                     if held is not None:
                         out.append(held)
                         held = None
@@ -275,7 +338,7 @@ async def relay_stream(
                         ctx.gen_tokens_seen = generated  # read by the energy sampler
                         ctx.gen_tokens_exact = True
                         if prompt > 0:
-                            ctx.prompt_tokens_est = prompt  # exact, from the backend
+                            ctx.prompt_tokens = prompt  # exact, from the backend
                     else:  # a backend without running usage: one token per event
                         ctx.gen_tokens_seen += 1
                     if sse.has_reasoning(event):
@@ -290,67 +353,37 @@ async def relay_stream(
                         ctx.first_byte = time.monotonic()
                     out.append(event)
             if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                yield b"".join(out)
             data = b""
         if not finished:
             # The stream ended without [DONE]: the backend died mid-stream.
             raise aiohttp.ClientPayloadError("upstream closed the stream before [DONE]")
-    except asyncio.CancelledError:
-        # The client left (or the server is stopping) before the usage chunk: what was generated
-        # up to here is still used, and budgets and the ledger must see it.
-        if not finished and ctx.usage is None:
-            ctx.usage = partial_usage(ctx)
-        raise
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        ctx.outcome = "upstream_error"
+        ctx.upstream_error = "backend_stream_error"
         if ctx.usage is None:
             ctx.usage = partial_usage(ctx)
         tail = [held] if held is not None else []
         err = GatewayError(502, f"The backend failed mid-stream: {exc}", code="backend_stream_error")
         tail += [sse.encode(err.body()), sse.DONE]
-        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": True})
+        yield b"".join(tail)
     finally:
+        # The client left (or the server is stopping) before the usage chunk: what was generated
+        # up to here is still used, and budgets and the ledger must see it.
+        if not finished and ctx.usage is None:
+            ctx.usage = partial_usage(ctx)
         upstream.close()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def partial_usage(ctx: RequestContext) -> dict[str, Any]:
     """The usage of a stream that ended before its usage chunk: the prompt (exact when vLLM
     reported running usage, else the gateway's count) and the tokens relayed so far."""
-    prompt, generated = ctx.prompt_tokens_est, ctx.gen_tokens_seen
+    prompt, generated = ctx.prompt_tokens or ctx.prompt_tokens_est, ctx.gen_tokens_seen
     return {
         "prompt_tokens": prompt,
         "completion_tokens": generated,
         "total_tokens": prompt + generated,
         "partial": True,
     }
-
-
-async def _finish_events(
-    ctx: RequestContext,
-    held: bytes | None,
-    usage_event: bytes | None,
-    finish: Callable[[RequestContext], Awaitable[dict[str, Any]]],
-) -> list[bytes]:
-    if usage_event is not None:
-        usage_chunk = sse.decode(usage_event)
-        ctx.usage = usage_chunk.get("usage")
-    else:
-        usage_chunk = None
-    extra = await finish(ctx)
-    out: list[bytes] = []
-    if held is not None:
-        if extra.get("nudges"):
-            chunk = sse.decode(held)
-            chunk["nudges"] = extra["nudges"]
-            held = sse.encode(chunk)
-        out.append(held)
-    if usage_chunk is not None and ctx.include_usage:
-        usage_chunk["usage"] = ctx.usage
-        if extra.get("nudges"):
-            usage_chunk["nudges"] = extra["nudges"]
-        out.append(sse.encode(usage_chunk))
-    return out
 
 
 def _normalised_error_event(event: bytes) -> bytes:

@@ -136,6 +136,7 @@ class Router:
         reasoning: bool = False,
         friction_tiers: frozenset[str] = frozenset(),
         avoid_always_thinking: bool = False,
+        unreachable: str | None = None,
     ) -> Route:
         """Decide where ``requested`` goes.
 
@@ -143,6 +144,8 @@ class Router:
         explicitly in one of these tiers is replaced by the router's own pick (the policy's
         friction, when the client sent no override). ``avoid_always_thinking``: without
         reasoning, move off a model that always thinks to a similar-size one that need not.
+        ``unreachable``: the model this request was routed to before, whose backends all failed
+        before answering (a failover routes again); the reason says so.
         """
         kind, name = self.resolve(requested)
         body = ctx.body
@@ -201,6 +204,8 @@ class Router:
             if quiet is not None:
                 reason = f"{model.name} always thinks; {quiet.name} is a similar size and need not"
                 model, p = quiet, probs.get(quiet.tier)
+        if unreachable is not None:
+            reason = f"{unreachable} unreachable; {reason}"
         route = Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
         return _decided(ctx, route)
 

@@ -64,7 +64,7 @@ class Track:
         usage = self.usage if self.usage is not None else self.ctx.usage
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             return usage["prompt_tokens"]
-        return max(0, self.ctx.prompt_tokens_est or 0)
+        return max(0, self.ctx.prompt_tokens or self.ctx.prompt_tokens_est or 0)  # vLLM's count once known
 
     def gen_tokens_now(self) -> int:
         # Exact when the backend sends running usage; else one event per token, after the
