@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="router_command", required=True)
     f = rsub.add_parser(
         "fit",
-        help="refit the router on your own labelled prompts (needs the [fit] extra)",
+        help="refit the router on your own labelled prompts (needs the [train] extra)",
         description="Refit the router on labelled prompts (gateway/routing/refit.py has the format).",
     )
     f.add_argument(

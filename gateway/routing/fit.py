@@ -1,4 +1,4 @@
-"""Fit the router's model from labelled prompts (numpy and scipy: ``pip install 'nudge-gateway[fit]'``).
+"""Fit the router's model from labelled prompts (numpy and scipy: ``pip install 'nudge-gateway[train]'``).
 
 The model (see ``gateway/routing/adequacy.py`` for how the gateway uses it) predicts, for a
 prompt ``x``, its *size sensitivity* ``s(x)``: the share of the larger model's quality that is
@@ -45,7 +45,7 @@ def _np():
         import numpy as np
         from scipy import optimize, sparse
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SystemExit("fitting the router needs numpy and scipy: pip install 'nudge-gateway[fit]'") from exc
+        raise SystemExit("fitting the router needs numpy and scipy: pip install 'nudge-gateway[train]'") from exc
     return np, sparse, optimize
 
 

@@ -20,7 +20,7 @@ Two modes (``--mode``):
 
 ``--holdout`` keeps a share of the prompts out of the fit and reports quality and energy on them.
 The result is an artefact the config points to: ``routing: {model: PATH}``. Needs numpy and
-scipy (``pip install 'nudge-gateway[fit]'``).
+scipy (``pip install 'nudge-gateway[train]'``).
 """
 
 from __future__ import annotations
