@@ -259,15 +259,17 @@ class Proxy:
 
 
 class StreamEnd:
-    """The point in a stream where its usage became known (the usage chunk, or ``[DONE]`` without
-    one). The API settles the request there (energy, policy feedback) and sends ``tail(...)``:
-    the events before this point in the same read, the held-back finish chunk with the nudges
-    added, and the usage chunk if the client asked for it (with the usage the API completed)."""
+    """The read of a stream in which its usage became known (the usage chunk, or ``[DONE]``
+    without one). The API settles the request there (energy, policy feedback) and sends
+    ``tail(...)``, all in one write: the events before that point in the read, the held-back
+    finish chunk with the nudges added, the usage chunk if the client asked for it (with the
+    usage the API completed), and the events after it in the same read (``[DONE]``)."""
 
-    __slots__ = ("before", "held", "usage_chunk")
+    __slots__ = ("before", "held", "usage_chunk", "after")
 
     def __init__(self, before: bytes, held: bytes | None, usage_chunk: dict[str, Any] | None) -> None:
         self.before, self.held, self.usage_chunk = before, held, usage_chunk
+        self.after = b""
 
     def tail(self, ctx: RequestContext, nudges: list[dict[str, Any]] | None) -> bytes:
         out = [self.before] if self.before else []
@@ -284,6 +286,7 @@ class StreamEnd:
             if nudges:
                 usage_chunk["nudges"] = nudges
             out.append(sse.encode(usage_chunk))
+        out.append(self.after)
         return b"".join(out)
 
 
@@ -313,16 +316,17 @@ async def relay(ctx: RequestContext, upstream: Upstream) -> AsyncGenerator[bytes
                 if not data:
                     break
             out: list[bytes] = []
+            end: StreamEnd | None = None
             for event in splitter.feed(data):
                 if sse.is_done(event):
                     if not finished:
-                        yield StreamEnd(b"".join(out), held, None)
+                        end = StreamEnd(b"".join(out), held, None)
                         out, held, finished = [], None, True
                     out.append(sse.DONE)
                 elif sse.is_usage(event):
                     usage_chunk = sse.decode(event)
                     ctx.usage = usage_chunk.get("usage")
-                    yield StreamEnd(b"".join(out), held, usage_chunk)
+                    end = StreamEnd(b"".join(out), held, usage_chunk)
                     out, held, finished = [], None, True
                 elif sse.is_error(event):
                     ctx.upstream_error = "upstream_error_event"
@@ -352,7 +356,10 @@ async def relay(ctx: RequestContext, upstream: Upstream) -> AsyncGenerator[bytes
                     if ctx.first_byte is None:
                         ctx.first_byte = time.monotonic()
                     out.append(event)
-            if out:
+            if end is not None:
+                end.after = b"".join(out)
+                yield end
+            elif out:
                 yield b"".join(out)
             data = b""
         if not finished:

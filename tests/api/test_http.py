@@ -80,6 +80,8 @@ def test_cors_preflight_and_exposed_headers(origins):
     exposed = r.headers["access-control-expose-headers"].lower()
     for name in ("x-request-id", "x-gateway-energy-j", "x-gateway-routed-model", "x-gateway-nudge", "retry-after"):
         assert name in exposed
+    plain = call(app, "POST", "/v1/chat/completions")  # an API client (no Origin): nothing added
+    assert plain.status_code == 200 and not any(h.startswith("access-control-") for h in plain.headers)
 
 
 def test_cors_refuses_other_origins_and_can_be_off():
