@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import aclosing
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -45,22 +44,6 @@ def header_safe(text: str) -> str:
     """Header values are latin-1: spell out the few symbols our messages use, drop the rest."""
     text = text.replace("₂", "2").replace("≥", ">=").replace("≤", "<=").replace("→", "->").replace("—", "-")
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
-
-
-_NOTHING: Mapping[str, Any] = MappingProxyType({})
-
-
-def _release_inputs(ctx: RequestContext) -> None:
-    """Let go of what only the request path needed, once the request is answered and recorded.
-
-    The energy service keeps the context until the request's joules are final (~2 s under the
-    default meter), then hands it to the ledger; neither reads the body, the headers, the
-    policy plan or the response headers. Holding them that long kept ~2 s worth of requests'
-    dicts and lists alive, old enough to be promoted, and the collector walked them again and
-    again: generation 1 and 2 collections of 4-20 ms under load (bench/NOTES.md).
-    """
-    ctx.body = ctx.headers = ctx.response_headers = _NOTHING  # type: ignore[assignment]
-    ctx.policy_plan = None
 
 
 class _Unshaped:
@@ -229,7 +212,7 @@ class OpenAIEndpoints:
                     await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
                 if awaiting:
-                    _release_inputs(ctx)
+                    ctx.release_inputs()
 
     async def _serve(
         self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None],
