@@ -1,14 +1,17 @@
-"""What do Starlette's router and CORS middleware cost the request path?
+"""What do Starlette's router and CORS middleware, or FastAPI, cost the request path?
 
-    python bench/starlette_check.py [--rounds 3] [--duration 5]      # needs wrk and taskset
+    python bench/starlette_check.py [--rounds 3] [--duration 5]   # needs wrk, taskset, the bench extra
 
 The same gateway (every feature on, the shipped default policy, one instant simulator) is served
-two ways, each by uvicorn on core 1 with the load and the simulator on core 0 (``taskset``):
+three ways, each by uvicorn on core 1 with the load and the simulator on core 0 (``taskset``):
 
   exact      the handlers behind a bare exact-path dict lookup (what the gateway dispatched with
              before it moved to Starlette; kept here as the baseline)
   starlette  the gateway as shipped: ``starlette.routing.Router`` and ``CORSMiddleware``
              (``gateway/api/http.py: application``)
+  fastapi    the same handlers as FastAPI routes (``app.api_route``, a ``Request`` parameter, the
+             handler answering through ``send`` itself): what FastAPI's per-request machinery
+             (dependency solving, its request object, exception handling) adds
 
 and measured in interleaved rounds with ``wrk`` (closed loop, 16 connections, a short chat
 request). It prints the requests per second of each, their ratio, and writes
@@ -46,6 +49,36 @@ end
 """ % MODEL
 
 
+def fastapi_app(gateway):
+    """The gateway's handlers as FastAPI routes, with the gateway's own lifespan."""
+    from fastapi import FastAPI
+    from fastapi import Request as FastAPIRequest
+    from starlette.responses import Response
+
+    from gateway.api.http import Endpoint
+
+    class Answered(Response):  # the handler has answered through send already
+        async def __call__(self, scope, receive, send) -> None:
+            pass
+
+    def route(endpoint: Endpoint):
+        async def handle(request: FastAPIRequest) -> Response:
+            await endpoint(request.scope, request.receive, request._send)
+            return Answered()
+
+        handle.__annotations__ = {"request": FastAPIRequest, "return": Response}  # resolved, not strings
+        return handle
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    for path, handlers in gateway.paths.items():
+        app.add_api_route(path, route(Endpoint(handlers)), methods=list(handlers))
+
+    async def asgi(scope, receive, send) -> None:
+        await (app if scope["type"] == "http" else gateway)(scope, receive, send)
+
+    return asgi
+
+
 class ExactDispatch:
     """The baseline: the gateway's handlers behind an exact-path dict lookup (404/405 in OpenAI's
     shape), with the gateway's own lifespan."""
@@ -73,7 +106,7 @@ def serve(kind: str, config_path: str, port: int) -> None:
     from gateway.config import load_config
 
     gateway = Gateway(load_config(config_path))
-    app = gateway if kind == "starlette" else ExactDispatch(gateway)
+    app = {"starlette": lambda: gateway, "exact": lambda: ExactDispatch(gateway), "fastapi": lambda: fastapi_app(gateway)}[kind]()
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http=GatewayHttpProtocol, lifespan="on",
                 access_log=False, log_level="warning")  # fmt: skip
 
@@ -102,7 +135,9 @@ def write_readme(r: dict) -> None:
         f"Routing and CORS are Starlette's (its `Router` and `CORSMiddleware`). Against a bare exact-path "
         f"lookup in front of the same handlers (`{r['command']}`, `bench/results/starlette-check.json`, "
         f"{r['when'][:10]}, {r['cpus']} cores, the full request path with every feature on) they cost "
-        f"{cost:.1%} of throughput: {med['exact']:,.0f} req/s against {med['starlette']:,.0f}. {decision}"
+        f"{cost:.1%} of throughput: {med['exact']:,.0f} req/s against {med['starlette']:,.0f}. {decision} "
+        f"The same handlers as FastAPI routes served {med['fastapi']:,.0f} req/s, "
+        f"{r['fastapi_throughput_cost']:.1%} fewer than the bare lookup."
     )
     readme = ROOT / "README.md"
     body = readme.read_text()
@@ -117,7 +152,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--readme", action="store_true", help="only rewrite the README's line from the results file")
-    ap.add_argument("--serve", choices=("exact", "starlette"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=("exact", "starlette", "fastapi"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -143,7 +178,7 @@ def main() -> int:
                   "ledger": {"path": str(tmp / "usage.db")}}  # fmt: skip
         (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
         urls = {}
-        for kind in ("exact", "starlette"):
+        for kind in ("exact", "starlette", "fastapi"):
             port = free_port()
             procs[kind] = subprocess.Popen(["taskset", "-c", "1", sys.executable, __file__, "--serve", kind, "--config",
                                             str(tmp / "gateway.yaml"), "--port", str(port)], cwd=ROOT)  # fmt: skip
@@ -161,16 +196,19 @@ def main() -> int:
             p.terminate()
             p.wait(30)
         sim.stop()
-    med = {k: statistics.median(r[k]["rps"] for r in rounds) for k in ("exact", "starlette")}
+    med = {k: statistics.median(r[k]["rps"] for r in rounds) for k in ("exact", "starlette", "fastapi")}
     cost = 1 - med["starlette"] / med["exact"]
+    fastapi_cost = 1 - med["fastapi"] / med["exact"]
     verdict = "Starlette (costs under 10%)" if cost < 0.10 else "a hand-written dispatch (Starlette costs 10% or more)"
     result = {"command": f"python bench/starlette_check.py --rounds {args.rounds} --duration {args.duration:g}",
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "rounds": rounds,
-              "median_rps": med, "throughput_cost": round(cost, 4), "verdict": verdict}  # fmt: skip
+              "median_rps": med, "throughput_cost": round(cost, 4),
+              "fastapi_throughput_cost": round(fastapi_cost, 4), "verdict": verdict}  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     write_readme(result)
-    print(f"exact {med['exact']:.0f} req/s, starlette {med['starlette']:.0f} req/s: Starlette costs {cost:.1%} -> {verdict}")
+    print(f"exact {med['exact']:.0f} req/s, starlette {med['starlette']:.0f} req/s, fastapi {med['fastapi']:.0f} req/s: "
+          f"Starlette costs {cost:.1%}, FastAPI {fastapi_cost:.1%} -> {verdict}")
     return 0
 
 
