@@ -1,12 +1,10 @@
 """Read a request, send a response; paths and CORS are Starlette's.
 
 Handlers take this module's small ``Request`` (body limits and deadlines, OpenAI-shaped
-errors, no per-request parsing it does not need) rather than FastAPI's: on this project's
-2-core benchmark machine a FastAPI route in front of the same upstream call served ~3,700
-req/s against ~6,600 for a plain ASGI callable (bench/NOTES.md). Dispatch by path, path
-parameters, trailing-slash redirects and CORS come from Starlette's router and middleware,
-which cost the full request path a few percent of its throughput
-(``bench/starlette_check.py``, README "Library choices").
+errors, no per-request parsing it does not need) rather than FastAPI's, whose per-request
+machinery costs the full request path far more than Starlette's router does. Dispatch by
+path, path parameters, trailing-slash redirects and CORS come from Starlette's router and
+middleware (``bench/starlette_check.py`` measures all three ways; README "Library choices").
 """
 
 from __future__ import annotations
