@@ -171,6 +171,17 @@ class RoutingConfig(Strict):
         default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},
         description="client-facing model names: 'auto' routes, 'tier:NAME' picks a tier, else a model name",
     )
+    tier_fallback: Literal["nearest", "up", "down", "none"] = Field(
+        "nearest",
+        description="where a request for a tier goes when every backend of the model it was routed to fails "
+        "before answering: the nearest healthy tier (the larger of two as near), the nearest above first, the "
+        "nearest below first, or (none) nowhere: 503. 'auto' requests are routed again among what is up",
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="per client-facing model name, where it may go when every backend of it fails before "
+        "answering, in order: model names, 'tier:NAME' or 'auto'. A named model without an entry does not fall back",
+    )
     spill: Literal["up", "wait"] = Field("up", description="what a saturated tier does: send up a tier, or queue")
     saturated_waiting: int = Field(8, ge=1, description="vllm:num_requests_waiting at which a backend is saturated")
 

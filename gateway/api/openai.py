@@ -228,8 +228,7 @@ class OpenAIEndpoints:
         try:
             upstream = await self._open(ctx, route, path)
         except GatewayError as err:
-            route = self._failover(err, ctx, plan, requested, route, unshaped, raw, check)
-            upstream = await self._open(ctx, route, path)
+            upstream = await self._failover(err, ctx, plan, requested, route, unshaped, raw, check, path)
         try:
             if ctx.stream:
                 await self._relay(request, ctx, upstream)
@@ -247,24 +246,31 @@ class OpenAIEndpoints:
         body = self._upstream_body(ctx)
         return await self.parts.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
 
-    def _failover(
+    async def _failover(
         self, err: GatewayError, ctx: RequestContext, plan: Plan | None, requested: str, failed: Route,
-        unshaped: _Unshaped, raw: bytes, check: Callable[[dict], None],
-    ) -> Route:  # fmt: skip
-        """Every backend of the routed model failed before sending a byte. A request the router
-        placed ('auto') goes to the next tier that is up, shaped anew from the client's own body
-        (the new model may be of another family); a named model does not. Raises ``err`` when
-        there is nowhere else to go."""
-        if err.status != 503 or ctx.endpoint == "embeddings" or self.parts.router.resolve(requested)[0] != "auto":
-            raise err
-        route = self._route(ctx, plan, requested, unreachable=failed.model.name)
-        if route.model.name == failed.model.name or not route.backends:
-            raise err
-        unshaped.restore(ctx, raw, check)
-        self._shape(ctx, plan, route)
-        return route
+        unshaped: _Unshaped, raw: bytes, check: Callable[[dict], None], path: str,
+    ) -> Upstream:  # fmt: skip
+        """Every backend of the routed model failed before sending a byte (503). The router
+        falls back ('auto': its pick among what is up; a tier: the nearest healthy tier; a named
+        model: the fallbacks configured for it), and the request is shaped anew from the client's
+        own body (the new model may be of another family). Raises the last error when there is
+        nowhere else to go."""
+        unreachable: tuple[str, ...] = (failed.model.name,)
+        while err.status == 503 and ctx.endpoint != "embeddings":
+            route = self._route(ctx, plan, requested, unreachable)
+            if route.model.name in unreachable or not route.backends:
+                break
+            unshaped.restore(ctx, raw, check)
+            self._shape(ctx, plan, route)
+            try:
+                return await self._open(ctx, route, path)
+            except GatewayError as again:
+                err, unreachable = again, (*unreachable, route.model.name)
+        raise err
 
-    def _route(self, ctx: RequestContext, plan: Plan | None, requested: str, unreachable: str | None = None) -> Route:
+    def _route(
+        self, ctx: RequestContext, plan: Plan | None, requested: str, unreachable: tuple[str, ...] = ()
+    ) -> Route:
         gw = self.parts
         started = time.perf_counter()
         if ctx.endpoint == "embeddings":

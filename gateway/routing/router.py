@@ -136,7 +136,7 @@ class Router:
         reasoning: bool = False,
         friction_tiers: frozenset[str] = frozenset(),
         avoid_always_thinking: bool = False,
-        unreachable: str | None = None,
+        unreachable: tuple[str, ...] = (),
     ) -> Route:
         """Decide where ``requested`` goes.
 
@@ -144,8 +144,8 @@ class Router:
         explicitly in one of these tiers is replaced by the router's own pick (the policy's
         friction, when the client sent no override). ``avoid_always_thinking``: without
         reasoning, move off a model that always thinks to a similar-size one that need not.
-        ``unreachable``: the model this request was routed to before, whose backends all failed
-        before answering (a failover routes again); the reason says so.
+        ``unreachable``: the models this request was routed to before, whose backends all failed
+        before answering (a failover routes again, ``fallback``); the reason says so.
         """
         kind, name = self.resolve(requested)
         body = ctx.body
@@ -178,7 +178,14 @@ class Router:
             if ceiling is not None and self.catalog.tiers.index(name) > ceiling:
                 model, p, reason = recommended, rec_p, f"tier {name} is over budget; {why}"
             elif not in_tier:
-                model, p, reason = recommended, rec_p, f"no healthy {name} model fits; {why}"
+                near = self._nearest(name, [m for m in fits if self.pool.serving(m.name)], reasoning)
+                own = [m for m in fits if m.tier == name]
+                if self.config.tier_fallback == "none" and own:  # stay: the proxy answers 503
+                    model, p, reason = own[0], probs.get(name), f"tier {name} asked for; no healthy {name} model"
+                elif near is None:  # nothing healthy in any tier: the router's pick, the proxy answers 503
+                    model, p, reason = recommended, rec_p, f"no healthy {name} model fits; {why}"
+                else:
+                    model, p, reason = near, probs.get(near.tier), self._nearest_reason(name, near)
             else:
                 model = _prefer_reasoning_fit(in_tier, reasoning)
                 p, reason = probs.get(model.tier), f"tier {name} asked for"
@@ -204,10 +211,68 @@ class Router:
             if quiet is not None:
                 reason = f"{model.name} always thinks; {quiet.name} is a similar size and need not"
                 model, p = quiet, probs.get(quiet.tier)
-        if unreachable is not None:
-            reason = f"{unreachable} unreachable; {reason}"
+        if unreachable:
+            model, p, reason, counterfactual = self._fallback(
+                kind, name, requested, unreachable, fits, (model, p, reason, counterfactual), (recommended, rec_p)
+            )
+            reason = f"{', '.join(unreachable)} unreachable; {reason}"
         route = Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
         return _decided(ctx, route)
+
+    def _fallback(
+        self, kind: str, name: str, requested: str, failed: tuple[str, ...], fits: list[ModelInfo],
+        routed: tuple[ModelInfo, float | None, str, ModelInfo], recommended: tuple[ModelInfo, float | None],
+    ) -> tuple[ModelInfo, float | None, str, ModelInfo]:  # fmt: skip
+        """Where a request goes once every backend of the ``failed`` models could not answer it:
+        (model, adequacy, reason, counterfactual).
+
+        'auto' routes as ever (``routed``: the router's pick among what is up). A tier goes to the
+        nearest healthy tier (``routing.tier_fallback``); a named model only to what
+        ``routing.fallbacks`` lists for it, in order (model names, 'tier:NAME' or 'auto'). With
+        nowhere to go, ``routed`` comes back and the caller gives up."""
+        if kind == "auto":
+            return routed
+        up = [m for m in fits if m.name not in failed and self.pool.serving(m.name)]
+        if kind == "tier":
+            chosen = self._nearest(name, up, routed[0].reasoning != "none")
+            if chosen is None:  # nowhere (or tier_fallback: none): the failed model, and the caller gives up
+                gone = self.catalog.get(failed[-1])
+                return routed if gone is None else (gone, None, routed[2], gone)
+            return chosen, None, self._nearest_reason(name, chosen), chosen
+        for entry in self.config.fallbacks.get(requested) or self.config.fallbacks.get(name) or ():
+            target_kind, target = self.resolve(entry)
+            if target_kind == "auto":
+                pick, pick_p = recommended
+                if pick.name not in failed and self.pool.serving(pick.name):
+                    return pick, pick_p, f"fallback for {name}: auto", pick
+                continue
+            listed = [m for m in up if (m.tier == target if target_kind == "tier" else m.name == target)]
+            if listed:
+                return listed[0], None, f"fallback for {name}: {entry}", listed[0]
+        return routed
+
+    def _nearest(self, tier: str, candidates: list[ModelInfo], reasoning: bool) -> ModelInfo | None:
+        """The model of the healthy tier nearest to ``tier`` in the order ``routing.tier_fallback``
+        names (nearest: the larger of two as near, quality first; up or down: that way first)."""
+        order = self.config.tier_fallback
+        if order == "none" or not candidates:
+            return None
+        origin = self.catalog.tiers.index(tier)
+
+        def distance(m: ModelInfo) -> tuple[int, int]:
+            d = m.rank - origin
+            if order == "up":
+                return int(d < 0), abs(d)
+            if order == "down":
+                return int(d > 0), abs(d)
+            return abs(d), -d
+
+        best = min(distance(m) for m in candidates)
+        return _prefer_reasoning_fit([m for m in candidates if distance(m) == best], reasoning)
+
+    def _nearest_reason(self, tier: str, chosen: ModelInfo) -> str:
+        way = self.config.tier_fallback
+        return f"no healthy {tier} model; tier {chosen.tier} is the nearest" + ("" if way == "nearest" else f" {way}")
 
     def _similar_quiet(self, model: ModelInfo, fits: list[ModelInfo]) -> ModelInfo | None:
         """A healthy model that need not think, within 2.5x of ``model``'s size, nearest first."""

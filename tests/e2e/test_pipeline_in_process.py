@@ -31,27 +31,36 @@ ASK = [{"role": "user", "content": "Prove that the square root of 2 is irrationa
 
 
 @pytest.fixture
-def two_tiers(tmp_path):
+def tier_sims():
     small = start_sim(["--model", SMALL, "--params-b", "1.7", "--speed", "instant"])
     medium = start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "5"])  # 2,000 tokens take ~5 s
     try:
-        policy = {"budgets": [{"scope": "team", "period": "day", "unit": "tokens", "limit": 10**9,
-                               "on_exceed": "refuse"}]}  # fmt: skip
-        config = Config(
-            server=ServerConfig(health_interval_s=30, load_interval_s=30),  # failures learnt from requests
-            backends=[
-                BackendConfig(name=n, url=s.url, meter=DcgmMeterConfig(type="dcgm", url=f"{s.url}/dcgm/metrics"))
-                for n, s in (("s", small), ("m", medium))
-            ],
-            routing=RoutingConfig(threshold=-1000),  # everything to the smallest tier
-            policy=PolicyRef(path=str(policy_file(tmp_path, policy))),
-            ledger=LedgerConfig(path=str(tmp_path / "usage.db")),
-        )
-        with InProcessGateway(config) as gw:
-            yield gw, small, medium
+        yield small, medium
     finally:
         small.stop()
         medium.stop()
+
+
+def config_for(tmp_path, small, medium, **routing) -> Config:
+    tmp_path.mkdir(exist_ok=True)
+    policy = {"budgets": [{"scope": "team", "period": "day", "unit": "tokens", "limit": 10**9, "on_exceed": "refuse"}]}
+    return Config(
+        server=ServerConfig(health_interval_s=30, load_interval_s=30),  # failures learnt from requests
+        backends=[
+            BackendConfig(name=n, url=s.url, meter=DcgmMeterConfig(type="dcgm", url=f"{s.url}/dcgm/metrics"))
+            for n, s in (("s", small), ("m", medium))
+        ],
+        routing=RoutingConfig(threshold=-1000, **routing),  # everything to the smallest tier
+        policy=PolicyRef(path=str(policy_file(tmp_path, policy))),
+        ledger=LedgerConfig(path=str(tmp_path / "usage.db")),
+    )
+
+
+@pytest.fixture
+def two_tiers(tmp_path, tier_sims):
+    small, medium = tier_sims
+    with InProcessGateway(config_for(tmp_path, small, medium)) as gw:
+        yield gw, small, medium
 
 
 def sample(gw, name: str, **labels) -> float:
@@ -124,3 +133,41 @@ def test_when_every_backend_fails_the_reservation_is_given_back(two_tiers):
     wait_until(lambda: sample(gw, "gateway_inflight_requests") == 0, 5, what="the request to end")
     # nothing was generated: the budget is as it was (the reservation was released, not charged)
     assert sample(gw, "gateway_budget_used_ratio", scope="team", unit="tokens") == 0
+
+
+def test_a_tier_whose_model_fails_falls_back_to_the_nearest_healthy_tier(two_tiers):
+    gw, _, medium = two_tiers
+    body = {"model": "large", "messages": ASK, "max_tokens": 8}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30).headers["x-gateway-routed-model"] == MEDIUM
+    medium.kill()
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-gateway-routed-model"] == SMALL
+    assert r.headers["x-gateway-route-reason"].startswith(f"{MEDIUM} unreachable; no healthy large model; tier small")
+    # the next request knows the backend is down and goes to the nearest tier at once
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["x-gateway-route-reason"].startswith("no healthy large model")
+
+
+def test_a_named_model_falls_back_only_where_the_config_says(tmp_path, tier_sims):
+    small, medium = tier_sims
+    body = {"model": MEDIUM, "messages": ASK, "max_tokens": 8}
+    fallbacks = {MEDIUM: ["tier:small"]}
+    with InProcessGateway(config_for(tmp_path / "a", small, medium)) as plain, \
+            InProcessGateway(config_for(tmp_path / "b", small, medium, fallbacks=fallbacks)) as listed:  # fmt: skip
+        medium.kill()
+        r = httpx.post(f"{plain.url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unreachable"
+        r = httpx.post(f"{listed.url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-gateway-routed-model"] == SMALL
+        assert f"fallback for {MEDIUM}: tier:small" in r.headers["x-gateway-route-reason"]
+
+
+def test_a_tier_does_not_fall_back_when_told_not_to(tmp_path, tier_sims):
+    small, medium = tier_sims
+    with InProcessGateway(config_for(tmp_path, small, medium, tier_fallback="none")) as gw:
+        medium.kill()
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "large", "messages": ASK, "max_tokens": 8},
+                       timeout=30)  # fmt: skip
+        assert r.status_code == 503
