@@ -171,6 +171,11 @@ class RoutingConfig(Strict):
         default_factory=lambda: {"auto": "auto", "small": "tier:small", "large": "tier:large"},
         description="client-facing model names: 'auto' routes, 'tier:NAME' picks a tier, else a model name",
     )
+    hosted_names: list[str] = Field(
+        default_factory=lambda: ["gpt-*", "chatgpt-*", "o1", "o1-*", "o3", "o3-*", "o4-*", "claude-*", "gemini-*"],
+        description="patterns (fnmatch) of hosted models' names that tools often hard-code; a request naming one "
+        "that no alias or served model matches is routed as 'auto' (the route reason says so). [] makes them 404s",
+    )
     tier_fallback: Literal["nearest", "up", "down", "none"] = Field(
         "nearest",
         description="where a request for a tier goes when every backend of the model it was routed to fails "

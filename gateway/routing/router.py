@@ -15,6 +15,7 @@ The router only decides; it sends nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from gateway.config import RoutingConfig
 from gateway.context import RequestContext
@@ -107,7 +108,8 @@ class Router:
     # ------------------------------------------------------------------ resolution
 
     def resolve(self, requested: str) -> tuple[str, str]:
-        """('auto', '') | ('tier', NAME) | ('model', NAME) for a client's model string."""
+        """('auto', '') | ('tier', NAME) | ('model', NAME) for a client's model string; a hosted
+        model's name nobody serves here is ('auto', NAME)."""
         target = self.config.aliases.get(requested, requested)
         if target == "auto":
             return "auto", ""
@@ -122,8 +124,14 @@ class Router:
                 tier = tiers[0] if tier in ("small", "xs") else tiers[-1]
             return "tier", tier
         if self.catalog.get(target) is None:
+            if self._hosted(target):
+                return "auto", target
             raise _unknown(requested)
         return "model", target
+
+    def _hosted(self, name: str) -> bool:
+        """A hosted model's name (gpt-4o, claude-...) that tools hard-code: routed as 'auto'."""
+        return any(fnmatchcase(name.lower(), pattern) for pattern in self.config.hosted_names)
 
     # ------------------------------------------------------------------ decision
 
@@ -170,6 +178,8 @@ class Router:
 
         if kind == "auto":
             model, p, reason = recommended, rec_p, why
+            if name:  # a hosted model's name
+                reason = f"{name} is not served here; routed as auto: {why}"
             counterfactual = largest
             if ceiling is None:  # a budget's ceiling is the policy's choice, not the router's to make up for
                 self.budget.record(rs.losses[tiers.index(model.tier)])

@@ -4,6 +4,7 @@ import pytest
 
 from gateway.config import BackendConfig, ModelConfig, RoutingConfig
 from gateway.context import RequestContext
+from gateway.errors import GatewayError
 from gateway.proxy.backends import BackendPool, ServedModel
 from gateway.routing.ability import ability_b, facts_from_name
 from gateway.routing.adequacy import AdequacyModel
@@ -100,3 +101,35 @@ def test_scores_explain_every_tier_without_side_effects():
     rs = r.scores({"messages": [{"role": "user", "content": PROOF}]})
     assert len(rs.losses) == 3 and rs.losses[-1] == 0 and rs.losses[0] >= rs.losses[1] > 0
     assert r.budget.decisions == 0
+
+
+def ask(r: Router, requested: str, text: str = "Say hello."):
+    ctx = RequestContext(request_id="t", endpoint="chat", body={"messages": [{"role": "user", "content": text}]})
+    return r.route(ctx, requested), ctx
+
+
+def test_hosted_model_names_tools_hard_code_are_routed_as_auto():
+    r = router()
+    for name in ("gpt-4o", "gpt-4o-mini", "o3", "claude-sonnet-4-5", "GPT-4.1"):
+        route, ctx = ask(r, name)
+        assert route.model.name in (SMALL, MEDIUM, LARGE)
+        assert ctx.route_reason.startswith(f"{name} is not served here; routed as auto:")
+    with pytest.raises(GatewayError) as err:  # anything else unknown is still a 404
+        ask(r, "my-typo-model")
+    assert err.value.status == 404 and err.value.code == "model_not_found"
+    with pytest.raises(GatewayError):  # and operators can turn it off
+        ask(router(hosted_names=[]), "gpt-4o")
+    # an alias or a served model of that name wins over the pattern
+    assert ask(router(aliases={"gpt-4o": "tier:large"}), "gpt-4o")[0].model.name == LARGE
+
+
+def test_a_tier_with_no_healthy_model_goes_to_the_nearest_one():
+    r = router()
+    r.pool.backends[2].healthy = False  # the large tier's only backend
+    route, ctx = ask(r, "large")
+    assert route.model.name == MEDIUM and ctx.route_reason.startswith("no healthy large model; tier")
+    route, _ = ask(router(tier_fallback="down"), "small")
+    assert route.model.name == SMALL  # healthy: no fallback at all
+    r = router(tier_fallback="none")
+    r.pool.backends[2].healthy = False
+    assert ask(r, "large")[0].model.name == LARGE  # stays; the proxy answers 503
