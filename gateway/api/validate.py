@@ -81,6 +81,10 @@ def check_chat(body: dict[str, Any]) -> None:
         elif content is not None and not isinstance(content, str):
             raise bad_request(f"'messages[{i}].content' must be a string or an array of content parts.",
                               param=f"messages[{i}].content")  # fmt: skip
+        calls = message.get("tool_calls")
+        if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
+            raise bad_request(f"'messages[{i}].tool_calls' must be an array of tool call objects.",
+                              param=f"messages[{i}].tool_calls")  # fmt: skip
         # Clients send the reasoning of earlier assistant turns under either name; vLLM >= 0.16
         # reads only `reasoning`, older ones only `reasoning_content`: send both.
         if message["role"] == "assistant":

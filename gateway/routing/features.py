@@ -379,7 +379,8 @@ def prompt_of(messages: Iterable[Any] | None = None, prompt: Any = None) -> Prom
                 continue
             role = msg.get("role") or "user"
             body = _content_text(msg.get("content"))
-            for call in msg.get("tool_calls") or ():
+            calls = msg.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
                 fn = call.get("function") if isinstance(call, Mapping) else None
                 if isinstance(fn, Mapping):
                     body += f"\n{fn.get('name') or ''}({fn.get('arguments') or ''})"

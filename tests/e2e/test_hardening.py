@@ -186,6 +186,11 @@ def test_bodies_being_received_share_one_bound(sims, tmp_path):
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
     ({"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": [3]}]}, "messages[0].content[0]"),
+    # found by the fuzz run: a number for an assistant turn's tool_calls was a 500
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": 1.5}]},
+     "messages[1].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [None]}, {"role": "user", "content": "hi"}]},
+     "messages[0].tool_calls"),
 ])  # fmt: skip
 def test_content_parts_of_the_wrong_type_are_400s(sims, tmp_path, body, param):
     policy = {"budgets": [{"scope": "team", "period": "day", "unit": "tokens", "limit": 10**9, "on_exceed": "refuse"}]}
