@@ -86,8 +86,9 @@ class EnergyReport:
 class RequestContext:
     # --- api: born from the HTTP request, and how it was answered
     request_id: str
-    endpoint: str  # "chat" | "completions" | "embeddings"
+    endpoint: str  # the upstream endpoint: "chat" | "completions" | "embeddings"
     body: dict[str, Any]  # the client's JSON; policy and routing edit the copy sent upstream
+    api: str = ""  # the API the client called ("responses" served through "chat"); "" = endpoint
     stream: bool = False
     include_usage: bool = False  # the client asked for the streaming usage chunk
     continuous_usage: bool = False  # ... and for the running usage on every chunk

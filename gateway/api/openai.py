@@ -23,6 +23,7 @@ import orjson
 
 from gateway.api.http import JSON, ClientLeft, Request, encode_headers
 from gateway.api.parts import Parts
+from gateway.api.responses import ResponsesAnswer, to_chat
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
@@ -59,11 +60,10 @@ class _Unshaped:
     def of(cls, ctx: RequestContext) -> _Unshaped:
         return cls(len(ctx.nudges), len(ctx.actions), dict(ctx.response_headers))
 
-    def restore(self, ctx: RequestContext, raw: bytes, check: Callable[[dict], None]) -> None:
+    def restore(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         del ctx.nudges[self.nudges :], ctx.actions[self.actions :]
         ctx.response_headers = dict(self.headers)
-        ctx.body = parse_json_object(raw)  # the client's own body again (shape edited the old one)
-        check(ctx.body)
+        ctx.body = body  # the client's own body again (shape edited the old one)
 
 
 class DisconnectWatch:
@@ -125,6 +125,10 @@ class OpenAIEndpoints:
     async def embeddings(self, request: Request) -> None:
         await self.generate(request, "embeddings", "/v1/embeddings", check_embedding)
 
+    async def responses(self, request: Request) -> None:
+        """OpenAI's Responses API, served through the chat path (``api/responses.py``)."""
+        await self.generate(request, "chat", "/v1/chat/completions", check_chat, responses=True)
+
     async def models(self, request: Request) -> None:
         try:
             self.parts.keys.authenticate(request.headers)  # the same keys as generation (OpenAI: 401)
@@ -141,7 +145,9 @@ class OpenAIEndpoints:
 
     # ------------------------------------------------------------------ the request path
 
-    async def generate(self, request: Request, endpoint: str, path: str, check: Callable[[dict], None]) -> None:
+    async def generate(
+        self, request: Request, endpoint: str, path: str, check: Callable[[dict], None], responses: bool = False
+    ) -> None:
         ctx: RequestContext | None = None
         watch: DisconnectWatch | None = None
         gw = self.parts
@@ -156,8 +162,16 @@ class OpenAIEndpoints:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise
             raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
-            body = parse_json_object(raw)
-            check(body)
+            answer = ResponsesAnswer(parse_json_object(raw)) if responses else None
+
+            def upstream_body() -> dict[str, Any]:
+                """The client's body as the upstream endpoint takes it (checked; translated for Responses)."""
+                body = parse_json_object(raw)
+                body = to_chat(body) if answer is not None else body
+                check(body)
+                return body
+
+            body = upstream_body()
             options = body.get("stream_options") or {}
             ctx = RequestContext(
                 request_id=request_id(),
@@ -165,6 +179,7 @@ class OpenAIEndpoints:
                 body=body,
                 stream=bool(body.get("stream")),
                 include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
+                api="responses" if answer is not None else endpoint,
                 continuous_usage=bool(options.get("continuous_usage_stats")),
                 headers=request.headers,
                 requested_model=body.get("model") or "",
@@ -175,7 +190,7 @@ class OpenAIEndpoints:
             # Serve the request, cancelled as soon as the client goes away (as vLLM does).
             watch = DisconnectWatch(request)
             try:
-                await self._serve(request, ctx, path, raw, check, ident)
+                await self._serve(request, ctx, path, upstream_body, ident, answer)
             finally:
                 watch.stop()
         except GatewayError as err:
@@ -215,8 +230,8 @@ class OpenAIEndpoints:
                     ctx.release_inputs()
 
     async def _serve(
-        self, request: Request, ctx: RequestContext, path: str, raw: bytes, check: Callable[[dict], None],
-        ident: Identity,
+        self, request: Request, ctx: RequestContext, path: str, upstream_body: Callable[[], dict[str, Any]],
+        ident: Identity, answer: ResponsesAnswer | None,
     ) -> None:  # fmt: skip
         gw = self.parts
         policy = gw.policy
@@ -228,12 +243,12 @@ class OpenAIEndpoints:
         try:
             upstream = await self._open(ctx, route, path)
         except GatewayError as err:
-            upstream = await self._failover(err, ctx, plan, requested, route, unshaped, raw, check, path)
+            upstream = await self._failover(err, ctx, plan, requested, route, unshaped, upstream_body, path)
         try:
             if ctx.stream:
-                await self._relay(request, ctx, upstream)
+                await self._relay(request, ctx, upstream, answer)
             else:
-                await self._unary(request, ctx, upstream)
+                await self._unary(request, ctx, upstream, answer)
         finally:
             upstream.close()
 
@@ -248,7 +263,7 @@ class OpenAIEndpoints:
 
     async def _failover(
         self, err: GatewayError, ctx: RequestContext, plan: Plan | None, requested: str, failed: Route,
-        unshaped: _Unshaped, raw: bytes, check: Callable[[dict], None], path: str,
+        unshaped: _Unshaped, upstream_body: Callable[[], dict[str, Any]], path: str,
     ) -> Upstream:  # fmt: skip
         """Every backend of the routed model failed before sending a byte (503). The router
         falls back ('auto': its pick among what is up; a tier: the nearest healthy tier; a named
@@ -260,7 +275,7 @@ class OpenAIEndpoints:
             route = self._route(ctx, plan, requested, unreachable)
             if route.model.name in unreachable or not route.backends:
                 break
-            unshaped.restore(ctx, raw, check)
+            unshaped.restore(ctx, upstream_body())
             self._shape(ctx, plan, route)
             try:
                 return await self._open(ctx, route, path)
@@ -334,28 +349,38 @@ class OpenAIEndpoints:
             headers["x-gateway-energy-source"] = ctx.energy.source
         return headers
 
-    async def _relay(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
+    async def _relay(
+        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: ResponsesAnswer | None
+    ) -> None:
         ctx.status = 200
         await request.start(200, _SSE_HEADERS + encode_headers(self._headers(ctx)))
         send = request.send
+        if answer is not None:
+            await send({"type": "http.response.body", "body": answer.start(), "more_body": True})
         async with aclosing(relay(ctx, upstream)) as events:
             async for piece in events:
                 if isinstance(piece, StreamEnd):  # usage is known: settle, then the finish and usage chunks
                     nudges = await self.finish(ctx)
-                    piece = piece.tail(ctx, nudges)
-                    if not piece:
-                        continue
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    piece = piece.tail(ctx, nudges) if answer is None else answer.end(ctx, piece, nudges)
+                elif answer is not None:
+                    piece = answer.feed(piece)
+                if piece:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ctx.outcome = "upstream_error" if ctx.upstream_error else "ok"
 
-    async def _unary(self, request: Request, ctx: RequestContext, upstream: Upstream) -> None:
+    async def _unary(
+        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: ResponsesAnswer | None
+    ) -> None:
         payload = await upstream.answer(ctx)
         nudges = await self.finish(ctx)
-        if ctx.usage is not None:
-            payload["usage"] = ctx.usage
-        if nudges:
-            payload["nudges"] = nudges
+        if answer is not None:
+            payload = answer.unary(payload, ctx.usage, nudges)
+        else:
+            if ctx.usage is not None:
+                payload["usage"] = ctx.usage
+            if nudges:
+                payload["nudges"] = nudges
         ctx.status = 200
         ctx.outcome = "ok"
         await request.respond(200, orjson.dumps(payload), JSON, self._headers(ctx))

@@ -182,7 +182,7 @@ class Ledger:
             "ts": ctx.received_wall,
             "key_name": ctx.key_name,
             "team": ctx.team,
-            "endpoint": ctx.endpoint,
+            "endpoint": ctx.api or ctx.endpoint,
             "requested_model": ctx.requested_model[:CLIENT_TEXT_MAX] or None,  # the client's words: bounded
             "routed_model": ctx.model or None,
             "backend": ctx.backend,

@@ -24,9 +24,9 @@ class Recorder:
         model = ctx.model or "-"
         key = ctx.key_name or "anonymous"
         requested = ctx.requested_model if ctx.model else "-"  # never label with unvalidated input
-        m.c_requests(model, requested or "-", ctx.endpoint, str(ctx.status), key, ctx.team).inc()
+        m.c_requests(model, requested or "-", ctx.api or ctx.endpoint, str(ctx.status), key, ctx.team).inc()
         if ctx.finished is not None:
-            m.c_request_duration(model, ctx.endpoint, "true" if ctx.stream else "false").observe(
+            m.c_request_duration(model, ctx.api or ctx.endpoint, "true" if ctx.stream else "false").observe(
                 ctx.finished - ctx.received
             )
         if ctx.stream and ctx.first_byte is not None:

@@ -27,7 +27,7 @@ from tests.support import GatewayProcess, write_config  # noqa: E402
 
 SCHEMA = Path(__file__).resolve().parent / "fuzz" / "openai-subset.json"
 AUTH = {"authorization": "Bearer fuzz-key"}
-EXAMPLES = 60  # per operation and mode: up to (4 + 3 operations) x 60 = 420 requests (fewer when few differ)
+EXAMPLES = 60  # per operation and mode: up to (5 + 4 operations) x 60 = 540 requests (fewer when few differ)
 
 
 @pytest.fixture(scope="module")

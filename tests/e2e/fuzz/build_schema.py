@@ -2,7 +2,7 @@
 
     python tests/e2e/fuzz/build_schema.py [../shared/openai-openapi/openapi.yaml]
 
-Keeps ``POST /chat/completions``, ``POST /completions``, ``POST /embeddings`` and ``GET /models``
+Keeps ``POST /chat/completions``, ``POST /completions``, ``POST /embeddings``, ``POST /responses`` and ``GET /models``
 with every component they reference, and writes ``openai-subset.json`` beside this file (the
 source is OpenAI's openai-openapi, MIT licence: see ``LICENSE-openai-openapi``). The servers
 entry is dropped (the test points the schema at its own gateway, under ``/v1``).
@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-KEEP = {"/chat/completions": ["post"], "/completions": ["post"], "/embeddings": ["post"], "/models": ["get"]}
+KEEP = {"/chat/completions": ["post"], "/completions": ["post"], "/embeddings": ["post"], "/models": ["get"],
+        "/responses": ["post"]}
 
 
 def refs(node, out: set[str]) -> None:
