@@ -144,6 +144,7 @@ class Gateway:
             "/v1/completions": {"POST": api.completions},
             "/v1/embeddings": {"POST": api.embeddings},
             "/v1/responses": {"POST": api.responses},
+            "/v1/messages": {"POST": api.messages},
             "/v1/models": {"GET": api.models},
             "/healthz": {"GET": health.healthz},
             "/readyz": {"GET": health.readyz},

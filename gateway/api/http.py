@@ -121,11 +121,12 @@ class Request:
     async def json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         await self.respond(status, orjson.dumps(payload), JSON, headers)
 
-    async def error(self, err: GatewayError, headers: dict[str, str] | None = None) -> None:
+    async def error(self, err: GatewayError, headers: dict[str, str] | None = None, body: bytes | None = None) -> None:
+        """``err`` in OpenAI's error shape (or as ``body``, another API's shape)."""
         merged = {**(headers or {}), **err.headers}
         if not self.body_read and self.method in ("POST", "PUT", "PATCH"):
             merged["connection"] = "close"  # the rest of the body is never read: do not wait for it
-        await self.respond(err.status, err.encode(), JSON, merged)
+        await self.respond(err.status, err.encode() if body is None else body, JSON, merged)
 
     async def wait_disconnect(self) -> None:
         """Return when the client goes away (after the body has been read)."""

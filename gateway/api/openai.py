@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.api.dialect import Dialect
 from gateway.api.http import JSON, ClientLeft, Request, encode_headers
+from gateway.api.messages import MessagesAnswer
 from gateway.api.parts import Parts
-from gateway.api.responses import ResponsesAnswer, to_chat
+from gateway.api.responses import ResponsesAnswer
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
@@ -127,7 +129,11 @@ class OpenAIEndpoints:
 
     async def responses(self, request: Request) -> None:
         """OpenAI's Responses API, served through the chat path (``api/responses.py``)."""
-        await self.generate(request, "chat", "/v1/chat/completions", check_chat, responses=True)
+        await self.generate(request, "chat", "/v1/chat/completions", check_chat, ResponsesAnswer)
+
+    async def messages(self, request: Request) -> None:
+        """Anthropic's Messages API, served through the chat path (``api/messages.py``)."""
+        await self.generate(request, "chat", "/v1/chat/completions", check_chat, MessagesAnswer)
 
     async def models(self, request: Request) -> None:
         try:
@@ -146,8 +152,9 @@ class OpenAIEndpoints:
     # ------------------------------------------------------------------ the request path
 
     async def generate(
-        self, request: Request, endpoint: str, path: str, check: Callable[[dict], None], responses: bool = False
-    ) -> None:
+        self, request: Request, endpoint: str, path: str, check: Callable[[dict], None],
+        dialect: type[Dialect] | None = None,
+    ) -> None:  # fmt: skip
         ctx: RequestContext | None = None
         watch: DisconnectWatch | None = None
         gw = self.parts
@@ -162,12 +169,12 @@ class OpenAIEndpoints:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise
             raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
-            answer = ResponsesAnswer(parse_json_object(raw)) if responses else None
+            answer = dialect(parse_json_object(raw)) if dialect is not None else None
 
             def upstream_body() -> dict[str, Any]:
-                """The client's body as the upstream endpoint takes it (checked; translated for Responses)."""
+                """The client's body as the upstream endpoint takes it (checked; translated by a dialect)."""
                 body = parse_json_object(raw)
-                body = to_chat(body) if answer is not None else body
+                body = answer.upstream(body) if answer is not None else body
                 check(body)
                 return body
 
@@ -179,7 +186,7 @@ class OpenAIEndpoints:
                 body=body,
                 stream=bool(body.get("stream")),
                 include_usage=bool(options.get("include_usage", bool(options))),  # vLLM: {} means on
-                api="responses" if answer is not None else endpoint,
+                api=answer.api if answer is not None else endpoint,
                 continuous_usage=bool(options.get("continuous_usage_stats")),
                 headers=request.headers,
                 requested_model=body.get("model") or "",
@@ -202,7 +209,7 @@ class OpenAIEndpoints:
                 headers = {"x-request-id": ctx.request_id} if ctx is not None else {}
                 if ctx is not None:
                     headers.update(self._route_headers(ctx))
-                await request.error(err, headers)
+                await request.error(err, headers, dialect.error_body(err) if dialect is not None else None)
         except ClientLeft:
             gw.metrics.refused.labels(endpoint, "client_left").inc()  # mid-body: never admitted, no row
         except asyncio.CancelledError:
@@ -231,7 +238,7 @@ class OpenAIEndpoints:
 
     async def _serve(
         self, request: Request, ctx: RequestContext, path: str, upstream_body: Callable[[], dict[str, Any]],
-        ident: Identity, answer: ResponsesAnswer | None,
+        ident: Identity, answer: Dialect | None,
     ) -> None:  # fmt: skip
         gw = self.parts
         policy = gw.policy
@@ -350,13 +357,13 @@ class OpenAIEndpoints:
         return headers
 
     async def _relay(
-        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: ResponsesAnswer | None
+        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: Dialect | None
     ) -> None:
         ctx.status = 200
         await request.start(200, _SSE_HEADERS + encode_headers(self._headers(ctx)))
         send = request.send
         if answer is not None:
-            await send({"type": "http.response.body", "body": answer.start(), "more_body": True})
+            await send({"type": "http.response.body", "body": answer.start(ctx), "more_body": True})
         async with aclosing(relay(ctx, upstream)) as events:
             async for piece in events:
                 if isinstance(piece, StreamEnd):  # usage is known: settle, then the finish and usage chunks
@@ -370,7 +377,7 @@ class OpenAIEndpoints:
         ctx.outcome = "upstream_error" if ctx.upstream_error else "ok"
 
     async def _unary(
-        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: ResponsesAnswer | None
+        self, request: Request, ctx: RequestContext, upstream: Upstream, answer: Dialect | None
     ) -> None:
         payload = await upstream.answer(ctx)
         nudges = await self.finish(ctx)

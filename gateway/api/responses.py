@@ -18,7 +18,7 @@ between requests (``previous_response_id``, ``conversation``, ``background``) an
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -175,6 +175,15 @@ def _usage(chat_usage: Any) -> dict[str, Any] | None:
 class ResponsesAnswer:
     """One request's answer in the Responses shape, from the chat answer or stream."""
 
+    api: ClassVar[str] = "responses"
+    @staticmethod
+    def upstream(body: dict[str, Any]) -> dict[str, Any]:
+        return to_chat(body)
+
+    @staticmethod
+    def error_body(err: GatewayError) -> bytes:
+        return err.encode()  # OpenAI's error shape, as for chat
+
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.id = f"resp_{request_id()}"
@@ -246,8 +255,9 @@ class ResponsesAnswer:
         data = orjson.dumps({"type": kind, "sequence_number": self.seq - 1, **fields})
         return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
-    def start(self) -> bytes:
+    def start(self, ctx: RequestContext) -> bytes:
         """The stream's first events, sent with the response head."""
+        self.model = ctx.model or self.model
         snapshot = self.response("in_progress", None, None)
         return self._event("response.created", response=snapshot) + self._event("response.in_progress",
                                                                                   response=snapshot)  # fmt: skip

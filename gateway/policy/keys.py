@@ -55,13 +55,14 @@ ANONYMOUS = Identity(key_hash=None, key_name=None, team=ANONYMOUS_TEAM, section=
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key in ``authorization: Bearer …`` or ``api-key``; headers have lower-case names."""
+    """The key in ``authorization: Bearer …``, ``api-key`` (Azure's) or ``x-api-key`` (Anthropic's);
+    headers have lower-case names."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, token = auth.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    key = headers.get("api-key")
+    key = headers.get("api-key") or headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
 
 
@@ -84,6 +85,7 @@ class KeyRing:
         ident = self.authenticate(headers)
         headers.pop("authorization", None)
         headers.pop("api-key", None)
+        headers.pop("x-api-key", None)
         return ident
 
     def authenticate(self, headers: Mapping[str, str]) -> Identity:
