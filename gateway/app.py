@@ -146,6 +146,7 @@ class Gateway:
             "/v1/responses": {"POST": api.responses},
             "/v1/messages": {"POST": api.messages},
             "/v1/models": {"GET": api.models},
+            "/v1/models/{model:path}": {"GET": api.model},  # model names have slashes
             "/healthz": {"GET": health.healthz},
             "/readyz": {"GET": health.readyz},
             "/metrics": {"GET": health.metrics},

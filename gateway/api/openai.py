@@ -141,13 +141,31 @@ class OpenAIEndpoints:
         except GatewayError as err:
             await request.error(err)
             return
+        await request.json(200, {"object": "list", "data": self._cards()})
+
+    async def model(self, request: Request) -> None:
+        """``GET /v1/models/{model}``: one served model or alias (``client.models.retrieve``)."""
+        try:
+            self.parts.keys.authenticate(request.headers)
+        except GatewayError as err:
+            await request.error(err)
+            return
+        name = request.path_params["model"]
+        card = next((c for c in self._cards() if c["id"] == name), None)
+        if card is None:
+            missing = GatewayError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+            await request.error(missing)
+            return
+        await request.json(200, card)
+
+    def _cards(self) -> list[dict[str, Any]]:
         now = int(time.time())
         data = [m.card(now) for m in sorted(self.parts.catalog.models.values(), key=lambda m: (m.rank, m.name))]
         for alias, target in self.parts.config.routing.aliases.items():
             data.append(
                 {"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target}
             )
-        await request.json(200, {"object": "list", "data": data})
+        return data
 
     # ------------------------------------------------------------------ the request path
 

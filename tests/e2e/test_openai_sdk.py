@@ -141,3 +141,12 @@ def test_energy_saved_by_reasoning_off_and_by_routing_is_exported(client, gatewa
     # counted once the request's energy is final (the meter has passed its end)
     wait_until(lambda: saved("reasoning") > before, 10, what="reasoning lever")
     assert 'lever="routing"' in httpx.get(f"{gateway.url}/metrics").text
+
+
+def test_models_retrieve_one_model_or_alias(client):
+    model = client.models.retrieve(LARGE)  # the name has a slash: the path takes it whole
+    assert model.id == LARGE and model.model_extra["tier"] == "large"
+    assert client.models.retrieve("auto").model_extra["alias_of"] == "auto"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
