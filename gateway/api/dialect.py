@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.proxy import sse
 from gateway.proxy.forward import StreamEnd
 
 
@@ -32,3 +33,41 @@ class Dialect(Protocol):
     def feed(self, data: bytes) -> bytes: ...  # relayed chat stream bytes, translated
 
     def end(self, ctx: RequestContext, end: StreamEnd, nudges: list[dict[str, Any]] | None) -> bytes: ...
+
+
+class ChatStreamReader:
+    """What a dialect's ``feed`` shares: the relayed chat stream split into events and decoded;
+    each chunk goes to ``chunk``, each error event to ``error`` (the usage chunk and ``[DONE]``
+    come through ``StreamEnd``, not here)."""
+
+    def __init__(self) -> None:
+        self.splitter = sse.EventSplitter()
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for event in self.splitter.feed(data):
+            if sse.is_done(event) or sse.is_comment(event) or sse.is_usage(event):
+                continue
+            try:
+                chunk = sse.decode(event)
+            except ValueError:
+                continue
+            error = chunk.get("error")
+            out += self.error(error) if isinstance(error, dict) else self.chunk(chunk)
+        return b"".join(out)
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+
+def listed(body: dict[str, Any], name: str) -> list[Any]:
+    """``body[name]`` when it is a list, [] when absent; a 400 naming it otherwise."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise GatewayError(400, f"'{name}' must be a list.", param=name)
+    return value

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import orjson
 
+from gateway.api.dialect import ChatStreamReader, listed
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
-from gateway.proxy import sse
 from gateway.proxy.forward import StreamEnd
 
 # HTTP status -> Anthropic's error type
@@ -113,13 +113,8 @@ def _turn(message: Any, i: int) -> list[dict[str, Any]]:
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = body.get("tools")
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools")
     out = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(listed(body, "tools")):
         if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or "input_schema" not in tool:
             raise _bad("Only client tools (name, description, input_schema) are available through this gateway; "
                        "server tools are not.", f"tools[{i}]")  # fmt: skip
@@ -199,12 +194,13 @@ def _arguments(text: str) -> Any:
     return value if isinstance(value, dict) else {"value": value}
 
 
-class MessagesAnswer:
+class MessagesAnswer(ChatStreamReader):
     """One request's answer in Anthropic's shape, from the chat answer or stream."""
 
     api: ClassVar[str] = "messages"
 
     def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__()
         self.body = body
         self.id = f"msg_{request_id()}"
         self.model = body.get("model") or ""
@@ -213,7 +209,6 @@ class MessagesAnswer:
         self.tool_blocks: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
         self.stop_reason_text: str | None = None
-        self.splitter = sse.EventSplitter()
 
     @staticmethod
     def upstream(body: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +276,7 @@ class MessagesAnswer:
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return self._event("content_block_delta", {"index": len(self.blocks) - 1, "delta": delta})
 
-    def _chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
         self.model = chunk.get("model") or self.model
         out: list[bytes] = []
         for choice in chunk.get("choices") or ():
@@ -312,22 +307,9 @@ class MessagesAnswer:
                 self.stop_reason_text = choice.get("stop_reason")
         return out
 
-    def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        for event in self.splitter.feed(data):
-            if sse.is_done(event) or sse.is_comment(event):
-                continue
-            try:
-                chunk = sse.decode(event)
-            except ValueError:
-                continue
-            error = chunk.get("error")
-            if isinstance(error, dict):
-                kind = "overloaded_error" if error.get("code") == 503 else "api_error"
-                out.append(self._event("error", {"error": {"type": kind, "message": error.get("message", "")}}))
-            elif not sse.is_usage(event):
-                out += self._chunk(chunk)
-        return b"".join(out)
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        kind = "overloaded_error" if error.get("code") == 503 else "api_error"
+        return [self._event("error", {"error": {"type": kind, "message": error.get("message", "")}})]
 
     def end(self, ctx: RequestContext, end: StreamEnd, nudges: list[dict[str, Any]] | None) -> bytes:
         out = [self.feed(end.before)]

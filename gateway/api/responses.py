@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 import orjson
 
+from gateway.api.dialect import ChatStreamReader, listed
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
-from gateway.proxy import sse
 from gateway.proxy.forward import StreamEnd
 
 # Fields of a Responses request handed to the chat request unchanged (vLLM's sampling extras too).
@@ -99,13 +99,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = body.get("tools")
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools")
     out = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(listed(body, "tools")):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
             raise _bad(f"Tools of type {kind!r} (hosted tools) are not available through this gateway; "
@@ -172,7 +167,7 @@ def _usage(chat_usage: Any) -> dict[str, Any] | None:
     return out
 
 
-class ResponsesAnswer:
+class ResponsesAnswer(ChatStreamReader):
     """One request's answer in the Responses shape, from the chat answer or stream."""
 
     api: ClassVar[str] = "responses"
@@ -185,6 +180,7 @@ class ResponsesAnswer:
         return err.encode()  # OpenAI's error shape, as for chat
 
     def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__()
         self.body = body
         self.id = f"resp_{request_id()}"
         self.created = int(time.time())
@@ -195,7 +191,6 @@ class ResponsesAnswer:
         self.open: dict[str, Any] | None = None  # the output item being streamed
         self.tool_items: dict[int, dict[str, Any]] = {}  # chat tool-call index -> function_call item
         self.finish: str | None = None
-        self.splitter = sse.EventSplitter()
 
     # ------------------------------------------------------------------ the response object
 
@@ -300,7 +295,7 @@ class ResponsesAnswer:
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
-    def _chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
         self.model = chunk.get("model") or self.model
         out: list[bytes] = []
         for choice in chunk.get("choices") or ():
@@ -343,23 +338,9 @@ class ResponsesAnswer:
                 self.finish = choice["finish_reason"]
         return out
 
-    def feed(self, data: bytes) -> bytes:
-        """Relayed chat stream bytes, as Responses events."""
-        out: list[bytes] = []
-        for event in self.splitter.feed(data):
-            if sse.is_done(event) or sse.is_comment(event):
-                continue
-            try:
-                chunk = sse.decode(event)
-            except ValueError:
-                continue
-            if isinstance(chunk.get("error"), dict):
-                error = chunk["error"]
-                out.append(self._event("error", code=str(error.get("code")), message=error.get("message", ""),
-                                       param=error.get("param")))  # fmt: skip
-            elif not sse.is_usage(event):
-                out += self._chunk(chunk)
-        return b"".join(out)
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        return [self._event("error", code=str(error.get("code")), message=error.get("message", ""),
+                            param=error.get("param"))]  # fmt: skip
 
     def end(self, ctx: RequestContext, end: StreamEnd, nudges: list[dict[str, Any]] | None) -> bytes:
         """The usage is known (and the API has settled it): the rest, and ``response.completed``."""
