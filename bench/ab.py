@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_ready  # noqa: E402
+from bench.common import free_port, wait_ready, wrk, wrk_script  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LOADS = {
@@ -40,18 +40,6 @@ LOADS = {
     "stream": {"model": MODEL, "messages": [{"role": "user", "content": "Count to thirty."}], "max_tokens": 32,
                "min_tokens": 32, "stream": True, "stream_options": {"include_usage": True}},
 }  # fmt: skip
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '%s'
-done = function(summary, latency, requests)
-  io.write(string.format("JSON {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"errors\\":%%d,\\"p50_us\\":%%d,\\"p99_us\\":%%d}\\n",
-    summary.requests, summary.duration, summary.errors.status + summary.errors.read + summary.errors.connect,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
 def export(rev: str, into: Path) -> str:
     """The tree of ``rev`` under ``into``; returns the full commit id."""
     commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -62,15 +50,6 @@ def export(rev: str, into: Path) -> str:
     with tarfile.open(tar) as t:
         t.extractall(into / "tree", filter="data")
     return commit.strip()
-
-
-def wrk(url: str, lua: Path, seconds: float) -> dict:
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c16", f"-d{round(seconds)}s", "-s", str(lua),
-                          f"{url}/v1/chat/completions"], capture_output=True, text=True, timeout=120)  # fmt: skip
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("JSON "))
-    r = json.loads(line[5:])
-    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "errors": r["errors"],
-            "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}  # fmt: skip
 
 
 README_BEGIN, README_END = "<!-- ab:begin -->", "<!-- ab:end -->"
@@ -118,8 +97,7 @@ def main() -> int:
     trees = {"new": ROOT, "old": tmp / "tree"}
     luas = {}
     for load, body in LOADS.items():
-        luas[load] = tmp / f"{load}.lua"
-        luas[load].write_text(LUA % json.dumps(body))
+        luas[load] = wrk_script(tmp / f"{load}.lua", body)
     sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", "instant", "--no-coalesce"])
     procs: dict[str, subprocess.Popen] = {}
     urls: dict[str, str] = {}
@@ -141,7 +119,7 @@ def main() -> int:
             wait_ready(urls[arm], procs[arm], log)
         for arm in urls:  # warm-up, then frozen until its turn
             for load in LOADS:
-                wrk(urls[arm], luas[load], 2)
+                wrk(f"{urls[arm]}/v1/chat/completions", luas[load], 2)
             procs[arm].send_signal(signal.SIGSTOP)
         for i in range(args.rounds):
             order = list(urls) if i % 2 == 0 else list(reversed(list(urls)))
@@ -149,7 +127,7 @@ def main() -> int:
             for arm in order:
                 procs[arm].send_signal(signal.SIGCONT)
                 time.sleep(0.2)
-                result[arm] = {load: wrk(urls[arm], luas[load], args.duration) for load in LOADS}
+                result[arm] = {load: wrk(f"{urls[arm]}/v1/chat/completions", luas[load], args.duration) for load in LOADS}
                 procs[arm].send_signal(signal.SIGSTOP)
             rounds.append(result)
             print(f"round {i + 1}: " + "; ".join(

@@ -34,19 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_ready  # noqa: E402
+from bench.common import free_port, wait_ready, wrk, wrk_script  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "starlette-check.json"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model": "%s", "messages": [{"role": "user", "content": "Name one prime number."}], "max_tokens": 8}'
-done = function(summary, latency, requests)
-  io.write(string.format("JSON {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"errors\\":%%d}\\n",
-    summary.requests, summary.duration, summary.errors.status + summary.errors.read + summary.errors.connect))
-end
-""" % MODEL
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Name one prime number."}], "max_tokens": 8}
 
 
 def fastapi_app(gateway):
@@ -111,14 +103,6 @@ def serve(kind: str, config_path: str, port: int) -> None:
                 access_log=False, log_level="warning")  # fmt: skip
 
 
-def wrk(url: str, lua: Path, seconds: float) -> dict:
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c16", f"-d{round(seconds)}s", "-s", str(lua),
-                          f"{url}/v1/chat/completions"], capture_output=True, text=True, timeout=120)  # fmt: skip
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("JSON "))
-    r = json.loads(line[5:])
-    return {"rps": r["requests"] / (r["duration_us"] / 1e6), "errors": r["errors"]}
-
-
 README_BEGIN, README_END = "<!-- starlette-check:begin -->", "<!-- starlette-check:end -->"
 
 
@@ -168,8 +152,7 @@ def main() -> int:
     from gateway.sim.process import start_sim
 
     tmp = Path(tempfile.mkdtemp(prefix="starlette-check-"))
-    lua = tmp / "post.lua"
-    lua.write_text(LUA)
+    lua = wrk_script(tmp / "post.lua", BODY)
     sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", "instant"])
     procs = {}
     try:
@@ -185,11 +168,11 @@ def main() -> int:
             urls[kind] = f"http://127.0.0.1:{port}"
             wait_ready(urls[kind], procs[kind])
         for kind in urls:
-            wrk(urls[kind], lua, 2)  # warm-up
+            wrk(f"{urls[kind]}/v1/chat/completions", lua, 2)  # warm-up
         rounds = []
         for i in range(args.rounds):
             order = list(urls) if i % 2 == 0 else list(reversed(list(urls)))
-            rounds.append({kind: wrk(urls[kind], lua, args.duration) for kind in order})
+            rounds.append({kind: wrk(f"{urls[kind]}/v1/chat/completions", lua, args.duration) for kind in order})
             print(f"round {i + 1}: " + ", ".join(f"{k} {v['rps']:.0f} req/s" for k, v in rounds[-1].items()), flush=True)
     finally:
         for p in procs.values():
