@@ -127,6 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         args.speed,
                         "--seed",
                         str(i),
+                        "--enable-auto-tool-choice",
+                        "--tool-call-parser",
+                        "hermes",
                     ]
                 )
             )

@@ -78,7 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--kv-cache-tokens", type=int, default=None, help="override the KV-cache size (tokens)")
     parser.add_argument("--embedding-dim", type=int, default=1024)
-    parser.add_argument("--enable-auto-tool-choice", action="store_true")
+    parser.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='let the model call tools on its own (tool_choice "auto"); needs --tool-call-parser',
+    )
+    parser.add_argument(
+        "--tool-call-parser",
+        default=None,
+        metavar="NAME",
+        help="vLLM's tool-call parser (hermes, llama3_json, mistral, qwen3_xml, …); stored, the output is the same",
+    )
     parser.add_argument("--enable-server-load-tracking", action="store_true")
     parser.add_argument("--enable-request-id-headers", action="store_true")
     parser.add_argument(
@@ -101,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         params = float(match.group(1))
     if params <= 0 or args.gpus < 1 or args.max_model_len < 16:
         raise ValueError("--params-b must be positive, --gpus at least 1, --max-model-len at least 16")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")  # as vLLM refuses to start
     labels = {
         k: v
         for k, v in (("container", args.dcgm_container), ("namespace", args.dcgm_namespace), ("pod", args.dcgm_pod))
@@ -124,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         kv_cache_tokens=args.kv_cache_tokens,
         embedding_dim=args.embedding_dim,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
         enable_server_load_tracking=args.enable_server_load_tracking,
         enable_request_id_headers=args.enable_request_id_headers,
         coalesce=not args.no_coalesce,

@@ -78,7 +78,7 @@ class Sequence:
         embed: bool = False,
     ) -> None:
         self.rid = rid
-        self.key = rid  # its row in the ground truth
+        self.key = rid  # its row in the ground truth (choice k > 0 of a request with n > 1: "rid/k")
         self.prompt_len = prompt_len
         self.target = target  # tokens to generate (0 for an embedding)
         self.planned_reason = planned_reason
@@ -116,6 +116,14 @@ class Sequence:
     def row(self) -> tuple:
         """Its ground-truth row: (joules, prompt tokens, completion tokens, finish reason, start, end)."""
         return (self.energy, self.prompt_len, self.n_out, self.finish_reason, self.arrival, self.end)
+
+
+def _notify(seq: Sequence) -> None:
+    """Resolve the sequence's waiter (a reader may share one future between the choices of a request)."""
+    waiter = seq.waiter
+    seq.waiter = None
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 ROW_FIELDS = ("joules", "prompt_tokens", "completion_tokens", "finished_reason", "start", "end")
@@ -216,7 +224,7 @@ class Engine:
         if self.dead:
             raise EngineDeadError("EngineCore encountered an issue. See stack trace (above) for the root cause.")
         seq.arrival = self.now()
-        key = seq.rid
+        key = seq.key
         if key in self.records:  # a reused X-Request-Id keeps its own ground-truth row
             n = 2
             while f"{key}#{n}" in self.records:
@@ -265,7 +273,8 @@ class Engine:
         ``total_j = idle_j + Σ requests[*].joules + evicted.joules`` exactly; ``counter_j`` is what
         the DCGM counter has added since start at this instant (behind ``total_j`` by less than
         one 100 ms update, and unaffected by counter resets). Requests are keyed by X-Request-Id
-        (a reused id gets ``#2``, ``#3``…); ``start``/``end``/``now`` are simulated seconds since
+        (a reused id gets ``#2``, ``#3``…; with ``n`` > 1, choice k > 0 is its own sequence, keyed
+        ``<id>/k``); ``start``/``end``/``now`` are simulated seconds since
         start, ``wall_now`` the Unix time of this reading; ``finished_reason`` is null while the
         request runs (its joules so far are included).
         """
@@ -417,8 +426,7 @@ class Engine:
             if seq.n_out >= seq.target:
                 finished.append(seq)
             elif seq.waiter is not None:
-                seq.waiter.set_result(None)
-                seq.waiter = None
+                _notify(seq)
         if regular:
             m.itl.observe(t, regular)
         for seq in prefill:
@@ -443,8 +451,7 @@ class Engine:
             if seq.n_out >= seq.target:
                 finished.append(seq)
             elif seq.waiter is not None:
-                seq.waiter.set_result(None)
-                seq.waiter = None
+                _notify(seq)
         m.generation_tokens += generated
         m.iteration_tokens.observe(len(decode) + sum(seq.chunk for seq in prefill))
         if finished:
@@ -481,7 +488,6 @@ class Engine:
             if len(m.pending_finished) > 4096:
                 m.fold()
         if seq.waiter is not None:
-            seq.waiter.set_result(None)
-            seq.waiter = None
+            _notify(seq)
         if seq.done is not None and not seq.done.done():
             seq.done.set_result(None)

@@ -7,22 +7,31 @@ handlers here. Responses are built as vLLM serializes them: non-streaming with e
 stream chunks with every field; the usage chunk with ``exclude_none``. Streamed deltas carry the
 tokens produced since the last event: one token per event while the reader keeps up, merged when it
 lags (vLLM's output collector), unless the server runs with ``--no-coalesce``.
+
+``n`` > 1: one engine sequence per choice (``submit_choices``), choice 0 identical to the ``n=1``
+answer, the others from sub-seeds; usage adds up the choices. Tool calls are planned by
+``tools.py`` (the model's text, then vLLM's parsers), structured outputs by ``structured.py``,
+logprobs by ``logprobs.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import struct
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from . import text
+from . import structured, text
+from . import tools as toolcalls
 from .engine import FINISHED, EngineDeadError, Sequence
-from .params import ApiError, Sampling, invalid, read_bool
+from .logprobs import Logprobs
+from .params import ApiError, Sampling, chat_logprobs, completion_logprobs, invalid, read_bool
 from .sse import DONE, SSE_HEADERS, ChatChunks, CompletionChunks
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -57,26 +66,49 @@ class DisconnectWatch:
     __slots__ = ("handle", "task")
     delay = 0.01
 
-    def __init__(self, receive, engine, seq: Sequence) -> None:
+    def __init__(self, receive, engine, seqs: list[Sequence]) -> None:
         self.task: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
-        self.handle: asyncio.TimerHandle | None = loop.call_later(self.delay, self._start, receive, engine, seq)
+        self.handle: asyncio.TimerHandle | None = loop.call_later(self.delay, self._start, receive, engine, seqs)
 
-    def _start(self, receive, engine, seq: Sequence) -> None:
+    def _start(self, receive, engine, seqs: list[Sequence]) -> None:
         self.handle = None
-        if seq.state != FINISHED:
-            self.task = asyncio.get_running_loop().create_task(self._watch(receive, engine, seq))
+        if any(seq.state != FINISHED for seq in seqs):
+            self.task = asyncio.get_running_loop().create_task(self._watch(receive, engine, seqs))
 
     @staticmethod
-    async def _watch(receive, engine, seq: Sequence) -> None:
+    async def _watch(receive, engine, seqs: list[Sequence]) -> None:
         await wait_disconnect(receive)
-        engine.abort(seq)
+        for seq in seqs:
+            engine.abort(seq)
 
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
         if self.task is not None:
             self.task.cancel()
+
+
+@dataclass
+class Choice:
+    """One choice of a request (``n`` > 1: several): what it generates and how vLLM reads it back."""
+
+    plan: text.OutputPlan
+    tool_mode: str | None = None  # hermes (tool_choice "auto") | named | required
+    tool_name: str | None = None  # the named function
+    logprobs: Logprobs | None = None
+
+    def stream_finish_reason(self) -> str | None:
+        """The finish reason of the stream's last chunk, where it is not the plan's: "tool_calls"
+        once the parser saw a tool call (auto; vLLM streams it even when the call is cut off) or
+        when a required call ended normally."""
+        plan = self.plan
+        if self.tool_mode == "hermes":
+            produced = plan.texts(plan.content_start, plan.total)[1] if plan.total > plan.content_start else ""
+            return "tool_calls" if toolcalls.HERMES_OPEN in produced else None
+        if self.tool_mode == "required" and plan.finish_reason == "stop":
+            return "tool_calls"
+        return None
 
 
 class Generation:
@@ -113,12 +145,53 @@ class Generation:
         except EngineDeadError:
             raise EngineDead() from None
 
+    def submit_choices(self, scope: dict, prompt_len: int, plans: list[text.OutputPlan], max_tokens_param: int | None):
+        """One sequence per choice. ``n`` > 1: vLLM fans a request out into n child requests that
+        decode side by side in the batch, as here. Approximation: vLLM's children share the
+        prompt's KV blocks through the prefix cache; here each child prefills (and holds) the whole
+        prompt, so the prompt part costs n times what it costs vLLM. The ground truth keeps a row
+        per choice (choice k > 0 under ``<request id>/k``), and the engine metrics count each
+        choice as a request, as vLLM's child requests are counted."""
+        rid = _request_id(scope)
+        seqs = []
+        for k, plan in enumerate(plans):
+            seq = Sequence(rid, prompt_len, plan.total, plan.finish_reason, max_tokens_param)
+            if k:
+                seq.key = f"{rid}/{k}"
+            seqs.append(seq)
+        try:
+            for seq in seqs:
+                self.engine.submit(seq)
+        except EngineDeadError:
+            raise EngineDead() from None
+        return seqs
+
+    async def wait_all(self, seqs: list[Sequence], receive) -> bool:
+        """Wait for every choice of a non-streaming request; False if the client went away."""
+        if len(seqs) == 1:
+            return await self.wait_done(seqs[0], receive)
+        loop = asyncio.get_running_loop()
+        for seq in seqs:
+            seq.done = loop.create_future()
+        if all(seq.state == FINISHED for seq in seqs):
+            return not any(seq.aborted for seq in seqs)
+        watch = DisconnectWatch(receive, self.engine, seqs)
+        try:
+            for seq in seqs:
+                if seq.state != FINISHED and seq.done is not None:
+                    await seq.done
+        finally:
+            watch.cancel()
+        if any(seq.error for seq in seqs):
+            raise EngineDead()
+        return not any(seq.aborted for seq in seqs)
+
     async def wait_done(self, seq: Sequence, receive) -> bool:
         """Wait for a non-streaming request; False if the client went away (the request was aborted)."""
         seq.done = asyncio.get_running_loop().create_future()
         if seq.state == FINISHED:
             return not seq.aborted
-        watch = DisconnectWatch(receive, self.engine, seq)
+        watch = DisconnectWatch(receive, self.engine, [seq])
         try:
             await seq.done
         finally:
@@ -180,78 +253,157 @@ class Generation:
             raise ApiError(400, str(e)) from None
         return prompt, thinking, "\n".join(hint)
 
-    def _check_tools(self, body: dict) -> None:
-        tools = body.get("tools")
-        choice = body.get("tool_choice", "auto" if tools else "none")
-        if tools is not None and not isinstance(tools, list):
-            raise invalid("tools", "Input should be a valid list", tools, "list_type")
-        if choice == "auto" and tools and not self.cfg.enable_auto_tool_choice:
-            raise ApiError(
-                400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
-            )
-        if choice not in ("none", "auto", None):
-            raise ApiError(400, "The simulated model does not call tools; use tool_choice 'none' or 'auto'.")
-
-    async def chat(self, scope: dict, receive, send, body: dict, fault=None) -> None:
-        self.check_model(body)
-        if self.cfg.task == "embed":
-            raise ApiError(400, "The model does not support Chat Completions API")
-        sampling = Sampling(body, "max_completion_tokens")
-        self._check_tools(body)
-        prompt, thinking, hint = self.chat_prompt(body)
-        prompt_len = text.count_tokens(prompt)
-        max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
+    def _plan_choice(
+        self,
+        k: int,
+        prompt: str,
+        digest: str,
+        hint: str,
+        messages: list,
+        thinking: str | None,
+        sampling: Sampling,
+        max_tokens: int,
+        tools: toolcalls.ToolChoice | None,
+        out_format: structured.OutputFormat | None,
+        top_logprobs: int | None,
+    ) -> Choice:
+        """Choice ``k``: choice 0 is what an ``n=1`` request gets, the others use sub-seeds."""
+        request_seed: int | str | None = sampling.seed if k == 0 else f"{sampling.seed}/{k}"
+        salt = f"{self.cfg.seed}/{request_seed}/{digest}"
+        answer: list[str] | None = None
+        mode = name = None
+        if tools is not None and tools.mode == "named":
+            mode, name = "named", tools.name
+            tool = next(t for t in tools.tools if t.name == name)
+            answer = toolcalls.named_pieces(toolcalls.tool_arguments(tool, salt))
+        elif tools is not None and tools.mode == "required":
+            mode = "required"
+            picked = toolcalls.matching_tools(tools.tools, messages) or tools.tools[:1]
+            calls = [(t.name, toolcalls.tool_arguments(t, f"{salt}/{i}")) for i, t in enumerate(picked)]
+            answer = toolcalls.required_pieces(calls)
+        elif out_format is not None:
+            answer = text.tokenize(out_format.answer(self.cfg.seed, request_seed, prompt, hint, salt))
+        elif tools is not None:  # "auto": a tool call when the user asks for something a tool does
+            picked = toolcalls.matching_tools(tools.tools, messages)
+            if picked:
+                mode = "hermes"
+                calls = [(t.name, toolcalls.tool_arguments(t, f"{salt}/{i}")) for i, t in enumerate(picked)]
+                answer = toolcalls.hermes_pieces(calls)
         plan = text.plan_answer(
             prompt,
             seed=self.cfg.seed,
-            request_seed=sampling.seed,
+            request_seed=request_seed,
             max_tokens=max_tokens,
             thinking=thinking,
             hint_text=hint,
             stop=sampling.stop,
             min_tokens=sampling.min_tokens,
             ignore_eos=sampling.ignore_eos,
+            answer=answer,
+            blank_after_think=answer is None or mode == "hermes",
         )
+        logprobs = Logprobs(plan, top_logprobs, f"{salt}/{k}") if top_logprobs is not None else None
+        return Choice(plan, mode, name, logprobs)
+
+    async def chat(self, scope: dict, receive, send, body: dict, fault=None) -> None:
+        self.check_model(body)
+        if self.cfg.task == "embed":
+            raise ApiError(400, "The model does not support Chat Completions API")
+        sampling = Sampling(body, "max_completion_tokens")
+        auto = self.cfg.enable_auto_tool_choice and bool(self.cfg.tool_call_parser)
+        tools = toolcalls.check_tools(body, self.version, auto)
+        out_format = structured.output_format(body, self.version)
+        top_logprobs = chat_logprobs(body, self.version.at_least(0, 16))
+        prompt, thinking, hint = self.chat_prompt(body)
+        prompt_len = text.count_tokens(prompt)
+        max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
+        digest = hashlib.blake2b(prompt.encode(), digest_size=8).hexdigest()
+        messages, fmt, top = body["messages"], out_format, top_logprobs
+        choices = [
+            self._plan_choice(k, prompt, digest, hint, messages, thinking, sampling, max_tokens, tools, fmt, top)
+            for k in range(sampling.n)
+        ]
+        parallel = tools.parallel if tools is not None else True
         include_reasoning = read_bool(body, "include_reasoning", True)
-        seq = self.submit(scope, prompt_len, plan, sampling.max_tokens)
-        rid = "chatcmpl-" + seq.rid
+        seqs = self.submit_choices(scope, prompt_len, [c.plan for c in choices], sampling.max_tokens)
+        rid = "chatcmpl-" + seqs[0].rid
         if sampling.stream:
             hide = not include_reasoning and self.version.hides_streamed_reasoning
-            fmt = ChatChunks(rid, self._model_json, plan, self.version.reasoning_fields, hide)
-            await self.stream(send, receive, seq, fmt, sampling, fault)
+            created = int(time.time())
+            fmts = [
+                ChatChunks(
+                    rid,
+                    self._model_json,
+                    c.plan,
+                    self.version.reasoning_fields,
+                    hide,
+                    index=k,
+                    created=created,
+                    finish_reason=c.stream_finish_reason(),
+                    tools=toolcalls.ToolStream(c.tool_mode, c.tool_name, parallel) if c.tool_mode else None,
+                    logprobs=c.logprobs,
+                )
+                for k, c in enumerate(choices)
+            ]
+            await self.stream(send, receive, seqs, fmts, sampling, fault)
             return
-        if not await self.wait_done(seq, receive):
+        if not await self.wait_all(seqs, receive):
             return
+        out = [
+            self._chat_choice(k, c, seq, thinking, include_reasoning, parallel)
+            for k, (c, seq) in enumerate(zip(choices, seqs))
+        ]
+        tail = {"prompt_logprobs": None}
+        if self.version.has_token_ids_fields:
+            tail["prompt_token_ids"] = None
+        await self._answer(send, seqs, rid, "chat.completion", out, tail, fault)
+
+    def _chat_choice(
+        self, k: int, c: Choice, seq: Sequence, thinking: str | None, include_reasoning: bool, parallel: bool
+    ) -> dict:
+        plan = c.plan
         reasoning, content = plan.texts(0, seq.n_out)
+        finish_reason = seq.finish_reason
+        content_out: str | None = content
+        if thinking is not None and seq.n_out <= plan.content_start:  # cut off while thinking: no answer yet
+            content_out = None
+        calls: list[tuple[str, str]] = []
+        if c.tool_mode is not None and content_out is not None:
+            if c.tool_mode == "named":  # the content is the arguments; finish_reason stays (vLLM, as OpenAI)
+                assert c.tool_name is not None
+                calls, content_out = [(c.tool_name, content)], ""
+            else:
+                parsed = toolcalls.parse_calls(c.tool_mode, content)
+                if parsed is not None:  # else the raw text is the answer (a call cut off by max_tokens)
+                    content_out, calls = parsed
+                    if c.tool_mode == "hermes" or finish_reason == "stop":
+                        finish_reason = "tool_calls"
+        if not parallel:
+            calls = calls[:1]
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": content,
+            "content": content_out,
             "refusal": None,
             "annotations": None,
             "audio": None,
             "function_call": None,
-            "tool_calls": [],
+            "tool_calls": [
+                {"id": toolcalls.new_tool_call_id(), "type": "function", "function": {"name": n, "arguments": a}}
+                for n, a in calls
+            ],
         }
-        if thinking is not None:
-            if seq.n_out <= plan.content_start:  # cut off while thinking: no answer yet
-                message["content"] = None
-            for field in self.version.reasoning_fields:
-                message[field] = reasoning if include_reasoning else None
-        else:
-            for field in self.version.reasoning_fields:
-                message[field] = None
+        for field in self.version.reasoning_fields:
+            message[field] = reasoning if thinking is not None and include_reasoning else None
         choice = {
-            "index": 0,
+            "index": k,
             "message": message,
-            "logprobs": None,
-            "finish_reason": seq.finish_reason,
+            "logprobs": c.logprobs.chat(0, seq.n_out) if c.logprobs is not None else None,
+            "finish_reason": finish_reason,
             "stop_reason": plan.stop_reason,
         }
-        tail = {"prompt_logprobs": None}
         if self.version.has_token_ids_fields:
             choice["token_ids"] = None
-            tail["prompt_token_ids"] = None
-        await self._answer(send, seq, rid, "chat.completion", choice, tail, fault)
+        return choice
 
     # --- completions --------------------------------------------------------------------------
     async def completions(self, scope: dict, receive, send, body: dict, fault=None) -> None:
@@ -276,37 +428,57 @@ class Generation:
             raise ApiError(400, "The simulator takes one prompt per request.")
         else:
             raise invalid("prompt", "Input should be a valid string or list of token ids", prompt, "string_type")
+        top_logprobs = completion_logprobs(body, self.version.at_least(0, 16))
+        out_format = structured.output_format(body, self.version)
         max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
-        plan = text.plan_answer(
-            key,
-            seed=self.cfg.seed,
-            request_seed=sampling.seed,
-            max_tokens=max_tokens,
-            hint_text=key,
-            stop=sampling.stop,
-            min_tokens=sampling.min_tokens,
-            ignore_eos=sampling.ignore_eos,
-        )
-        seq = self.submit(scope, prompt_len, plan, sampling.max_tokens)
-        rid = "cmpl-" + seq.rid
+        digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+        plans, logprobs = [], []
+        for k in range(sampling.n):
+            request_seed: int | str | None = sampling.seed if k == 0 else f"{sampling.seed}/{k}"
+            salt = f"{self.cfg.seed}/{request_seed}/{digest}"
+            answer = None
+            if out_format is not None:
+                answer = text.tokenize(out_format.answer(self.cfg.seed, request_seed, key, key, salt))
+            plan = text.plan_answer(
+                key,
+                seed=self.cfg.seed,
+                request_seed=request_seed,
+                max_tokens=max_tokens,
+                hint_text=key,
+                stop=sampling.stop,
+                min_tokens=sampling.min_tokens,
+                ignore_eos=sampling.ignore_eos,
+                answer=answer,
+            )
+            plans.append(plan)
+            logprobs.append(Logprobs(plan, top_logprobs, f"{salt}/{k}") if top_logprobs is not None else None)
+        seqs = self.submit_choices(scope, prompt_len, plans, sampling.max_tokens)
+        rid = "cmpl-" + seqs[0].rid
         if sampling.stream:
-            fmt = CompletionChunks(rid, self._model_json, plan, self.version)
-            await self.stream(send, receive, seq, fmt, sampling, fault)
+            created = int(time.time())
+            fmts = [
+                CompletionChunks(rid, self._model_json, plan, self.version, index=k, created=created, logprobs=lp)
+                for k, (plan, lp) in enumerate(zip(plans, logprobs))
+            ]
+            await self.stream(send, receive, seqs, fmts, sampling, fault)
             return
-        if not await self.wait_done(seq, receive):
+        if not await self.wait_all(seqs, receive):
             return
-        choice = {
-            "index": 0,
-            "text": plan.texts(0, seq.n_out)[1],
-            "logprobs": None,
-            "finish_reason": seq.finish_reason,
-            "stop_reason": plan.stop_reason,
-            "prompt_logprobs": None,
-        }
-        if self.version.has_token_ids_fields:
-            choice["prompt_token_ids"] = None
-            choice["token_ids"] = None
-        await self._answer(send, seq, rid, "text_completion", choice, {}, fault)
+        choices = []
+        for k, (plan, lp, seq) in enumerate(zip(plans, logprobs, seqs)):
+            choice = {
+                "index": k,
+                "text": plan.texts(0, seq.n_out)[1],
+                "logprobs": lp.completion(0, seq.n_out, 0) if lp is not None else None,
+                "finish_reason": seq.finish_reason,
+                "stop_reason": plan.stop_reason,
+                "prompt_logprobs": None,
+            }
+            if self.version.has_token_ids_fields:
+                choice["prompt_token_ids"] = None
+                choice["token_ids"] = None
+            choices.append(choice)
+        await self._answer(send, seqs, rid, "text_completion", choices, {}, fault)
 
     # --- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, scope: dict, receive, send, body: dict, fault=None) -> None:
@@ -363,61 +535,80 @@ class Generation:
         }
         await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
-    async def _answer(self, send, seq: Sequence, rid: str, kind: str, choice: dict, tail: dict, fault) -> None:
+    async def _answer(
+        self, send, seqs: list[Sequence], rid: str, kind: str, choices: list[dict], tail: dict, fault
+    ) -> None:
         """A non-streaming response, with every field vLLM's model_dump writes."""
+        prompt_len = seqs[0].prompt_len
+        completion = sum(seq.n_out for seq in seqs)
         response = {
             "id": rid,
             "object": kind,
             "created": int(time.time()),
             "model": self.model_name,
-            "choices": [choice],
+            "choices": choices,
             "service_tier": None,
             "system_fingerprint": None,
             "usage": {
-                "prompt_tokens": seq.prompt_len,
-                "total_tokens": seq.prompt_len + seq.n_out,
-                "completion_tokens": seq.n_out,
+                "prompt_tokens": prompt_len,
+                "total_tokens": prompt_len + completion,
+                "completion_tokens": completion,
                 "prompt_tokens_details": None,
             },
             **tail,
             "kv_transfer_params": None,
         }
-        await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
+        await self.server.send_json(send, 200, orjson.dumps(response), seqs[0].rid, fault)
 
     # --- streaming ----------------------------------------------------------------------------
-    async def stream(self, send, receive, seq: Sequence, fmt, sampling: Sampling, fault=None) -> None:
-        """Send the SSE stream of ``seq``: headers now, events as the engine produces tokens.
+    async def stream(self, send, receive, seqs: list[Sequence], fmts: list, sampling: Sampling, fault=None) -> None:
+        """Send the SSE stream of a request's choices: headers now, events as the engine produces tokens.
 
         Events that are ready together (the engine ran ahead of this writer) go out in one write.
+        With ``n`` > 1 the role chunk of every choice comes first, then each choice's chunks as
+        its tokens come (one choice per chunk, each with its own finish chunk), then the usage
+        chunk with the tokens of all choices.
         """
-        headers = SSE_HEADERS + self.server.request_id_header(seq.rid)
+        first = seqs[0]
+        headers = SSE_HEADERS + self.server.request_id_header(first.rid)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        watch = DisconnectWatch(receive, self.engine, seq)
+        watch = DisconnectWatch(receive, self.engine, seqs)
         coalesce = self.cfg.coalesce
-        usage_prompt = seq.prompt_len if sampling.continuous_usage else -1
+        usage_prompt = first.prompt_len if sampling.continuous_usage else -1
         limit = fault.after_chunks if fault is not None else -1
-        sent = events = 0
+        sent = [0] * len(seqs)
+        single = len(seqs) == 1
+        started = False
+        events = 0
         try:
             while True:
-                if seq.error:
+                if first.error if single else any(seq.error for seq in seqs):
                     message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
                     body = self.version.stream_error_event(message) + DONE
                     await send({"type": "http.response.body", "body": body, "more_body": False})
                     return
-                if seq.aborted:
+                if first.aborted if single else any(seq.aborted for seq in seqs):
                     return
-                finished = seq.state == FINISHED
-                produced = seq.n_out
-                out = list(fmt.events(sent, produced, finished, coalesce, usage_prompt)) if produced > sent else []
-                sent = produced
+                out: list[bytes] = []
+                finished = True
+                for k, seq in enumerate(seqs):
+                    done = seq.state == FINISHED
+                    produced = seq.n_out
+                    if produced > sent[k]:
+                        if not started:  # the first tokens: every choice's role chunk first
+                            started = True
+                            out += [c for c in (fmt.first_chunk(usage_prompt) for fmt in fmts) if c is not None]
+                        out.extend(fmts[k].events(sent[k], produced, done, coalesce, usage_prompt))
+                        sent[k] = produced
+                    finished = finished and done
                 if finished and sampling.include_usage:
-                    out.append(fmt.usage_chunk(seq.prompt_len, produced))
+                    out.append(fmts[0].usage_chunk(first.prompt_len, sum(seq.n_out for seq in seqs)))
                 if limit >= 0 and events + len(out) + finished > limit:  # the fault strikes in this batch
                     if limit > events:
                         body = b"".join(out[: limit - events])
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                     watch.cancel()
-                    await self.server.midstream_fault(fault, send, receive, seq)
+                    await self.server.midstream_fault(fault, send, receive, first)
                     return
                 if finished:
                     out.append(DONE)
@@ -426,8 +617,22 @@ class Generation:
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
                     events += len(out)
-                await seq.wait()
+                if single:
+                    await first.wait()
+                elif all(seq.n_out == sent[k] for k, seq in enumerate(seqs)):
+                    await _wait_any(seqs)
         finally:
             watch.cancel()
-            if seq.state != FINISHED:
-                self.engine.abort(seq)
+            for seq in seqs:
+                if seq.state != FINISHED:
+                    self.engine.abort(seq)
+
+
+async def _wait_any(seqs: list[Sequence]) -> None:
+    """Wait until one of the sequences produces tokens or finishes (they share one waiter)."""
+    pending = [seq for seq in seqs if seq.state != FINISHED]
+    if pending:
+        waiter = asyncio.get_running_loop().create_future()
+        for seq in pending:
+            seq.waiter = waiter
+        await waiter

@@ -24,6 +24,63 @@ def invalid(loc: str, msg: str, value, kind: str) -> ApiError:
     return ApiError(400, str([detail]), "Bad Request")
 
 
+MAX_N_SEQUENCES = 16384  # VLLM_MAX_N_SEQUENCES' default
+MAX_LOGPROBS = 20  # --max-logprobs' default
+VOCAB_SIZE = 151_936  # what a logprobs count of -1 stands for
+
+
+def vllm_error(
+    new_style: bool, message: str, param: str | None, body, value=None, with_value: bool = False
+) -> ApiError:
+    """A ``VLLMValidationError`` raised by a request validator: from 0.16 (``new_style``) the
+    message gets `` (parameter=…[, value=…])`` when it names one and ``param`` is set; before,
+    FastAPI's error list with pydantic's ``Value error, …``."""
+    if new_style:
+        if param is None:
+            return ApiError(400, message, "BadRequestError")
+        suffix = f" (parameter={param}, value={value})" if with_value else f" (parameter={param})"
+        return ApiError(400, message + suffix, "BadRequestError", param)
+    return invalid("", "Value error, " + message, body, "value_error")
+
+
+def _max_logprobs_check(count: int, new_style: bool) -> None:
+    """The engine's cap (``_validate_logprobs``): more than ``--max-logprobs`` is a 400."""
+    n = VOCAB_SIZE if count == -1 else count
+    if n > MAX_LOGPROBS:
+        message = f"Requested sample logprobs of {n}, which is greater than max allowed: {MAX_LOGPROBS}"
+        if new_style:
+            raise ApiError(400, f"{message} (parameter=logprobs, value={n})", "BadRequestError", "logprobs")
+        raise ApiError(400, message, "BadRequestError")
+
+
+def chat_logprobs(body: dict, new_style: bool) -> int | None:
+    """``top_logprobs`` when the chat request asks for logprobs (``logprobs: true``), else None."""
+    top = read_int(body, "top_logprobs")
+    wanted = read_bool(body, "logprobs", False)
+    if top is not None:
+        if top < 0 and not (new_style and top == -1):
+            message = "`top_logprobs` must be a positive value" + (" or -1." if new_style else ".")
+            raise vllm_error(new_style, message, "top_logprobs", body, top, with_value=True)
+        if top != 0 and not wanted:
+            message = "when using `top_logprobs`, `logprobs` must be set to true."
+            raise vllm_error(new_style, message, "top_logprobs", body)
+    if not wanted:
+        return None
+    _max_logprobs_check(top or 0, new_style)
+    return top or 0
+
+
+def completion_logprobs(body: dict, new_style: bool) -> int | None:
+    """``logprobs`` (the number of alternatives) of a completions request, or None."""
+    count = read_int(body, "logprobs")
+    if count is None:
+        return None
+    if count < 0:
+        raise vllm_error(new_style, "`logprobs` must be a positive value.", "logprobs", body, count, with_value=True)
+    _max_logprobs_check(count, new_style)
+    return count
+
+
 # --- field readers (pydantic-like, lax: 16.0 is an int, as in pydantic's lax mode) -----------
 
 
@@ -70,6 +127,7 @@ class Sampling:
 
     __slots__ = (
         "max_tokens",
+        "n",
         "stop",
         "seed",
         "min_tokens",
@@ -89,8 +147,13 @@ class Sampling:
         n = read_int(body, "n")
         if n is not None and n < 1:
             raise ApiError(400, f"n must be at least 1, got {n}.")
-        if n is not None and n > 1:
-            raise ApiError(400, "The simulator generates one choice per request (n=1).")
+        if n is not None and n > MAX_N_SEQUENCES:
+            raise ApiError(
+                400,
+                f"n must be at most {MAX_N_SEQUENCES}, got {n}. To increase this limit, set the "
+                "VLLM_MAX_N_SEQUENCES environment variable.",
+            )
+        self.n = n or 1
         temperature = read_number(body, "temperature")
         if temperature is not None and temperature < 0:
             raise ApiError(400, f"temperature must be non-negative, got {temperature}.")

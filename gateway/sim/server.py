@@ -50,6 +50,7 @@ class SimConfig:
     kv_cache_tokens: int | None = None
     embedding_dim: int = 1024
     enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None  # stored only: the model writes Hermes blocks whatever the parser
     enable_server_load_tracking: bool = False
     enable_request_id_headers: bool = False
     coalesce: bool = True

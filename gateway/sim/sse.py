@@ -3,7 +3,8 @@
 Chat chunks are pydantic dumps with ``exclude_unset`` (fields never set are absent), completion
 chunks dumps with every field (``"usage": null`` included), the usage chunk has ``choices: []``
 and drops nulls. Each event is exactly ``data: <json>\n\n``; the constant parts of a request's
-chunks are encoded once, so a token costs one small ``orjson.dumps``.
+chunks are encoded once, so a token costs one small ``orjson.dumps``. One formatter per choice
+(``index``); with ``n`` > 1 the stream interleaves them, one choice per chunk.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import time
 
 import orjson
 
+from .logprobs import Logprobs
 from .text import OutputPlan
+from .tools import ToolStream
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
 DONE = b"data: [DONE]\n\n"
@@ -23,7 +26,12 @@ def _usage_json(prompt: int, completion: int) -> bytes:
 
 
 class ChatChunks:
-    """``chat.completion.chunk`` events (``exclude_unset``: fields never set are absent)."""
+    """``chat.completion.chunk`` events of one choice (``exclude_unset``: fields never set are absent).
+
+    ``tools`` (a ``structured.ToolStream``) turns the content into tool-call deltas as vLLM's
+    parsers do; ``logprobs`` adds each event's token logprobs; ``finish_reason`` overrides the
+    plan's (``tool_calls``).
+    """
 
     def __init__(
         self,
@@ -32,70 +40,106 @@ class ChatChunks:
         plan: OutputPlan,
         reasoning_fields: tuple[str, ...],
         hide_reasoning: bool,
+        *,
+        index: int = 0,
+        created: int | None = None,
+        finish_reason: str | None = None,
+        tools: ToolStream | None = None,
+        logprobs: Logprobs | None = None,
     ) -> None:
         self.prefix = b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
             orjson.dumps(rid),
-            int(time.time()),
+            int(time.time()) if created is None else created,
             model_json,
         )
         self.plan = plan
+        self.index = b'{"index":%d,' % index
         self.reasoning_fields = () if hide_reasoning else reasoning_fields
-        self.finish = b',"logprobs":null,"finish_reason":"%s","stop_reason":%s}]' % (
-            plan.finish_reason.encode(),
+        self.tools = tools
+        self.logprobs = logprobs
+        self.finish = b',"finish_reason":"%s","stop_reason":%s}]' % (
+            (finish_reason or plan.finish_reason).encode(),
             orjson.dumps(plan.stop_reason),
         )
 
-    def _delta(self, reasoning: str, content: str, final: bool) -> bytes | None:
-        delta = {}
-        if content or (final and not reasoning):
+    def _delta(self, i: int, j: int, final: bool) -> bytes | None:
+        reasoning, content = self.plan.texts(i, j)
+        calls: list[dict] = []
+        if self.tools is not None:
+            start = self.plan.content_start
+            content, calls = self.tools.delta(self.plan.texts(start, j)[1] if j > start else "")
+        delta: dict = {}
+        if content or (final and not reasoning and self.tools is None):
             delta["content"] = content
         if reasoning:
             for field in self.reasoning_fields:
                 delta[field] = reasoning
+        if calls:
+            delta["tool_calls"] = calls
         if not delta and not final:
-            return None  # only special tokens (<think>, </think>): vLLM sends nothing
+            return None  # only special tokens (<think>, </think>) or parser state: vLLM sends nothing
         return orjson.dumps(delta)
+
+    def first_chunk(self, prompt_len: int) -> bytes:
+        """The role chunk vLLM sends for each choice before any token."""
+        usage = b',"usage":' + _usage_json(prompt_len, 0) if prompt_len >= 0 else b""
+        return (
+            self.prefix
+            + self.index
+            + b'"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
+            + usage
+            + b"}\n\n"
+        )
 
     def events(self, start: int, end: int, finished: bool, coalesce: bool, prompt_len: int):
         prefix = self.prefix
-        if start == 0:
-            usage = b',"usage":' + _usage_json(prompt_len, 0) if prompt_len >= 0 else b""
-            yield (
-                prefix
-                + b'{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]'
-                + usage
-                + b"}\n\n"
-            )
         ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
         last = len(ranges) - 1
         for k, (i, j) in enumerate(ranges):
             final = finished and k == last
-            delta = self._delta(*self.plan.texts(i, j), final)
+            delta = self._delta(i, j, final)
             if delta is None:
                 continue
-            tail = self.finish if final else b',"logprobs":null,"finish_reason":null}]'
+            lp = b"null" if self.logprobs is None else orjson.dumps(self.logprobs.chat(i, j))
+            state = self.finish if final else b',"finish_reason":null}]'
             usage = b',"usage":' + _usage_json(prompt_len, j) if prompt_len >= 0 else b""
-            yield prefix + b'{"index":0,"delta":' + delta + tail + usage + b"}\n\n"
+            yield prefix + self.index + b'"delta":' + delta + b',"logprobs":' + lp + state + usage + b"}\n\n"
 
     def usage_chunk(self, prompt_len: int, completion: int) -> bytes:
         return self.prefix + b'],"usage":' + _usage_json(prompt_len, completion) + b"}\n\n"
 
 
 class CompletionChunks:
-    """``text_completion`` stream events (vLLM dumps these with every field, nulls included)."""
+    """``text_completion`` stream events of one choice (vLLM dumps these with every field, nulls included)."""
 
-    def __init__(self, rid: str, model_json: bytes, plan: OutputPlan, version) -> None:
+    def __init__(
+        self,
+        rid: str,
+        model_json: bytes,
+        plan: OutputPlan,
+        version,
+        *,
+        index: int = 0,
+        created: int | None = None,
+        logprobs: Logprobs | None = None,
+    ) -> None:
         self.prefix = b'data: {"id":%s,"object":"text_completion","created":%d,"model":%s,"choices":[' % (
             orjson.dumps(rid),
-            int(time.time()),
+            int(time.time()) if created is None else created,
             model_json,
         )
         self.plan = plan
+        self.index = b'{"index":%d,"text":' % index
+        self.logprobs = logprobs
+        self.text_len = 0  # characters sent so far: where the next event's text_offset starts
         self.token_fields = b',"prompt_token_ids":null,"token_ids":null' if version.has_token_ids_fields else b""
         self.finish = b'"finish_reason":"%s","stop_reason":%s' % (
             plan.finish_reason.encode(),
             orjson.dumps(plan.stop_reason),
         )
+
+    def first_chunk(self, prompt_len: int) -> None:
+        return None  # completions have no role chunk
 
     def events(self, start: int, end: int, finished: bool, coalesce: bool, prompt_len: int):
         ranges = [(start, end)] if coalesce or start == end else [(i, i + 1) for i in range(start, end)]
@@ -104,12 +148,19 @@ class CompletionChunks:
             final = finished and k == last
             state = self.finish if final else b'"finish_reason":null,"stop_reason":null'
             usage = _usage_json(prompt_len, j) if prompt_len >= 0 else b"null"
-            piece = orjson.dumps(self.plan.texts(i, j)[1])
+            text = self.plan.texts(i, j)[1]
+            if self.logprobs is None:
+                lp = b"null"
+            else:
+                lp = orjson.dumps(self.logprobs.completion(i, j, self.text_len))
+                self.text_len += len(text)
             yield (
                 self.prefix
-                + b'{"index":0,"text":'
-                + piece
-                + b',"logprobs":null,'
+                + self.index
+                + orjson.dumps(text)
+                + b',"logprobs":'
+                + lp
+                + b","
                 + state
                 + self.token_fields
                 + b'}],"usage":'

@@ -39,11 +39,13 @@ SPECIAL_IDS = {
     "<|im_end|>": 151645,
     "<think>": 151667,
     "</think>": 151668,
+    "<tool_call>": 151657,
+    "</tool_call>": 151658,
 }
 EOS = "<|im_end|>"
 
 TOKEN_RE = re.compile(
-    r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|</?think>"  # special tokens
+    r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|</?think>|</?tool_call>"  # special tokens
     r"| ?[^\W\d_]{1,6}"  # a word piece with its leading space
     r"| ?\d{1,3}"  # numbers, up to three digits a token
     r"| ?[^\w\s]|_"  # punctuation
@@ -133,12 +135,37 @@ def render_chat(
         parts.append("<|im_start|>system\n# Tools\n" + orjson.dumps(tools).decode() + "<|im_end|>\n")
     last = len(messages) - 1
     for i, m in enumerate(messages):
-        parts.append(f"<|im_start|>{m['role']}\n{message_text(m.get('content'))}")
+        content = message_text(m.get("content"))
+        parts.append(f"<|im_start|>{m['role']}\n{content}")
+        calls = m.get("tool_calls")
+        if calls and isinstance(calls, list):
+            parts.append(_render_tool_calls(calls, bool(content)))
         if not (continue_final_message and i == last):
             parts.append("<|im_end|>\n")
     if add_generation_prompt and not continue_final_message:
         parts.append("<|im_start|>assistant\n" + generation_prefix)
     return "".join(parts)
+
+
+def _render_tool_calls(calls: list, after_content: bool) -> str:
+    """An assistant turn's tool calls as Qwen's template writes them (``<tool_call>`` JSON blocks)."""
+    import orjson
+
+    out = []
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise TemplateError("Each tool call must be an object.")
+        function = call.get("function", call)
+        if not isinstance(function, dict):
+            raise TemplateError("A tool call's 'function' must be an object.")
+        name = function.get("name")
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+        if k or after_content:
+            out.append("\n")
+        out.append(f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>')
+    return "".join(out)
 
 
 # --- corpora --------------------------------------------------------------------------------
@@ -239,7 +266,8 @@ _HARD_RE = re.compile(
 )
 CONCISE_FACTOR = 0.3
 
-_NONE: list[str] = [""]
+# special tokens carry no text (``texts`` skips them); their pieces name them for logprobs
+_THINK_OPEN, _THINK_CLOSE, _EOS = ["<think>"], ["</think>"], [EOS]
 _NEWLINE, _BLANK_LINE = ["\n"], ["\n\n"]
 
 # A segment is (kind, count, corpus, offset): ``count`` tokens read cyclically from ``corpus``.
@@ -339,6 +367,21 @@ class OutputPlan:
                 break
         return "".join(reasoning), "".join(content)
 
+    def pieces(self, i: int, j: int) -> list[str]:
+        """The token strings of output tokens ``[i, j)`` as sampled (special tokens by name, no
+        stop-string trimming): what logprobs report."""
+        out: list[str] = []
+        start = 0
+        for _, count, corpus, offset in self.segments:
+            end = start + count
+            if end > i and start < j:
+                a, b = max(i, start) - start, min(j, end) - start
+                out += _take(corpus, offset + a, b - a)
+            start = end
+            if start >= j:
+                break
+        return out
+
 
 def reasoning_kind(text: str) -> str:
     """How hard the simulator thinks a request is: "small_talk", "chat" or "hard"."""
@@ -348,7 +391,7 @@ def reasoning_kind(text: str) -> str:
 
 
 @lru_cache(maxsize=16384)
-def _shape(seed: int, request_seed: int | None, prompt: str, hint_text: str) -> tuple[int, int, int, int]:
+def _shape(seed: int, request_seed: int | str | None, prompt: str, hint_text: str) -> tuple[int, int, int, int]:
     """(content tokens, content offset, reasoning tokens, reasoning offset) for a prompt."""
     digest = hashlib.blake2b(f"{seed}\x00{request_seed}\x00{prompt}".encode(), digest_size=16).digest()
     u = [(int.from_bytes(digest[k : k + 4], "little") + 0.5) / 2**32 for k in range(0, 16, 4)]
@@ -364,46 +407,64 @@ def _shape(seed: int, request_seed: int | None, prompt: str, hint_text: str) -> 
     )
 
 
+def content_sample(seed: int, request_seed: int | str | None, prompt: str, hint_text: str, limit: int) -> str:
+    """Up to ``limit`` tokens of the answer text ``prompt`` would get, ending at a sentence if one fits."""
+    content_n, offset, _, _ = _shape(seed, request_seed, prompt, hint_text)
+    text = "".join(_take(CONTENT_CORPUS, offset, min(content_n, limit))).strip()
+    cut = text.rfind(". ")
+    return text[: cut + 1] if cut > 0 else text
+
+
 def plan_answer(
     prompt: str,
     *,
     seed: int,
-    request_seed: int | None = None,
+    request_seed: int | str | None = None,
     max_tokens: int,
     thinking: str | None = None,
     hint_text: str = "",
     stop: list[str] | None = None,
     min_tokens: int = 0,
     ignore_eos: bool = False,
+    answer: list[str] | None = None,
+    blank_after_think: bool = True,
 ) -> OutputPlan:
     """Plan the answer to ``prompt`` (deterministic in ``seed``, ``request_seed`` and ``prompt``).
 
     ``thinking``: None (no reasoning); ``"qwen3"`` (generates ``<think>`` … ``</think>``);
     ``"deepseek_r1"`` (the template already opened ``<think>``: reasoning, then ``</think>``);
     ``"empty"`` (Qwen3's ``/no_think`` soft switch: an empty think block). ``hint_text`` is what
-    the user and system said, scanned for requests to be brief.
+    the user and system said, scanned for requests to be brief. ``answer``: the pieces of a fixed
+    answer (a tool call, a structured output) instead of the content corpus;
+    ``blank_after_think=False`` drops the ``\n\n`` after ``</think>`` (a grammar starts the
+    answer right after the think block).
     """
     content_n, content_offset, reasoning_n, reasoning_offset = _shape(seed, request_seed, prompt, hint_text)
     segments: list[Segment] = []
     if thinking in ("qwen3", "deepseek_r1"):
         if thinking == "qwen3":
-            segments.append((SPECIAL, 1, _NONE, 0))  # <think>
+            segments.append((SPECIAL, 1, _THINK_OPEN, 0))
         segments += [
             (REASONING, 1, _NEWLINE, 0),
             (REASONING, reasoning_n - 2, REASONING_CORPUS, reasoning_offset),
             (REASONING, 1, _NEWLINE, 0),
-            (SPECIAL, 1, _NONE, 0),  # </think>
-            (CONTENT, 1, _BLANK_LINE, 0),
+            (SPECIAL, 1, _THINK_CLOSE, 0),
         ]
+        if blank_after_think:
+            segments.append((CONTENT, 1, _BLANK_LINE, 0))
     elif thinking == "empty":
         segments += [
-            (SPECIAL, 1, _NONE, 0),
+            (SPECIAL, 1, _THINK_OPEN, 0),
             (REASONING, 1, _BLANK_LINE, 0),
-            (SPECIAL, 1, _NONE, 0),
-            (CONTENT, 1, _BLANK_LINE, 0),
+            (SPECIAL, 1, _THINK_CLOSE, 0),
         ]
-    segments.append((CONTENT, content_n, CONTENT_CORPUS, content_offset))
-    segments.append((SPECIAL, 1, _NONE, 0))  # EOS
+        if blank_after_think:
+            segments.append((CONTENT, 1, _BLANK_LINE, 0))
+    if answer is not None:  # a fixed answer (a tool call, structured output): its own pieces
+        segments.append((CONTENT, len(answer), answer, 0))
+    else:
+        segments.append((CONTENT, content_n, CONTENT_CORPUS, content_offset))
+    segments.append((SPECIAL, 1, _EOS, 0))
     return OutputPlan(segments, max_tokens, stop=stop, min_tokens=min_tokens, ignore_eos=ignore_eos)
 
 
