@@ -90,6 +90,9 @@ def sims():
                         SPEED,
                         "--seed",
                         str(seed),
+                        "--enable-auto-tool-choice",  # as make demo starts them
+                        "--tool-call-parser",
+                        "hermes",
                     ]
                 )
             )
