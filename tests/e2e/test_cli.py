@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def test_demo_serves_the_openai_sdk_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert any(m.get("family") == "qwen3" for m in models.values())  # a Qwen3-style reasoning model
         r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Hello!"}])
         assert r.choices[0].message.content
+        # every Python snippet of the README that talks to the demo runs as it is written
+        snippets = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+        snippets = [code for code in snippets if "http://127.0.0.1:8000" in code]
+        assert len(snippets) >= 3
+        for code in snippets:
+            run = subprocess.run([sys.executable, "-c", code.replace("http://127.0.0.1:8000", url)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert run.returncode == 0, f"{code}\n{run.stderr}"
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=30)[0]
