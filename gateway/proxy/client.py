@@ -59,7 +59,7 @@ class Response:
 
     __slots__ = (
         "conn", "status", "headers", "keep_alive", "_chunks", "_size", "_headers_done", "complete",
-        "_waiter", "_exc", "_paused", "_framed", "_timer", "_done",
+        "_waiter", "_exc", "_paused", "_whole", "_framed", "_timer", "_done",
     )  # fmt: skip
 
     def __init__(self, conn: _Conn) -> None:
@@ -74,6 +74,7 @@ class Response:
         self._waiter: asyncio.Future | None = None
         self._exc: BaseException | None = None
         self._paused = False
+        self._whole = False  # read() wants the whole body: no flow control
         self._framed = False  # content-length or chunked: the end is known without EOF
         self._timer: asyncio.TimerHandle | None = None
         self._done = False  # released or closed: the connection is no longer ours
@@ -99,7 +100,7 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > HIGH_WATER and not self._paused and self.conn.transport is not None:
+        if self._size > HIGH_WATER and not (self._paused or self._whole) and self.conn.transport is not None:
             self._paused = True
             self.conn.transport.pause_reading()
         self._wake()
@@ -121,7 +122,16 @@ class Response:
             await self._wait()
 
     async def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
+        """The whole body; the connection goes back to the pool.
+
+        Flow control is for streams read as they arrive: here the whole body is wanted, so a
+        socket paused at ``HIGH_WATER`` is resumed (else an answer larger than it never completes).
+        """
+        self._whole = True
+        if self._paused:
+            self._paused = False
+            if self.conn.transport is not None:
+                self.conn.transport.resume_reading()
         while not self.complete:
             if self._exc is not None:
                 self.close()

@@ -244,6 +244,26 @@ def test_large_stream_is_flow_controlled_and_complete():
     run(main())
 
 
+def test_a_whole_body_larger_than_the_flow_control_mark_is_read_whole():
+    """Found when the simulator learnt n > 1 and logprobs: a unary answer over HIGH_WATER paused
+    the socket, and read() (which never resumed it) waited until the request's deadline."""
+    payload = b"x" * (3 * 1024 * 1024)
+
+    def reply(_):
+        answer = ok(payload)
+        return [(0, answer[: 1024 * 1024]), (0.05, answer[1024 * 1024 :])]  # the rest arrives later
+
+    async def main():
+        async with RawServer(reply) as srv:
+            client = Client()
+            resp = await client.pool(srv.url).request(b"POST", "/", (), b"", 10)
+            await asyncio.sleep(0.02)  # the first MiB is buffered and the socket paused meanwhile
+            assert await asyncio.wait_for(resp.read(), 5) == payload
+            client.close()
+
+    run(main())
+
+
 def test_base_path_is_kept():
     async def main():
         async with RawServer(lambda req: [(0, ok(b"{}"))]) as srv:
