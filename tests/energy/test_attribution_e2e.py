@@ -47,11 +47,13 @@ def value(metrics, name, **labels):
 
 # Per-request error bounds (p50, p90) for each simulator GPU model. The sweep's worst seeds
 # (bench/results/attribution-eval.json, 64 requests each): additive p50 3.7 % / p90 14.3 %,
-# roofline 4.3 % / 13.3 %. This run has 24 requests, so its percentiles move more: three runs
-# here gave additive p50 3.2-4.0 % / p90 6.7-11.7 %, roofline 3.9-5.0 % / 8.1-10.5 %. The bounds
-# sit a little above the worst of both, not at the target (5 % / 15 %) a 24-request run cannot
-# resolve.
-BOUNDS = {"additive": (0.07, 0.18), "roofline": (0.08, 0.18)}
+# roofline 4.3 % / 13.3 %; that is where the accuracy is judged. This run has 24 requests, so its
+# percentiles move much more: 19 runs on 2026-12-06, at five commits of the same attribution code
+# (the busy 2-core machine of a working day), gave additive p50 2.5-6.9 % / p90 6.3-14.7 % and
+# roofline p50 2.8-6.2 % / p90 7.7-19.9 % (three runs the day before: roofline p90 8.1-10.5 %).
+# The bounds sit above that spread: this test guards against attribution breaking (errors of
+# 30 % and more), not the 5 % / 15 % target a 24-request run cannot resolve.
+BOUNDS = {"additive": (0.09, 0.22), "roofline": (0.09, 0.25)}
 
 
 @pytest.fixture(scope="module", params=sorted(BOUNDS))
