@@ -89,6 +89,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="vLLM's tool-call parser (hermes, llama3_json, mistral, qwen3_xml, …); stored, the output is the same",
     )
+    parser.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=20,
+        help="most logprobs a request may ask for (sampled and prompt); -1: the whole vocabulary",
+    )
+    parser.add_argument(
+        "--enable-force-include-usage",
+        action="store_true",
+        help="a usage chunk at the end of every stream, asked for or not",
+    )
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="usage.prompt_tokens_details.cached_tokens in answers",
+    )
+    parser.add_argument("--enable-tokenizer-info-endpoint", action="store_true", help="serve GET /tokenizer_info")
+    parser.add_argument(
+        "--show-hidden-metrics-for-version",
+        default=None,
+        metavar="VERSION",
+        help="also export the metrics deprecated in that release (the previous minor), as vLLM does",
+    )
     parser.add_argument("--enable-server-load-tracking", action="store_true")
     parser.add_argument("--enable-request-id-headers", action="store_true")
     parser.add_argument(
@@ -142,6 +165,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         coalesce=not args.no_coalesce,
         dcgm_labels=labels,
         power_model=args.power_model,
+        max_logprobs=args.max_logprobs,
+        enable_force_include_usage=args.enable_force_include_usage,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
+        show_hidden_metrics_for_version=args.show_hidden_metrics_for_version,
     )
 
 

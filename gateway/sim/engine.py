@@ -66,6 +66,7 @@ class Sequence:
         "error",
         "waiter",
         "done",
+        "preemptions",
     )
 
     def __init__(
@@ -102,6 +103,7 @@ class Sequence:
         self.error = False
         self.waiter: asyncio.Future | None = None
         self.done: asyncio.Future | None = None
+        self.preemptions = 0
 
     @property
     def kv_tokens(self) -> int:
@@ -429,6 +431,7 @@ class Engine:
                 _notify(seq)
         if regular:
             m.itl.observe(t, regular)
+        decoded = generated
         for seq in prefill:
             seq.n_prefilled += seq.chunk
             if seq.n_prefilled < seq.prefill_len or seq.aborted:
@@ -437,6 +440,7 @@ class Engine:
             if not seq.prompt_counted:
                 seq.prompt_counted = True
                 m.prompt_tokens += seq.prompt_len
+                m.prefix_cache_queries += seq.prompt_len
             if seq.embed:
                 finished.append(seq)
                 continue
@@ -453,7 +457,9 @@ class Engine:
             elif seq.waiter is not None:
                 _notify(seq)
         m.generation_tokens += generated
-        m.iteration_tokens.observe(len(decode) + sum(seq.chunk for seq in prefill))
+        # the step's scheduled tokens, plus the first token of each prompt it finished (vLLM counts
+        # the tokens sampled in a step as generation tokens of that step)
+        m.iteration_tokens.observe(len(decode) + sum(seq.chunk for seq in prefill) + generated - decoded)
         if finished:
             for seq in finished:
                 self._finalize(seq, seq.planned_reason, end)
@@ -470,6 +476,7 @@ class Engine:
             seq.prefill_len = seq.prompt_len + seq.n_out
             seq.state = WAITING
             self.waiting.appendleft(seq)
+            seq.preemptions += 1
             self.metrics.preemptions += 1
 
     def _finalize(self, seq: Sequence, reason: str, now: float, count: bool = True) -> None:
@@ -483,7 +490,16 @@ class Engine:
             m = self.metrics
             m.request_success[reason] += 1
             m.pending_finished.append(
-                (seq.arrival, seq.scheduled, seq.first_token, now, seq.prompt_len, seq.n_out, seq.max_tokens_param)
+                (
+                    seq.arrival,
+                    seq.scheduled,
+                    seq.first_token,
+                    now,
+                    seq.prompt_len,
+                    seq.n_out,
+                    seq.max_tokens_param,
+                    seq.preemptions,
+                )
             )
             if len(m.pending_finished) > 4096:
                 m.fold()

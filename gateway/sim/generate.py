@@ -27,12 +27,14 @@ from typing import Any
 
 import orjson
 
-from . import structured, text
+from . import completions, streaming, structured, text
 from . import tools as toolcalls
 from .engine import FINISHED, EngineDeadError, Sequence
+from .extras import ChatExtras
 from .logprobs import Logprobs
-from .params import ApiError, Sampling, chat_logprobs, completion_logprobs, invalid, read_bool
-from .sse import DONE, SSE_HEADERS, ChatChunks, CompletionChunks
+from .params import ApiError, Sampling, chat_logprobs, invalid, read_bool
+from .sse import ChatChunks
+from .streaming import DisconnectWatch
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -49,44 +51,6 @@ def _request_id(scope: dict) -> str:
         if name == b"x-request-id":
             return value.decode("latin-1")
     return os.urandom(16).hex()
-
-
-async def wait_disconnect(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class DisconnectWatch:
-    """vLLM's ``with_cancellation``: abort the request when its client goes away.
-
-    The watching task starts only if the request is still running after ``delay`` seconds, so a
-    request the (instant) engine finishes at once costs a timer, not a task.
-    """
-
-    __slots__ = ("handle", "task")
-    delay = 0.01
-
-    def __init__(self, receive, engine, seqs: list[Sequence]) -> None:
-        self.task: asyncio.Task | None = None
-        loop = asyncio.get_running_loop()
-        self.handle: asyncio.TimerHandle | None = loop.call_later(self.delay, self._start, receive, engine, seqs)
-
-    def _start(self, receive, engine, seqs: list[Sequence]) -> None:
-        self.handle = None
-        if any(seq.state != FINISHED for seq in seqs):
-            self.task = asyncio.get_running_loop().create_task(self._watch(receive, engine, seqs))
-
-    @staticmethod
-    async def _watch(receive, engine, seqs: list[Sequence]) -> None:
-        await wait_disconnect(receive)
-        for seq in seqs:
-            engine.abort(seq)
-
-    def cancel(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        if self.task is not None:
-            self.task.cancel()
 
 
 @dataclass
@@ -120,7 +84,7 @@ class Generation:
         self.cfg = server.cfg
         self.version = server.version
         self.model_name = server.cfg.served_model_names[0]
-        self._model_json = orjson.dumps(self.model_name)
+        self.model_json = orjson.dumps(self.model_name)
 
     # --- shared steps -------------------------------------------------------------------------
     def check_model(self, body: dict) -> None:
@@ -145,16 +109,25 @@ class Generation:
         except EngineDeadError:
             raise EngineDead() from None
 
-    def submit_choices(self, scope: dict, prompt_len: int, plans: list[text.OutputPlan], max_tokens_param: int | None):
+    def submit_choices(
+        self,
+        scope: dict,
+        prompt_lens: int | list[int],
+        plans: list[text.OutputPlan],
+        max_tokens_param: int | None,
+        n: int | None = None,
+    ):
         """One sequence per choice. ``n`` > 1: vLLM fans a request out into n child requests that
         decode side by side in the batch, as here. Approximation: vLLM's children share the
         prompt's KV blocks through the prefix cache; here each child prefills (and holds) the whole
         prompt, so the prompt part costs n times what it costs vLLM. The ground truth keeps a row
         per choice (choice k > 0 under ``<request id>/k``), and the engine metrics count each
-        choice as a request, as vLLM's child requests are counted."""
+        choice as a request, as vLLM's child requests are counted. ``prompt_lens``: one length, or
+        one per choice (a completions batch); ``n``: choices per prompt (``vllm:request_params_n``)."""
         rid = _request_id(scope)
+        lens = prompt_lens if isinstance(prompt_lens, list) else [prompt_lens] * len(plans)
         seqs = []
-        for k, plan in enumerate(plans):
+        for k, (plan, prompt_len) in enumerate(zip(plans, lens)):
             seq = Sequence(rid, prompt_len, plan.total, plan.finish_reason, max_tokens_param)
             if k:
                 seq.key = f"{rid}/{k}"
@@ -164,6 +137,8 @@ class Generation:
                 self.engine.submit(seq)
         except EngineDeadError:
             raise EngineDead() from None
+        n = n or len(plans)
+        self.engine.metrics.request_params_n.observe(n, len(plans) // n)
         return seqs
 
     async def wait_all(self, seqs: list[Sequence], receive) -> bool:
@@ -309,11 +284,12 @@ class Generation:
         self.check_model(body)
         if self.cfg.task == "embed":
             raise ApiError(400, "The model does not support Chat Completions API")
-        sampling = Sampling(body, "max_completion_tokens")
+        sampling = Sampling(body, "max_completion_tokens", self.version, self.cfg.enable_force_include_usage)
         auto = self.cfg.enable_auto_tool_choice and bool(self.cfg.tool_call_parser)
         tools = toolcalls.check_tools(body, self.version, auto)
         out_format = structured.output_format(body, self.version)
-        top_logprobs = chat_logprobs(body, self.version.at_least(0, 16))
+        top_logprobs = chat_logprobs(body, self.version.at_least(0, 16), self.cfg.max_logprobs)
+        extras = ChatExtras(body, self.version, self.cfg.max_logprobs)
         prompt, thinking, hint = self.chat_prompt(body)
         prompt_len = text.count_tokens(prompt)
         max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
@@ -323,6 +299,10 @@ class Generation:
             self._plan_choice(k, prompt, digest, hint, messages, thinking, sampling, max_tokens, tools, fmt, top)
             for k in range(sampling.n)
         ]
+        if extras.as_ids:
+            for c in choices:
+                if c.logprobs is not None:
+                    c.logprobs.as_ids = True
         parallel = tools.parallel if tools is not None else True
         include_reasoning = read_bool(body, "include_reasoning", True)
         seqs = self.submit_choices(scope, prompt_len, [c.plan for c in choices], sampling.max_tokens)
@@ -333,7 +313,7 @@ class Generation:
             fmts = [
                 ChatChunks(
                     rid,
-                    self._model_json,
+                    self.model_json,
                     c.plan,
                     self.version.reasoning_fields,
                     hide,
@@ -342,6 +322,9 @@ class Generation:
                     finish_reason=c.stream_finish_reason(),
                     tools=toolcalls.ToolStream(c.tool_mode, c.tool_name, parallel) if c.tool_mode else None,
                     logprobs=c.logprobs,
+                    echo=extras.echo_text(body, messages),
+                    token_ids=extras.token_ids,
+                    prompt_ids=extras.prompt_ids(prompt) if k == 0 else None,
                 )
                 for k, c in enumerate(choices)
             ]
@@ -350,16 +333,28 @@ class Generation:
         if not await self.wait_all(seqs, receive):
             return
         out = [
-            self._chat_choice(k, c, seq, thinking, include_reasoning, parallel)
+            self._chat_choice(k, c, seq, thinking, include_reasoning, parallel, extras)
             for k, (c, seq) in enumerate(zip(choices, seqs))
         ]
-        tail = {"prompt_logprobs": None}
+        echo = extras.echo_text(body, messages)
+        if echo:
+            for choice in out:
+                if choice["message"]["content"] is not None:
+                    choice["message"]["content"] = echo + choice["message"]["content"]
+        tail = {"prompt_logprobs": extras.prompt_logprobs(prompt)}
         if self.version.has_token_ids_fields:
-            tail["prompt_token_ids"] = None
-        await self._answer(send, seqs, rid, "chat.completion", out, tail, fault)
+            tail["prompt_token_ids"] = extras.prompt_ids(prompt)
+        await self.answer(send, seqs, rid, "chat.completion", out, tail, fault)
 
     def _chat_choice(
-        self, k: int, c: Choice, seq: Sequence, thinking: str | None, include_reasoning: bool, parallel: bool
+        self,
+        k: int,
+        c: Choice,
+        seq: Sequence,
+        thinking: str | None,
+        include_reasoning: bool,
+        parallel: bool,
+        extras: ChatExtras,
     ) -> dict:
         plan = c.plan
         reasoning, content = plan.texts(0, seq.n_out)
@@ -402,83 +397,12 @@ class Generation:
             "stop_reason": plan.stop_reason,
         }
         if self.version.has_token_ids_fields:
-            choice["token_ids"] = None
+            choice["token_ids"] = plan.token_ids(0, seq.n_out) if extras.token_ids else None
         return choice
 
     # --- completions --------------------------------------------------------------------------
     async def completions(self, scope: dict, receive, send, body: dict, fault=None) -> None:
-        self.check_model(body)
-        if self.cfg.task == "embed":
-            raise ApiError(400, "The model does not support Completions API")
-        if body.get("suffix") is not None:
-            raise ApiError(400, "suffix is not currently supported")
-        sampling = Sampling(body, None)
-        prompt = body.get("prompt")
-        if prompt is None:
-            raise invalid("prompt", "Field required", body, "missing")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str):
-            prompt_len = text.count_tokens(prompt)
-            key = prompt
-        elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-            prompt_len = len(prompt)
-            key = ",".join(map(str, prompt))
-        elif isinstance(prompt, list) and len(prompt) > 1:
-            raise ApiError(400, "The simulator takes one prompt per request.")
-        else:
-            raise invalid("prompt", "Input should be a valid string or list of token ids", prompt, "string_type")
-        top_logprobs = completion_logprobs(body, self.version.at_least(0, 16))
-        out_format = structured.output_format(body, self.version)
-        max_tokens = self.resolve_max_tokens(prompt_len, sampling.max_tokens)
-        digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-        plans, logprobs = [], []
-        for k in range(sampling.n):
-            request_seed: int | str | None = sampling.seed if k == 0 else f"{sampling.seed}/{k}"
-            salt = f"{self.cfg.seed}/{request_seed}/{digest}"
-            answer = None
-            if out_format is not None:
-                answer = text.tokenize(out_format.answer(self.cfg.seed, request_seed, key, key, salt))
-            plan = text.plan_answer(
-                key,
-                seed=self.cfg.seed,
-                request_seed=request_seed,
-                max_tokens=max_tokens,
-                hint_text=key,
-                stop=sampling.stop,
-                min_tokens=sampling.min_tokens,
-                ignore_eos=sampling.ignore_eos,
-                answer=answer,
-            )
-            plans.append(plan)
-            logprobs.append(Logprobs(plan, top_logprobs, f"{salt}/{k}") if top_logprobs is not None else None)
-        seqs = self.submit_choices(scope, prompt_len, plans, sampling.max_tokens)
-        rid = "cmpl-" + seqs[0].rid
-        if sampling.stream:
-            created = int(time.time())
-            fmts = [
-                CompletionChunks(rid, self._model_json, plan, self.version, index=k, created=created, logprobs=lp)
-                for k, (plan, lp) in enumerate(zip(plans, logprobs))
-            ]
-            await self.stream(send, receive, seqs, fmts, sampling, fault)
-            return
-        if not await self.wait_all(seqs, receive):
-            return
-        choices = []
-        for k, (plan, lp, seq) in enumerate(zip(plans, logprobs, seqs)):
-            choice = {
-                "index": k,
-                "text": plan.texts(0, seq.n_out)[1],
-                "logprobs": lp.completion(0, seq.n_out, 0) if lp is not None else None,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": plan.stop_reason,
-                "prompt_logprobs": None,
-            }
-            if self.version.has_token_ids_fields:
-                choice["prompt_token_ids"] = None
-                choice["token_ids"] = None
-            choices.append(choice)
-        await self._answer(send, seqs, rid, "text_completion", choices, {}, fault)
+        await completions.handle(self, scope, receive, send, body, fault)
 
     # --- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, scope: dict, receive, send, body: dict, fault=None) -> None:
@@ -535,11 +459,26 @@ class Generation:
         }
         await self.server.send_json(send, 200, orjson.dumps(response), seq.rid, fault)
 
-    async def _answer(
-        self, send, seqs: list[Sequence], rid: str, kind: str, choices: list[dict], tail: dict, fault
+    def usage_details(self, cached_tokens: int = 0) -> dict | None:
+        """``prompt_tokens_details``: with ``--enable-prompt-tokens-details``, and only when
+        prompt tokens came from the prefix cache (vLLM tests ``num_cached_tokens``' truth); the
+        simulator has no prefix cache, so never."""
+        return {"cached_tokens": cached_tokens} if self.cfg.enable_prompt_tokens_details and cached_tokens else None
+
+    async def answer(
+        self,
+        send,
+        seqs: list[Sequence],
+        rid: str,
+        kind: str,
+        choices: list[dict],
+        tail: dict,
+        fault,
+        prompt_tokens: int | None = None,
     ) -> None:
-        """A non-streaming response, with every field vLLM's model_dump writes."""
-        prompt_len = seqs[0].prompt_len
+        """A non-streaming response, with every field vLLM's model_dump writes (``prompt_tokens``:
+        the prompts' total where it is not the first choice's prompt)."""
+        prompt_len = seqs[0].prompt_len if prompt_tokens is None else prompt_tokens
         completion = sum(seq.n_out for seq in seqs)
         response = {
             "id": rid,
@@ -553,7 +492,7 @@ class Generation:
                 "prompt_tokens": prompt_len,
                 "total_tokens": prompt_len + completion,
                 "completion_tokens": completion,
-                "prompt_tokens_details": None,
+                "prompt_tokens_details": self.usage_details(),
             },
             **tail,
             "kv_transfer_params": None,
@@ -561,78 +500,15 @@ class Generation:
         await self.server.send_json(send, 200, orjson.dumps(response), seqs[0].rid, fault)
 
     # --- streaming ----------------------------------------------------------------------------
-    async def stream(self, send, receive, seqs: list[Sequence], fmts: list, sampling: Sampling, fault=None) -> None:
-        """Send the SSE stream of a request's choices: headers now, events as the engine produces tokens.
-
-        Events that are ready together (the engine ran ahead of this writer) go out in one write.
-        With ``n`` > 1 the role chunk of every choice comes first, then each choice's chunks as
-        its tokens come (one choice per chunk, each with its own finish chunk), then the usage
-        chunk with the tokens of all choices.
-        """
-        first = seqs[0]
-        headers = SSE_HEADERS + self.server.request_id_header(first.rid)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        watch = DisconnectWatch(receive, self.engine, seqs)
-        coalesce = self.cfg.coalesce
-        usage_prompt = first.prompt_len if sampling.continuous_usage else -1
-        limit = fault.after_chunks if fault is not None else -1
-        sent = [0] * len(seqs)
-        single = len(seqs) == 1
-        started = False
-        events = 0
-        try:
-            while True:
-                if first.error if single else any(seq.error for seq in seqs):
-                    message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
-                    body = self.version.stream_error_event(message) + DONE
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
-                    return
-                if first.aborted if single else any(seq.aborted for seq in seqs):
-                    return
-                out: list[bytes] = []
-                finished = True
-                for k, seq in enumerate(seqs):
-                    done = seq.state == FINISHED
-                    produced = seq.n_out
-                    if produced > sent[k]:
-                        if not started:  # the first tokens: every choice's role chunk first
-                            started = True
-                            out += [c for c in (fmt.first_chunk(usage_prompt) for fmt in fmts) if c is not None]
-                        out.extend(fmts[k].events(sent[k], produced, done, coalesce, usage_prompt))
-                        sent[k] = produced
-                    finished = finished and done
-                if finished and sampling.include_usage:
-                    out.append(fmts[0].usage_chunk(first.prompt_len, sum(seq.n_out for seq in seqs)))
-                if limit >= 0 and events + len(out) + finished > limit:  # the fault strikes in this batch
-                    if limit > events:
-                        body = b"".join(out[: limit - events])
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    watch.cancel()
-                    await self.server.midstream_fault(fault, send, receive, first)
-                    return
-                if finished:
-                    out.append(DONE)
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
-                    return
-                if out:
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-                    events += len(out)
-                if single:
-                    await first.wait()
-                elif all(seq.n_out == sent[k] for k, seq in enumerate(seqs)):
-                    await _wait_any(seqs)
-        finally:
-            watch.cancel()
-            for seq in seqs:
-                if seq.state != FINISHED:
-                    self.engine.abort(seq)
-
-
-async def _wait_any(seqs: list[Sequence]) -> None:
-    """Wait until one of the sequences produces tokens or finishes (they share one waiter)."""
-    pending = [seq for seq in seqs if seq.state != FINISHED]
-    if pending:
-        waiter = asyncio.get_running_loop().create_future()
-        for seq in pending:
-            seq.waiter = waiter
-        await waiter
+    async def stream(
+        self,
+        send,
+        receive,
+        seqs: list[Sequence],
+        fmts: list,
+        sampling: Sampling,
+        fault=None,
+        prompt_tokens: int | None = None,
+    ) -> None:
+        """Send the SSE stream of a request's choices (``streaming.stream``)."""
+        await streaming.stream(self, send, receive, seqs, fmts, sampling, fault, prompt_tokens)

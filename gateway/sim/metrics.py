@@ -25,6 +25,8 @@ REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
                            120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]
 # fmt: on
 ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+N_BUCKETS = [1, 2, 5, 10, 20]
+PREEMPTION_BUCKETS = [0, 1, 2, 3, 4, 5, 10, 20]
 FINISH_REASONS = ("stop", "length", "abort")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -80,6 +82,8 @@ class EngineMetrics:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.preemptions = 0
+        self.prefix_cache_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_cache_hits = 0  # none: the simulator does not model prefix caching
         self.request_success = dict.fromkeys(FINISH_REASONS, 0)
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
@@ -92,8 +96,10 @@ class EngineMetrics:
         self.request_generation_tokens = Histogram(token_buckets)
         self.request_max_tokens = Histogram(token_buckets)
         self.iteration_tokens = Histogram(ITERATION_TOKEN_BUCKETS)
+        self.request_params_n = Histogram(N_BUCKETS)
+        self.request_preemptions = Histogram(PREEMPTION_BUCKETS)
         self.pending_ttft: list[float] = []
-        # (arrival, scheduled, first token, end, prompt tokens, generated tokens, max_tokens param)
+        # (arrival, scheduled, first token, end, prompt tokens, generated tokens, max_tokens param, preemptions)
         self.pending_finished: list[tuple] = []
 
     def fold(self) -> None:
@@ -101,7 +107,7 @@ class EngineMetrics:
         for value in ttft:
             self.ttft.observe(value)
         finished, self.pending_finished = self.pending_finished, []
-        for arrival, scheduled, first, end, prompt, generated, max_tokens in finished:
+        for arrival, scheduled, first, end, prompt, generated, max_tokens, preemptions in finished:
             if scheduled is None:
                 scheduled = end
             if first is None:
@@ -115,15 +121,20 @@ class EngineMetrics:
             self.request_generation_tokens.observe(generated)
             if max_tokens:
                 self.request_max_tokens.observe(max_tokens)
+            self.request_preemptions.observe(preemptions)
 
 
 class MetricsExporter:
     """Renders ``/metrics``: the engine's metrics plus the process/platform/GC collectors vLLM shows."""
 
-    def __init__(self, engine, model_name: str, version) -> None:
+    def __init__(
+        self, engine, model_name: str, version, cache_info: dict[str, str] | None = None, show_hidden: str | None = None
+    ) -> None:
         self._engine = engine
         self._labels = [model_name, "0"]
         self._version = version
+        self._cache_info = cache_info or {}
+        self._hidden = version.shows_hidden_metrics(show_hidden)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
@@ -154,14 +165,36 @@ class MetricsExporter:
 
         yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", engine.num_running)
         yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", engine.num_waiting)
+        if self._version.has_waiting_by_reason_metric:
+            by_reason = GaugeMetricFamily(
+                "vllm:num_requests_waiting_by_reason",
+                "Number of requests waiting to be processed, by reason.",
+                labels=[*names, "reason"],
+            )
+            by_reason.add_metric([*labels, "capacity"], engine.num_waiting)
+            by_reason.add_metric([*labels, "deferred"], 0)
+            yield by_reason
         usage = engine.kv_cache_usage
-        if self._version.has_gpu_cache_usage_metric:
+        if self._version.has_gpu_cache_usage_metric or self._hidden:
             yield gauge(
                 "vllm:gpu_cache_usage_perc",
                 "GPU KV-cache usage. 1 means 100 percent usage.DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
                 usage,
             )
         yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
+        yield counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            m.prefix_cache_queries,
+        )
+        yield counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", m.prefix_cache_hits
+        )
+        if self._cache_info:
+            doc = "Information of the LLMEngine CacheConfig"
+            info = GaugeMetricFamily("vllm:cache_config_info", doc, labels=[*self._cache_info, "engine"])
+            info.add_metric([*self._cache_info.values(), "0"], 1.0)
+            yield info
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", m.preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", m.prompt_tokens)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.", m.generation_tokens)
@@ -178,13 +211,17 @@ class MetricsExporter:
         yield histogram(
             "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", m.iteration_tokens
         )
+        yield histogram("vllm:request_params_n", "Histogram of the n request parameter.", m.request_params_n)
         yield histogram(
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", m.request_max_tokens
+        )
+        yield histogram(
+            "vllm:request_num_preemptions", "Number of preemptions per finished request.", m.request_preemptions
         )
         yield histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", m.ttft)
         if self._version.has_inter_token_latency_metric:
             yield histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", m.itl)
-        if self._version.has_time_per_output_token_metric:
+        if self._version.has_time_per_output_token_metric or self._hidden:
             yield histogram(
                 "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", m.itl
             )

@@ -19,15 +19,16 @@ from functools import partial
 
 import orjson
 
-from . import text
+from . import text, tokinfo
 from .engine import Engine
 from .faults import Faults, FaultSpecError, parse_fault
-from .generate import JSON_HEADERS, EngineDead, Generation, wait_disconnect
+from .generate import JSON_HEADERS, EngineDead, Generation
 from .metrics import CONTENT_TYPE, MetricsExporter
-from .params import ApiError, invalid
+from .params import ApiError, invalid, is_true
 from .power import GPUS, CostModel, DcgmCounters, StepModel
 from .roofline import RooflineModel
 from .sse import DONE
+from .streaming import wait_disconnect
 from .versions import STATUS_TYPES, VllmVersion
 
 
@@ -56,6 +57,11 @@ class SimConfig:
     coalesce: bool = True
     dcgm_labels: dict[str, str] = field(default_factory=dict)
     power_model: str = "additive"  # additive (power.CostModel) | roofline (roofline.RooflineModel)
+    max_logprobs: int = 20  # --max-logprobs (-1: the vocabulary)
+    enable_force_include_usage: bool = False
+    enable_prompt_tokens_details: bool = False
+    enable_tokenizer_info_endpoint: bool = False
+    show_hidden_metrics_for_version: str | None = None
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -81,6 +87,25 @@ def kv_cache_capacity(cfg: SimConfig, cost: StepModel) -> int:
             "`max_model_len` when initializing the engine."
         )
     return capacity
+
+
+def cache_info(cfg: SimConfig, kv_capacity: int) -> dict[str, str]:
+    """The labels of ``vllm:cache_config_info`` (vLLM's CacheConfig fields, as strings)."""
+    return {
+        "block_size": "16",
+        "cache_dtype": "auto",
+        "calculate_kv_scales": "False",
+        "cpu_offload_gb": "0",
+        "enable_prefix_caching": "True",
+        "gpu_memory_utilization": str(cfg.gpu_memory_utilization),
+        "is_attention_free": "False",
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(kv_capacity // 16),
+        "num_gpu_blocks_override": "None",
+        "prefix_caching_hash_algo": "sha256",
+        "sliding_window": "None",
+        "swap_space": "4",
+    }
 
 
 class Listener:
@@ -112,7 +137,13 @@ class SimApp:
         self.dcgm = DcgmCounters(
             cfg.gpus, GPUS[cfg.gpu], cfg.seed, cfg.dcgm_labels, jitter=cfg.power_model == "roofline"
         )
-        self.exporter = MetricsExporter(self.engine, cfg.served_model_names[0], self.version)
+        self.exporter = MetricsExporter(
+            self.engine,
+            cfg.served_model_names[0],
+            self.version,
+            cache_info(cfg, self.engine.kv_capacity),
+            cfg.show_hidden_metrics_for_version,
+        )
         self.faults = Faults()
         self.listener: Listener | None = None
         self._reopen: asyncio.TimerHandle | None = None
@@ -124,9 +155,11 @@ class SimApp:
             "/v1/chat/completions": (post, partial(self._generate, gen.chat)),
             "/v1/completions": (post, partial(self._generate, gen.completions)),
             "/v1/embeddings": (post, partial(self._generate, gen.embeddings)),
+            "/invocations": (post, self.invocations),
             "/v1/models": (get, self.models),
             "/tokenize": (post, self.tokenize),
             "/detokenize": (post, self.detokenize),
+            **({"/tokenizer_info": (get, self.tokenizer_info)} if cfg.enable_tokenizer_info_endpoint else {}),
             "/health": (get, self.health),
             "/ping": (both, self.health),
             "/load": (get, self.load),
@@ -231,9 +264,25 @@ class SimApp:
         return body
 
     # --- generation ---------------------------------------------------------------------------
-    async def _generate(self, handler, scope, receive, send) -> None:
+    async def invocations(self, scope, receive, send) -> None:
+        """SageMaker's ``POST /invocations``: the generation endpoint the body is for, as vLLM
+        picks it (``messages``: chat, ``prompt``: completions, ``input``: embeddings)."""
         body = await self.read_json(scope, receive)
-        streaming = body.get("stream") is True
+        gen = self.generation
+        for key, handler in (("messages", gen.chat), ("prompt", gen.completions), ("input", gen.embeddings)):
+            if key in body:
+                await self._generate(handler, scope, receive, send, body)
+                return
+        raise ApiError(
+            400,
+            "Cannot find suitable handler for request. Expected one of: ChatCompletionRequest, "
+            "CompletionRequest, EmbeddingRequest",
+        )
+
+    async def _generate(self, handler, scope, receive, send, body: dict | None = None) -> None:
+        if body is None:
+            body = await self.read_json(scope, receive)
+        streaming = is_true(body.get("stream"))
         fault = self.faults.take(streaming)
         if fault is not None:
             mode = fault.mode
@@ -330,6 +379,9 @@ class SimApp:
             if not 0 <= t < text.VOCAB_SIZE:
                 raise ApiError(400, f"Token id {t} is out of vocabulary")
         await self.send_json(send, 200, orjson.dumps({"prompt": text.decode(tokens)}))
+
+    async def tokenizer_info(self, scope, receive, send) -> None:
+        await self.send_json(send, 200, orjson.dumps(tokinfo.tokenizer_info(self.cfg.model, self.cfg.max_model_len)))
 
     async def health(self, scope, receive, send) -> None:
         dead = self.engine.dead

@@ -1,8 +1,11 @@
 """Structured outputs as vLLM serves them: ``response_format`` json_object / json_schema,
-``structured_outputs.json|choice`` and the older ``guided_json|guided_choice`` make the content a
-JSON object, an instance of the schema (``schema.py``), or one of the choices; checked as
-``validate_response_format`` does (vllm/entrypoints/openai/chat_completion/protocol.py). A named
-or required tool choice takes precedence over them (``tools.py``), and they over ``"auto"``."""
+``structured_outputs.json|regex|choice|grammar`` and the older ``guided_*`` make the content a
+JSON object, an instance of the schema (``schema.py``), a string the regex matches
+(``regexgen.py``), or one of the choices; checked as ``validate_response_format`` does
+(vllm/entrypoints/openai/chat_completion/protocol.py), and refused (400) where vLLM's grammar
+backend cannot compile them: a schema with a subschema that is not one, a regex that does not
+compile, an EBNF grammar with undefined rules. A grammar is accepted but does not shape the text.
+A named or required tool choice takes precedence over them (``tools.py``), and they over ``"auto"``."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import text
-from .params import invalid, vllm_error
+from .params import ApiError, invalid, vllm_error
+from .regexgen import grammar_error, regex_error, regex_instance
 from .schema import Instance, dumps, schema_instance
 
 # --- structured outputs -----------------------------------------------------------------------
@@ -19,13 +23,17 @@ from .schema import Instance, dumps, schema_instance
 
 @dataclass
 class OutputFormat:
-    kind: str  # json_object | json_schema | choice
+    kind: str  # json_object | json_schema | choice | regex
     schema: Any = None
     choices: list | None = None
+    regex: str | None = None
 
     def answer(self, seed: int, request_seed: int | str | None, prompt: str, hint: str, salt: str) -> str:
         if self.kind == "json_schema":
             return dumps(schema_instance(self.schema, salt))
+        if self.kind == "regex":
+            assert self.regex is not None
+            return regex_instance(self.regex, salt)
         if self.kind == "choice":
             assert self.choices
             return str(self.choices[Instance(None, salt).pick("choice", len(self.choices))])
@@ -40,7 +48,49 @@ def _schema_arg(value: Any, loc: str) -> Any:
             raise invalid(loc, "Invalid JSON schema", value, "value_error") from None
     if not isinstance(value, dict):
         raise invalid(loc, "Input should be a valid dictionary", value, "dict_type")
+    problem = schema_error(value)
+    if problem is not None:
+        raise ApiError(400, f"The provided JSON schema is invalid: {problem}", "BadRequestError")
     return value
+
+
+_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+
+
+def schema_error(schema: Any, path: str = "#") -> str | None:
+    """What makes ``schema`` not a JSON schema (a subschema that is neither an object nor a
+    boolean, an unknown type), or None."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return f"{path} is not a schema (an object or a boolean): {schema!r}"
+    kind = schema.get("type")
+    for name in kind if isinstance(kind, list) else [kind] if kind is not None else []:
+        if name not in _TYPES:
+            return f"{path}/type: unknown type {name!r}"
+    for key in _SCHEMA_MAPS:
+        sub = schema.get(key)
+        if sub is not None:
+            if not isinstance(sub, dict):
+                return f"{path}/{key} must be an object"
+            for name, value in sub.items():
+                problem = schema_error(value, f"{path}/{key}/{name}")
+                if problem:
+                    return problem
+    for key in _SCHEMA_ONE:
+        if key in schema and not (key == "items" and isinstance(schema[key], list)):
+            problem = schema_error(schema[key], f"{path}/{key}")
+            if problem:
+                return problem
+    for key in _SCHEMA_LISTS:
+        for i, value in enumerate(schema.get(key) or []):
+            problem = schema_error(value, f"{path}/{key}/{i}")
+            if problem:
+                return problem
+    return None
 
 
 def output_format(body: dict, version) -> OutputFormat | None:
@@ -82,7 +132,7 @@ def output_format(body: dict, version) -> OutputFormat | None:
     if so is not None:
         if not isinstance(so, dict):
             raise invalid("structured_outputs", "Input should be a valid dictionary", so, "dict_type")
-        count = sum(so.get(k) is not None for k in ("json", "regex", "choice"))
+        count = sum(so.get(k) is not None for k in ("json", "regex", "choice", "grammar"))
         if count > 1:
             raise vllm_error(
                 version.at_least(0, 16),
@@ -97,11 +147,24 @@ def output_format(body: dict, version) -> OutputFormat | None:
                 None,
                 body,
             )
-        return _constraint(so.get("json"), so.get("choice"), "structured_outputs")
-    return _constraint(body.get("guided_json"), body.get("guided_choice"), "guided_json")
+        return _constraint(so.get("json"), so.get("choice"), so.get("regex"), so.get("grammar"), "structured_outputs")
+    json_, choice, regex, grammar = (body.get(f"guided_{kind}") for kind in ("json", "choice", "regex", "grammar"))
+    return _constraint(json_, choice, regex, grammar, "guided_json")
 
 
-def _constraint(schema: Any, choices: Any, loc: str) -> OutputFormat | None:
+def _constraint(schema: Any, choices: Any, regex: Any, grammar: Any, loc: str) -> OutputFormat | None:
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise invalid(f"{loc}.regex", "Input should be a valid string", regex, "string_type")
+        problem = regex_error(regex)
+        if problem is not None:
+            raise ApiError(400, problem, "BadRequestError")
+        return OutputFormat("regex", regex=regex)
+    if grammar is not None:
+        problem = grammar_error(grammar)
+        if problem is not None:
+            raise ApiError(400, problem, "BadRequestError")
+        return None
     if schema is not None:
         return OutputFormat("json_schema", _schema_arg(schema, loc))
     if choices is not None:

@@ -19,7 +19,9 @@ proof, code, a multiple-choice exam question) thinks like a GPQA answer, median 
 (Qwen3 8B-32B with thinking: 7,000-8,300 output tokens per GPQA answer); ordinary chat median
 600 (Nemotron-Nano-v2, which thinks by default, writes 1,080-1,340 tokens per lm-arena-chat answer
 against ~640 for Qwen3-8B without thinking); small talk (six words or fewer, no digits) median
-150 (no published figure: a quarter of chat). A prompt that asks for brevity ("concise", "brief",
+150 (no published figure: a quarter of chat); one-digit arithmetic in eight words or fewer ("What
+is 1+1?") median 90 (no published figure: a small model settles it in a few sentences). A prompt
+that asks for brevity ("concise", "brief",
 "one sentence", …) gets a content length 0.3×.
 """
 
@@ -57,13 +59,29 @@ _id_to_piece: dict[int, str] = {v: k for k, v in SPECIAL_IDS.items()}
 _MAX_REMEMBERED = 1_000_000
 
 
+_piece_ids: dict[str, int] = {}
+
+
 def token_id(piece: str) -> int:
+    """The piece's id: its CRC32 (mod the regular vocabulary), or the next free id when another
+    piece already has that one, so that ``decode`` gives every id back its own piece."""
     tid = SPECIAL_IDS.get(piece)
     if tid is None:
+        tid = _piece_ids.get(piece)
+        if tid is not None:
+            return tid
         tid = zlib.crc32(piece.encode()) % 151_643
         if len(_id_to_piece) < _MAX_REMEMBERED:
-            _id_to_piece.setdefault(tid, piece)
+            while _id_to_piece.get(tid, piece) != piece:
+                tid = (tid + 1) % 151_643
+            _id_to_piece[tid] = piece
+            _piece_ids[piece] = tid
     return tid
+
+
+def piece_of(tid: int) -> str:
+    """The piece an id stands for ("" for an id no text produced)."""
+    return _id_to_piece.get(tid, "")
 
 
 def tokenize(text: str) -> list[str]:
@@ -129,12 +147,19 @@ def render_chat(
 ) -> str:
     """The prompt text the chat template produces (ChatML)."""
     parts = []
-    if tools:
+    first = 0
+    if tools:  # Qwen's template: the tools join the system message (or make one)
         import orjson
 
-        parts.append("<|im_start|>system\n# Tools\n" + orjson.dumps(tools).decode() + "<|im_end|>\n")
+        system = ""
+        if messages and messages[0].get("role") == "system":
+            system, first = message_text(messages[0].get("content")) + "\n\n", 1
+        listed = "\n".join(orjson.dumps(t).decode() for t in tools)
+        parts.append(f"<|im_start|>system\n{system}{_TOOLS_HEAD}<tools>\n{listed}\n</tools>{_TOOLS_TAIL}<|im_end|>\n")
     last = len(messages) - 1
     for i, m in enumerate(messages):
+        if i < first:
+            continue
         content = message_text(m.get("content"))
         parts.append(f"<|im_start|>{m['role']}\n{content}")
         calls = m.get("tool_calls")
@@ -145,6 +170,17 @@ def render_chat(
     if add_generation_prompt and not continue_final_message:
         parts.append("<|im_start|>assistant\n" + generation_prefix)
     return "".join(parts)
+
+
+_TOOLS_HEAD = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n"
+)
+_TOOLS_TAIL = (
+    "\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>"
+)
 
 
 def _render_tool_calls(calls: list, after_content: bool) -> str:
@@ -257,7 +293,8 @@ def _take(corpus: list[str], offset: int, n: int) -> list[str]:
 SPECIAL, REASONING, CONTENT = 0, 1, 2
 
 CONTENT_MEDIAN, CONTENT_SIGMA, CONTENT_RANGE = 420, 0.6, (8, 6000)
-REASONING_MEDIAN = {"small_talk": 150, "chat": 600, "hard": 7000}  # by reasoning_kind (module docstring)
+REASONING_MEDIAN = {"trivial": 90, "small_talk": 150, "chat": 600, "hard": 7000}  # by reasoning_kind (docstring)
+_TRIVIAL_RE = re.compile(r"(?<![\d.])\d\s*[-+*/×]\s*\d(?![\d.])")  # one-digit arithmetic: "What is 1+1?"
 REASONING_SIGMA, REASONING_RANGE = 0.7, (40, 30000)
 _HARD_RE = re.compile(
     r"\b(?:prove|proof|derive|solve|integral|equation|theorem|lemma|step by step|algorithm|implement|function|"
@@ -382,12 +419,19 @@ class OutputPlan:
                 break
         return out
 
+    def token_ids(self, i: int, j: int) -> list[int]:
+        """The ids of output tokens ``[i, j)`` (``return_token_ids``)."""
+        return [token_id(p) for p in self.pieces(i, j)]
+
 
 def reasoning_kind(text: str) -> str:
-    """How hard the simulator thinks a request is: "small_talk", "chat" or "hard"."""
-    if len(text.split()) <= 6 and not any(c.isdigit() for c in text):
+    """How hard the simulator thinks a request is: "trivial", "small_talk", "chat" or "hard"."""
+    words = len(text.split())
+    if words <= 6 and not any(c.isdigit() for c in text):
         return "small_talk"
-    return "hard" if _HARD_RE.search(text) else "chat"
+    if _HARD_RE.search(text):
+        return "hard"
+    return "trivial" if words <= 8 and _TRIVIAL_RE.search(text) else "chat"
 
 
 @lru_cache(maxsize=16384)

@@ -120,6 +120,12 @@ class VllmVersion:
     def has_token_ids_fields(self) -> bool:
         return self.at_least(0, 11)
 
+    # --- usage --------------------------------------------------------------------------------
+    @cached_property
+    def empty_stream_options_give_usage(self) -> bool:
+        """``stream_options: {}`` meant include_usage=True until PR #36379 (merged 2026-03-12, 0.18)."""
+        return not self.at_least(0, 18)
+
     # --- metrics ------------------------------------------------------------------------------
     @cached_property
     def has_inter_token_latency_metric(self) -> bool:
@@ -132,3 +138,19 @@ class VllmVersion:
     @cached_property
     def has_gpu_cache_usage_metric(self) -> bool:
         return not self.at_least(0, 12)
+
+    def shows_hidden_metrics(self, requested: str | None) -> bool:
+        """``--show-hidden-metrics-for-version X.Y``: vLLM shows the metrics it hid in this release
+        only when X.Y is the previous minor release (``_prev_minor_version_was``)."""
+        if not requested:
+            return False
+        major, minor, _ = self.tuple
+        try:
+            asked = parse_version(requested)
+        except ValueError:
+            return False
+        return minor > 0 and asked[:2] == (major, minor - 1)
+
+    @cached_property
+    def has_waiting_by_reason_metric(self) -> bool:
+        return self.at_least(0, 12)
