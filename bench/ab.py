@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_ready, wrk, wrk_script  # noqa: E402
+from bench.common import free_port, readme_block, wait_ready, wrk, wrk_script  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LOADS = {
@@ -52,13 +52,8 @@ def export(rev: str, into: Path) -> str:
     return commit.strip()
 
 
-README_BEGIN, README_END = "<!-- ab:begin -->", "<!-- ab:end -->"
-
-
 def write_readme(r: dict) -> None:
     """The README's before/after line, computed from a results file."""
-    import textwrap
-
     u, st = r["summary"]["unary"], r["summary"]["stream"]
     text = (
         f"Before and after, side by side (`{r['command']}`, `bench/results/ab-{r['old']}.json`, {r['when'][:10]}, "
@@ -68,12 +63,7 @@ def write_readme(r: dict) -> None:
         f"{st['median']['old']['rps']:,.0f} ({st['new_over_old']['rps']:.2f}x); p50 latency "
         f"{u['median']['new']['p50_ms']:.2f} ms against {u['median']['old']['p50_ms']:.2f} (unary)."
     )
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    if README_BEGIN in body and README_END in body:
-        head, rest = body.split(README_BEGIN, 1)
-        wrapped = "\n".join(textwrap.wrap(text, 100))
-        readme.write_text(f"{head}{README_BEGIN}\n{wrapped}\n{README_END}{rest.split(README_END, 1)[1]}")
+    readme_block("ab", text)
 
 
 def main() -> int:

@@ -1,11 +1,12 @@
-"""Small helpers the benchmark scripts share: a free port, waiting for a server to answer, and a
-closed-loop ``wrk`` run of one POST body."""
+"""Small helpers the benchmark scripts share: a free port, waiting for a server to answer, a
+closed-loop ``wrk`` run of one POST body, and rewriting a computed block of the README."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -62,3 +63,15 @@ def wrk(url: str, lua: Path, seconds: float, connections: int = 16, core: str = 
     r = json.loads(line[5:])
     return {"rps": r["requests"] / (r["duration_us"] / 1e6), "errors": r["errors"],
             "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}  # fmt: skip
+
+
+def readme_block(name: str, text: str, root: Path | None = None) -> None:
+    """Replace the README's text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` with
+    ``text`` wrapped at 100 columns (nothing happens where the markers are missing)."""
+    readme = (root or Path(__file__).resolve().parents[1]) / "README.md"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    body = readme.read_text()
+    if begin in body and end in body:
+        head, rest = body.split(begin, 1)
+        wrapped = "\n".join(textwrap.wrap(text, 100))
+        readme.write_text(f"{head}{begin}\n{wrapped}\n{end}{rest.split(end, 1)[1]}")

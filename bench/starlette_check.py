@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, wait_ready, wrk, wrk_script  # noqa: E402
+from bench.common import free_port, readme_block, wait_ready, wrk, wrk_script  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "starlette-check.json"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -103,12 +103,7 @@ def serve(kind: str, config_path: str, port: int) -> None:
                 access_log=False, log_level="warning")  # fmt: skip
 
 
-README_BEGIN, README_END = "<!-- starlette-check:begin -->", "<!-- starlette-check:end -->"
-
-
 def write_readme(r: dict) -> None:
-    import textwrap
-
     med, cost = r["median_rps"], r["throughput_cost"]
     decision = (
         "That is under the 10% bar the move to Starlette was made on."
@@ -123,12 +118,7 @@ def write_readme(r: dict) -> None:
         f"The same handlers as FastAPI routes served {med['fastapi']:,.0f} req/s, "
         f"{r['fastapi_throughput_cost']:.1%} fewer than the bare lookup."
     )
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    if README_BEGIN in body and README_END in body:
-        head, rest = body.split(README_BEGIN, 1)
-        wrapped = "\n".join(textwrap.wrap(text, 100))
-        readme.write_text(f"{head}{README_BEGIN}\n{wrapped}\n{README_END}{rest.split(README_END, 1)[1]}")
+    readme_block("starlette-check", text)
 
 
 def main() -> int:

@@ -21,14 +21,17 @@ import argparse
 import json
 import re
 import subprocess
-import textwrap
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import readme_block  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "vllm-tests.json"
-BEGIN, END = "<!-- vllm-tests:begin -->", "<!-- vllm-tests:end -->"
 
 
 def read(xml: Path) -> dict:
@@ -73,12 +76,7 @@ def write_readme(r: dict) -> None:
         f"vLLM internals (`bench/results/vllm-tests.json` lists every case and why; simulator {r['simulator']}, "
         f"{r['when'][:10]})."
     )  # fmt: skip
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    if BEGIN in body and END in body:
-        head, rest = body.split(BEGIN, 1)
-        wrapped = "\n".join(textwrap.wrap(text, 100))
-        readme.write_text(f"{head}{BEGIN}\n{wrapped}\n{END}{rest.split(END, 1)[1]}")
+    readme_block("vllm-tests", text)
 
 
 def main() -> int:
