@@ -1,6 +1,7 @@
 """The simulator's HTTP surface: a plain ASGI callable with a small dispatcher (no framework).
 
 vLLM's routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``,
+``/v1/responses`` (from 0.10.1, ``responses.py``), ``/v1/messages`` (from 0.11, ``messages.py``),
 ``/tokenize``, ``/detokenize``, ``/health``, ``/ping``, ``/load``, ``/version``, ``/metrics``.
 Simulator routes: ``/dcgm/metrics`` (a DCGM exporter for the simulated GPUs),
 ``/debug/energy`` (the energy ground truth), ``/debug/trace`` (what arrived when, for an offline
@@ -19,7 +20,7 @@ from functools import partial
 
 import orjson
 
-from . import text, tokinfo
+from . import messages, responses, text, tokinfo
 from .engine import Engine
 from .faults import Faults, FaultSpecError, parse_fault
 from .generate import JSON_HEADERS, EngineDead, Generation
@@ -155,6 +156,12 @@ class SimApp:
             "/v1/chat/completions": (post, partial(self._generate, gen.chat)),
             "/v1/completions": (post, partial(self._generate, gen.completions)),
             "/v1/embeddings": (post, partial(self._generate, gen.embeddings)),
+            **(
+                {"/v1/responses": (post, partial(self._generate, partial(responses.handle, gen)))}
+                if self.version.has_responses_api
+                else {}
+            ),
+            **({"/v1/messages": (post, self.anthropic_messages)} if self.version.has_messages_api else {}),
             "/invocations": (post, self.invocations),
             "/v1/models": (get, self.models),
             "/tokenize": (post, self.tokenize),
@@ -306,6 +313,15 @@ class SimApp:
         finally:
             if track:
                 self.in_flight -= 1
+
+    async def anthropic_messages(self, scope, receive, send) -> None:
+        """``/v1/messages``: errors in Anthropic's shape (``messages.error_body``)."""
+        try:
+            await self._generate(partial(messages.handle, self.generation), scope, receive, send)
+        except EngineDead:
+            raise
+        except ApiError as e:
+            await self.send_json(send, e.status, orjson.dumps(messages.error_body(e.status, e.message)))
 
     async def midstream_fault(self, fault, send, receive, seq) -> None:
         """Break a stream that has sent ``after_chunks`` events."""

@@ -13,6 +13,8 @@ Sources: /work/shared/reference/vllm-api.md and the vLLM code it cites.
   message honours it in every version).
 - Metrics: ``vllm:inter_token_latency_seconds`` from 0.11 (``time_per_output_token_seconds``
   until 0.11, removed after), ``vllm:gpu_cache_usage_perc`` until 0.11.
+- Routes: ``/v1/responses`` from 0.10.1; ``/v1/messages`` (Anthropic) from 0.11 (a best guess at
+  the release that shipped it). Before, they are unknown routes (404).
 """
 
 from __future__ import annotations
@@ -118,6 +120,16 @@ class VllmVersion:
     # --- response extras ----------------------------------------------------------------------
     @cached_property
     def has_token_ids_fields(self) -> bool:
+        return self.at_least(0, 11)
+
+    # --- routes -------------------------------------------------------------------------------
+    @cached_property
+    def has_responses_api(self) -> bool:
+        return self.at_least(0, 10, 1)
+
+    @cached_property
+    def has_messages_api(self) -> bool:
+        """Best guess: vLLM's Anthropic ``/v1/messages`` endpoint is taken to exist from 0.11."""
         return self.at_least(0, 11)
 
     # --- usage --------------------------------------------------------------------------------
