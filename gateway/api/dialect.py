@@ -36,12 +36,17 @@ class Dialect(Protocol):
 
 
 class ChatStreamReader:
-    """What a dialect's ``feed`` shares: the relayed chat stream split into events and decoded;
-    each chunk goes to ``chunk``, each error event to ``error`` (the usage chunk and ``[DONE]``
-    come through ``StreamEnd``, not here)."""
+    """What a dialect's ``feed`` shares: the relayed chat stream split into events and decoded,
+    the first choice's deltas handed to ``on_reasoning``, ``on_text`` and ``on_tool_call``, its
+    finish reason kept, and each error event handed to ``error`` (the usage chunk and ``[DONE]``
+    come through ``StreamEnd``, not here). Only the first choice is translated: neither API has
+    ``n``."""
 
     def __init__(self) -> None:
         self.splitter = sse.EventSplitter()
+        self.model = ""
+        self.finish: str | None = None  # the first choice's finish_reason
+        self.stop_reason: Any = None  # vLLM's stop_reason beside it (the stop string that ended it)
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
@@ -57,6 +62,33 @@ class ChatStreamReader:
         return b"".join(out)
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        self.model = chunk.get("model") or self.model
+        out: list[bytes] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            if reasoning:
+                out += self.on_reasoning(reasoning)
+            if delta.get("content"):
+                out += self.on_text(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                out += self.on_tool_call(call.get("index", 0), call.get("id"), function.get("name"),
+                                         function.get("arguments") or "")  # fmt: skip
+            if choice.get("finish_reason"):
+                self.finish, self.stop_reason = choice["finish_reason"], choice.get("stop_reason")
+        return out
+
+    def on_reasoning(self, text: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_text(self, text: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_tool_call(self, index: int, call_id: Any, name: Any, arguments: str) -> list[bytes]:
+        """A piece of the tool call at ``index`` (its id and name come with its first piece)."""
         raise NotImplementedError
 
     def error(self, error: dict[str, Any]) -> list[bytes]:

@@ -207,8 +207,6 @@ class MessagesAnswer(ChatStreamReader):
         self.blocks: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the block being streamed
         self.tool_blocks: dict[int, dict[str, Any]] = {}
-        self.finish: str | None = None
-        self.stop_reason_text: str | None = None
 
     @staticmethod
     def upstream(body: dict[str, Any]) -> dict[str, Any]:
@@ -276,35 +274,23 @@ class MessagesAnswer(ChatStreamReader):
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return self._event("content_block_delta", {"index": len(self.blocks) - 1, "delta": delta})
 
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        self.model = chunk.get("model") or self.model
+    def on_reasoning(self, text: str) -> list[bytes]:
+        out = [] if self.open is not None and self.open["type"] == "thinking" else \
+            self._open_block({"type": "thinking", "thinking": "", "signature": ""})  # fmt: skip
+        return [*out, self._delta({"type": "thinking_delta", "thinking": text})]
+
+    def on_text(self, text: str) -> list[bytes]:
+        out = [] if self.open is not None and self.open["type"] == "text" else \
+            self._open_block({"type": "text", "text": ""})  # fmt: skip
+        return [*out, self._delta({"type": "text_delta", "text": text})]
+
+    def on_tool_call(self, index: int, call_id: Any, name: Any, arguments: str) -> list[bytes]:
         out: list[bytes] = []
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-            if reasoning:
-                if self.open is None or self.open["type"] != "thinking":
-                    out += self._open_block({"type": "thinking", "thinking": "", "signature": ""})
-                out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
-            text = delta.get("content")
-            if text:
-                if self.open is None or self.open["type"] != "text":
-                    out += self._open_block({"type": "text", "text": ""})
-                out.append(self._delta({"type": "text_delta", "text": text}))
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                index = call.get("index", 0)
-                if index not in self.tool_blocks:
-                    block = {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
-                    self.tool_blocks[index] = block
-                    out += self._open_block(block)
-                if function.get("arguments"):
-                    out.append(self._delta({"type": "input_json_delta", "partial_json": function["arguments"]}))
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-                self.stop_reason_text = choice.get("stop_reason")
+        if index not in self.tool_blocks:
+            block = self.tool_blocks[index] = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+            out += self._open_block(block)
+        if arguments:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
         return out
 
     def error(self, error: dict[str, Any]) -> list[bytes]:
@@ -316,7 +302,7 @@ class MessagesAnswer(ChatStreamReader):
         if end.held is not None:
             out.append(self.feed(end.held))
         out += self._close_block()
-        stop, sequence = self._stop(self.finish, self.stop_reason_text)
+        stop, sequence = self._stop(self.finish, self.stop_reason)
         delta: dict[str, Any] = {"delta": {"stop_reason": stop, "stop_sequence": sequence}, "usage": _usage(ctx.usage)}
         if nudges:
             delta["nudges"] = nudges

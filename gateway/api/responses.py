@@ -190,7 +190,6 @@ class ResponsesAnswer(ChatStreamReader):
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the output item being streamed
         self.tool_items: dict[int, dict[str, Any]] = {}  # chat tool-call index -> function_call item
-        self.finish: str | None = None
 
     # ------------------------------------------------------------------ the response object
 
@@ -295,47 +294,36 @@ class ResponsesAnswer(ChatStreamReader):
         out.append(self._event("response.output_item.done", output_index=index, item=item))
         return out
 
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        self.model = chunk.get("model") or self.model
+    def on_reasoning(self, text: str) -> list[bytes]:
+        out = [] if self.open is not None and self.open["type"] == "reasoning" else \
+            self._open_item(self._reasoning_item("", "in_progress"))  # fmt: skip
+        item = self.open
+        assert item is not None
+        item["content"][0]["text"] += text
+        out.append(self._event("response.reasoning_text.delta", item_id=item["id"], output_index=len(self.output) - 1,
+                               content_index=0, delta=text))  # fmt: skip
+        return out
+
+    def on_text(self, text: str) -> list[bytes]:
+        out = [] if self.open is not None and self.open["type"] == "message" else \
+            self._open_item(self._message_item("", "in_progress"))  # fmt: skip
+        item = self.open
+        assert item is not None
+        item["content"][0]["text"] += text
+        out.append(self._event("response.output_text.delta", item_id=item["id"], output_index=len(self.output) - 1,
+                               content_index=0, delta=text, logprobs=[]))  # fmt: skip
+        return out
+
+    def on_tool_call(self, index: int, call_id: Any, name: Any, arguments: str) -> list[bytes]:
         out: list[bytes] = []
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-            if reasoning:
-                if self.open is None or self.open["type"] != "reasoning":
-                    out += self._open_item(self._reasoning_item("", "in_progress"))
-                item = self.open
-                assert item is not None
-                item["content"][0]["text"] += reasoning
-                index = len(self.output) - 1
-                out.append(self._event("response.reasoning_text.delta", item_id=item["id"], output_index=index,
-                                       content_index=0, delta=reasoning))  # fmt: skip
-            text = delta.get("content")
-            if text:
-                if self.open is None or self.open["type"] != "message":
-                    out += self._open_item(self._message_item("", "in_progress"))
-                item = self.open
-                assert item is not None
-                item["content"][0]["text"] += text
-                out.append(self._event("response.output_text.delta", item_id=item["id"],
-                                       output_index=len(self.output) - 1, content_index=0, delta=text,
-                                       logprobs=[]))  # fmt: skip
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                item = self.tool_items.get(call.get("index", 0))
-                if item is None:
-                    item = self._call_item(call.get("id"), function.get("name"), "", "in_progress")
-                    self.tool_items[call.get("index", 0)] = item
-                    out += self._open_item(item)
-                piece = function.get("arguments") or ""
-                if piece:
-                    item["arguments"] += piece
-                    out.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                           output_index=self.output.index(item), delta=piece))  # fmt: skip
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+        item = self.tool_items.get(index)
+        if item is None:
+            item = self.tool_items[index] = self._call_item(call_id, name, "", "in_progress")
+            out += self._open_item(item)
+        if arguments:
+            item["arguments"] += arguments
+            out.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                   output_index=self.output.index(item), delta=arguments))  # fmt: skip
         return out
 
     def error(self, error: dict[str, Any]) -> list[bytes]:
