@@ -187,6 +187,8 @@ class OpenAIEndpoints:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise
             raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
+            # A dialect keeps the client's own body (its answer echoes fields of it) and the chat body
+            # is built from a second parse: shaping edits the chat body in place, never the client's.
             answer = dialect(parse_json_object(raw)) if dialect is not None else None
 
             def upstream_body() -> dict[str, Any]:
