@@ -88,8 +88,13 @@ class Gateway:
 
             lc = config.ledger
             self.ledger = Ledger(
-                config.resolve(lc.path), batch_size=lc.batch_size, flush_interval_s=lc.flush_interval_s
+                lc.database_url() or config.resolve(lc.path),
+                batch_size=lc.batch_size,
+                flush_interval_s=lc.flush_interval_s,
+                max_buffered=lc.max_buffered_rows,
+                pool_size=lc.pool_size,
             )
+            self.metrics.watch_ledger(self.ledger)
         self.recorder = Recorder(self.metrics, self.ledger)
 
         self.energy = None

@@ -179,6 +179,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_ledger_prune(args: argparse.Namespace) -> int:
+    from gateway.telemetry.ledger.commands import prune
+
+    return prune(args)
+
+
 def cmd_hash_key(args: argparse.Namespace) -> int:
     from gateway.policy.keys import hash_key
 
@@ -267,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_arguments(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ledger", help="look after the usage ledger")
+    lsub = p.add_subparsers(dest="ledger_command", required=True)
+    from gateway.telemetry.ledger.commands import add_prune_arguments
+
+    pr = lsub.add_parser(
+        "prune", help="delete rows older than a retention period", description="Delete old usage-ledger rows."
+    )
+    add_prune_arguments(pr)
+    pr.set_defaults(func=cmd_ledger_prune)
 
     p = sub.add_parser(
         "hash-key",

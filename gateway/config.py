@@ -9,6 +9,7 @@ Policies (the nudges) live in their own file, referenced by ``policy.path``.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -192,13 +193,58 @@ class RoutingConfig(Strict):
 
 
 class LedgerConfig(Strict):
-    path: str = Field("nudge-usage.db", description="SQLite file; ':memory:' keeps nothing")
+    """Where the usage ledger lives: a SQLite file (one process) or PostgreSQL (shared by replicas)."""
+
+    path: str = Field("nudge-usage.db", description="SQLite file; ':memory:' keeps nothing (unused with url)")
+    url: str | None = Field(
+        None,
+        description="postgresql://user@host:5432/db: one ledger for every replica (needs the postgres extra); "
+        "libpq's PGPASSWORD / PGPASSFILE and sslmode work as usual",
+    )
+    url_env: str | None = Field(
+        None, description="the name of an environment variable holding the URL (a Kubernetes Secret as env)"
+    )
     batch_size: int = Field(256, gt=0)
     flush_interval_s: float = Field(
         0.01,
         gt=0,
         description="a row is committed at most this long after it is written: what a killed process can lose",
     )
+    max_buffered_rows: int = Field(
+        131072,
+        gt=0,
+        description="rows kept in memory while the database is unreachable; beyond, rows are dropped, counted "
+        "(nudge_ledger_rows_dropped_total) and logged",
+    )
+    pool_size: int = Field(4, gt=0, description="PostgreSQL connections per replica for reads (/v1/usage)")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> LedgerConfig:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give ledger.url or ledger.url_env, not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("ledger.url must be a postgresql:// URL (SQLite takes ledger.path)")
+        return self
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL, from ``url`` or the variable ``url_env`` names; None: SQLite."""
+        if self.url_env is None:
+            return self.url
+        value = os.environ.get(self.url_env, "").strip()
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"ledger.url_env: ${self.url_env} must hold a postgresql:// URL")
+        return value
+
+
+class TracingConfig(Strict):
+    """OpenTelemetry traces (the otel extra); off unless an OTLP endpoint is given."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces; None = off"
+    )
+    service_name: str = "nudge-gateway"
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="share of new traces kept (parent-based)")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every export (auth tokens)")
 
 
 class ApiKeyConfig(Strict):
@@ -243,7 +289,7 @@ class FeaturesConfig(Strict):
     routing: bool = Field(True, description="learned right-sizing for 'auto'; off = 'auto' means the largest tier")
     policy: bool = Field(True, description="nudge policies, keys, budgets")
     energy: bool = Field(True, description="per-request energy measurement and attribution")
-    ledger: bool = Field(True, description="one SQLite row per request")
+    ledger: bool = Field(True, description="one usage-ledger row per request (SQLite or PostgreSQL)")
 
 
 class Config(Strict):
@@ -253,6 +299,7 @@ class Config(Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     keys: KeysConfig = Field(default_factory=KeysConfig)
     policy: PolicyRef = Field(default_factory=PolicyRef)
     budgets: BudgetStoreConfig = Field(default_factory=BudgetStoreConfig)

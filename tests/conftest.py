@@ -110,3 +110,19 @@ def gateway(sims, tmp_path_factory):
     path = write_config(tmp, base_config(tmp, backends))
     with GatewayProcess(path) as gw:
         yield gw
+
+
+# ---------------------------------------------------------------- PostgreSQL (the shared ledger)
+
+
+@pytest.fixture
+def pg_url(request):
+    """A fresh, empty PostgreSQL database for one test (dropped after it)."""
+    import uuid
+
+    from tests.support import pg_database, pg_drop
+
+    name = f"nudge_test_{uuid.uuid4().hex[:12]}"
+    url = pg_database(name)
+    yield url
+    pg_drop(name)

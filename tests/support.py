@@ -176,3 +176,92 @@ def twin_backends(tmp_path):
                              server={"health_interval_s": 30, "load_interval_s": 30})
         with GatewayProcess(write_config(tmp_path, config)) as gw:
             yield gw, a, b
+
+
+# ---------------------------------------------------------------- PostgreSQL (the shared ledger)
+
+# The suite's PostgreSQL (.ci/run starts it when down): trust auth on loopback, as root.
+PG_ADMIN_URL = os.environ.get("NUDGE_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
+
+
+def pg_database(name: str) -> str:
+    """Create an empty database; its URL."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pg_drop(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class TcpRelay:
+    """A TCP relay to a server that a test can cut (every connection closed, new ones closed at
+    once: what a client sees when the server or the network goes away) and restore."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url_for(self, url: str) -> str:
+        """``url`` (postgresql://user@host:port/db) through this relay."""
+        head, _, db = url.rpartition("/")
+        user = head.split("//", 1)[1].split("@", 1)[0]
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

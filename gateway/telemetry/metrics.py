@@ -8,14 +8,55 @@ key's team. Both are bounded by the config, so cardinality stays bounded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # Request latency buckets (seconds): from sub-millisecond gateway refusals to long generations.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 # Energy per request (J): a short answer on a small model is ~1 J, a long reasoning answer on a
 # large model thousands.
 ENERGY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+
+
+class LedgerCounts(Protocol):
+    path: str
+    written: int
+    dropped: int
+    write_errors: int
+
+    @property
+    def pending(self) -> int: ...
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, ledger: LedgerCounts) -> None:
+        self.ledger = ledger
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        ledger = self.ledger
+        yield CounterMetricFamily("gateway_ledger_rows_written", "Usage-ledger rows written", value=ledger.written)
+        yield CounterMetricFamily(
+            "gateway_ledger_rows_dropped",
+            "Usage-ledger rows given up: the buffer was full while the database was away, or it was still away "
+            "at shutdown (each drop is also logged)",
+            value=ledger.dropped,
+        )
+        yield CounterMetricFamily(
+            "gateway_ledger_write_errors",
+            "Failed attempts to write a batch of ledger rows (each retried with its rows kept)",
+            value=ledger.write_errors,
+        )
+        yield GaugeMetricFamily(
+            "gateway_ledger_rows_pending", "Usage-ledger rows accepted and not written yet", value=ledger.pending
+        )
 
 
 class Children:
@@ -205,6 +246,10 @@ class Metrics:
         self.c_model_energy = Children(self.model_energy)
         self.c_co2e = Children(self.co2e)
         self.c_cost = Children(self.cost)
+
+    def watch_ledger(self, ledger: LedgerCounts) -> None:
+        """Export the ledger's own counts, read when Prometheus scrapes (nothing per row)."""
+        self.registry.register(_LedgerCollector(ledger))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

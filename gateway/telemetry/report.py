@@ -1,7 +1,7 @@
 """``nudge-gateway report``: energy and usage from the ledger, as a table and optionally a chart.
 
-    nudge-gateway report --ledger nudge-usage.db [--since 24h] [--until ...] [--by model|key|team|backend]
-                         [--png report.png]
+    nudge-gateway report (--config gateway.yaml | --ledger nudge-usage.db | --ledger postgresql://...)
+                         [--since 24h] [--until ...] [--by model|key|team|backend|replica] [--png report.png]
 
 The table has one line per group: requests, tokens, energy (Wh), Wh per 1,000 requests (the AI
 Energy Score's unit), CO2e and cost, and the share of requests whose energy is estimated rather
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from gateway.telemetry.ledger import GROUPS, Ledger, parse_when
+from gateway.telemetry.ledger.commands import add_target_arguments, target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ledger", required=True, help="the SQLite usage ledger (ledger.path in the config)")
+    add_target_arguments(parser)
     parser.add_argument("--since", help="from: unix seconds, ISO 8601, or a duration ago (30m, 24h, 7d)")
     parser.add_argument("--until", help="until (exclusive), same forms as --since")
     parser.add_argument("--by", choices=sorted(GROUPS), default="model", help="group the table by (default model)")
@@ -91,8 +91,10 @@ def chart(by_model: list[dict[str, Any]], by_key: list[dict[str, Any]], path: st
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ledger != ":memory:" and not Path(args.ledger).is_file():
-        print(f"error: no ledger at {args.ledger}", file=sys.stderr)
+    try:
+        where = target(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
         since = parse_when(args.since) if args.since else None
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ledger = Ledger(args.ledger)
+    ledger = Ledger(where)
     try:
         rows = ledger.totals(since=since, until=until, by=args.by)
         by_model = ledger.totals(since=since, until=until, by="model") if args.png else []

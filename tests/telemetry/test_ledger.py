@@ -1,4 +1,5 @@
-"""The SQLite usage ledger: batching, WAL, no loss on close, pagination, threads, a full queue."""
+"""The usage ledger on SQLite and on PostgreSQL: batching, no loss on close, pagination, threads,
+a full buffer; the SQLite file's own properties."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from gateway.context import EnergyReport, Nudge, RequestContext
-from gateway.telemetry.ledger import SCHEMA_VERSION, Ledger
+from gateway.telemetry.ledger import Ledger
+from gateway.telemetry.ledger.sqlite import MIGRATIONS, SCHEMA_VERSION
 
 
 def row(i: int, **kw):
@@ -31,13 +33,30 @@ def path(tmp_path):
     return str(tmp_path / "usage.db")
 
 
-def count(path: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path):
+    """Where a ledger lives: a SQLite file or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "usage.db")
+    return request.getfixturevalue("pg_url")
 
 
-def test_rows_are_written_in_batches_by_the_writer_and_nothing_is_lost_on_close(path):
-    ledger = Ledger(path, batch_size=50, flush_interval_s=60.0)  # only full batches until close
+def select(target: str, statement: str) -> list[tuple]:
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target) as conn:
+            return [tuple(r) for r in conn.execute(statement).fetchall()]
+    with sqlite3.connect(target) as conn:
+        return conn.execute(statement).fetchall()
+
+
+def count(target: str) -> int:
+    return select(target, "SELECT COUNT(*) FROM requests")[0][0]
+
+
+def test_rows_are_written_in_batches_by_the_writer_and_nothing_is_lost_on_close(target):
+    ledger = Ledger(target, batch_size=50, flush_interval_s=60.0)  # only full batches until close
     for i in range(120):
         ledger.write(row(i))
     deadline = time.monotonic() + 10
@@ -45,7 +64,7 @@ def test_rows_are_written_in_batches_by_the_writer_and_nothing_is_lost_on_close(
         time.sleep(0.005)
     assert ledger.written == 100  # two full batches; the last 20 wait for the interval or close
     ledger.close()
-    assert count(path) == 120
+    assert count(target) == 120
     assert ledger.written == 120
 
 
@@ -84,8 +103,8 @@ def test_row_from_context_has_every_column():
     assert r["stream"] == 1 and r["routed_model"] == "small" and r["policy_version"] == "p1"
 
 
-def test_query_filters_and_paginates_without_gaps_or_repeats(path):
-    ledger = Ledger(path, flush_interval_s=0.01)
+def test_query_filters_and_paginates_without_gaps_or_repeats(target):
+    ledger = Ledger(target, flush_interval_s=0.01)
     for i in range(25):
         ledger.write(row(i))
     ledger.flush()
@@ -103,35 +122,31 @@ def test_query_filters_and_paginates_without_gaps_or_repeats(path):
     ledger.close()
 
 
-def test_the_same_request_written_twice_keeps_the_last_row(path):
-    ledger = Ledger(path, flush_interval_s=0.01)
+def test_the_same_request_written_twice_keeps_the_last_row(target):
+    ledger = Ledger(target, flush_interval_s=0.01)
     ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
     ledger.flush()
     ledger.write(row(1, energy_j=2.0, energy_source="measured"))
     ledger.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT energy_j, energy_source FROM requests").fetchall() == [(2.0, "measured")]
+    assert select(target, "SELECT energy_j, energy_source FROM requests") == [(2.0, "measured")]
 
 
-def test_a_provisional_row_never_replaces_a_final_one(path):
+def test_a_provisional_row_never_replaces_a_final_one(target):
     # the request's end (event loop) and its final energy (sampler thread) may reach the queue
     # in either order: the final figure must win both ways
-    ledger = Ledger(path, flush_interval_s=0.01)
+    ledger = Ledger(target, flush_interval_s=0.01)
     ledger.write(row(1, energy_j=2.0, energy_source="measured", energy_final=1))
     ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
     ledger.write(row(2, energy_j=1.0, energy_source="estimated", energy_final=0))
     ledger.close()
-    with sqlite3.connect(path) as conn:
-        got = conn.execute("SELECT request_id, energy_j, energy_final FROM requests ORDER BY request_id").fetchall()
+    got = select(target, "SELECT request_id, energy_j, energy_final FROM requests ORDER BY request_id")
     assert [g[1:] for g in got] == [(2.0, 1), (1.0, 0)]
 
 
 def test_a_ledger_of_the_first_schema_is_migrated(path):
     with sqlite3.connect(path) as conn:
-        from gateway.telemetry.ledger import _MIGRATIONS
-
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for statement in _MIGRATIONS[0]:
+        for statement in MIGRATIONS[0]:
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (1)")
     ledger = Ledger(path, flush_interval_s=0.01)
@@ -141,8 +156,8 @@ def test_a_ledger_of_the_first_schema_is_migrated(path):
         assert conn.execute("SELECT energy_j, energy_final FROM requests").fetchall() == [(2.0, 1)]
 
 
-def test_totals_group_by_model_key_and_team(path):
-    ledger = Ledger(path, flush_interval_s=0.01)
+def test_totals_group_by_model_key_and_team(target):
+    ledger = Ledger(target, flush_interval_s=0.01)
     for i in range(6):
         ledger.write(row(i, energy_source="estimated" if i == 0 else "measured"))
     ledger.flush()
@@ -154,8 +169,8 @@ def test_totals_group_by_model_key_and_team(path):
     ledger.close()
 
 
-def test_concurrent_writers_from_threads_lose_nothing(path):
-    ledger = Ledger(path, batch_size=64, flush_interval_s=0.01)
+def test_concurrent_writers_from_threads_lose_nothing(target):
+    ledger = Ledger(target, batch_size=64, flush_interval_s=0.01)
 
     def work(n):
         for i in range(250):
@@ -167,41 +182,48 @@ def test_concurrent_writers_from_threads_lose_nothing(path):
     for t in threads:
         t.join()
     ledger.close()
-    assert count(path) == 2000
+    assert count(target) == 2000
 
 
-def test_a_full_queue_applies_back_pressure_on_threads_and_never_blocks_an_event_loop(path):
-    ledger = Ledger(path, batch_size=10, flush_interval_s=0.01, max_queue=5, max_overflow=3)
+def test_a_full_buffer_drops_counts_and_logs_and_never_blocks_a_writer(target, caplog):
+    ledger = Ledger(target, batch_size=10, flush_interval_s=0.01, max_buffered=5)
     stalled, gate = threading.Event(), threading.Event()
-    insert = ledger._insert
+    insert = ledger.store.insert
 
-    def stalled_disk(rows, conn=None):  # the disk hangs until the test lets it go
+    def stalled_database(values):  # the database hangs until the test lets it go
         stalled.set()
         gate.wait()
-        insert(rows, conn)
+        insert(values)
 
-    ledger._insert = stalled_disk
+    ledger.store.insert = stalled_database  # type: ignore[method-assign]
     ledger.write(row(0))
-    assert stalled.wait(5)
-    for i in range(1, 6):  # fills the queue
+    assert stalled.wait(5)  # the writer holds row 0
+    for i in range(1, 6):  # fills the buffer
         ledger.write(row(i))
 
-    blocked = threading.Thread(target=ledger.write, args=(row(6),))
-    blocked.start()
-    blocked.join(0.2)
-    assert blocked.is_alive()  # a plain thread waits for room: back-pressure, no loss
+    took = []
+
+    def from_a_thread():
+        t0 = time.monotonic()
+        ledger.write(row(6))
+        took.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=from_a_thread)
+    thread.start()
+    thread.join(5)
 
     async def on_the_loop():
-        for i in range(7, 11):  # an event loop never waits: overflow, then (past its bound) drop
+        for i in range(7, 9):
             ledger.write(row(i))
 
     asyncio.run(on_the_loop())
-    assert len(ledger._overflow) == 3 and ledger.dropped == 1
+    assert took and took[0] < 0.5  # nobody waits for room
+    assert ledger.dropped == 3 and ledger.pending == 6
+    assert "1 row(s) dropped" in caplog.text  # the first drop is logged at once (later ones every 10 s)
     gate.set()
-    blocked.join(5)
-    assert not blocked.is_alive()
     ledger.close()
-    assert count(path) == 10  # 11 rows, one dropped past the overflow bound
+    assert count(target) == 6 and ledger.dropped == 3  # 9 rows, the 3 past the bound dropped
+
 
 
 def test_a_memory_ledger_works_across_threads():
@@ -219,3 +241,44 @@ def test_the_ledger_file_is_readable_by_its_owner_only(path):
 
     Ledger(path).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_prune_deletes_old_rows_in_slices(target):
+    ledger = Ledger(target, flush_interval_s=0.01)
+    for i in range(25):
+        ledger.write(row(i))
+    ledger.flush()
+    assert ledger.prune(before=1_800_000_010.0, slice_rows=4) == 10  # three slices of 4, 4, 2
+    assert count(target) == 15
+    assert ledger.prune(before=1_800_000_010.0) == 0
+    ledger.close()
+
+
+def test_rows_name_the_replica_that_wrote_them_and_every_replica_reads_all(target):
+    a = Ledger(target, flush_interval_s=0.01, replica="gw-a")
+    b = Ledger(target, flush_interval_s=0.01, replica="gw-b") if target.startswith("postgresql") else a
+    for i in range(6):
+        (a if i % 2 else b).write(row(i))
+    a.flush(), b.flush()
+    by_replica = {r["replica"]: r["requests"] for r in a.totals(by="replica")}
+    expected = {"gw-a": 3, "gw-b": 3} if b is not a else {"gw-a": 6}
+    assert by_replica == expected
+    recent = a.recent_by_team(window=2, since=0.0)  # each team's last two answered requests, oldest first
+    assert recent == {"team0": [("key2", 102.0), ("key1", 104.0)], "team1": [("key0", 103.0), ("key2", 105.0)]}
+    for ledger in {a, b}:
+        ledger.close()
+
+
+def test_the_ledger_counts_are_exported_to_prometheus(target):
+    from gateway.telemetry.metrics import Metrics
+
+    metrics = Metrics()
+    ledger = Ledger(target, flush_interval_s=0.01)
+    metrics.watch_ledger(ledger)
+    for i in range(3):
+        ledger.write(row(i))
+    ledger.flush()
+    text = metrics.render()[0].decode()
+    assert "gateway_ledger_rows_written_total 3.0" in text
+    assert "gateway_ledger_rows_dropped_total 0.0" in text and "gateway_ledger_rows_pending 0.0" in text
+    ledger.close()

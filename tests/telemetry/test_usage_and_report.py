@@ -1,4 +1,5 @@
-"""GET /v1/usage (filters, pagination, errors) and `nudge-gateway report`."""
+"""GET /v1/usage (filters, pagination, errors), `nudge-gateway report` and `ledger prune`, on SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 
 import pytest
+import yaml
 
 from gateway.api.usage import UsageEndpoint, usage_endpoint
 from gateway.errors import GatewayError
@@ -27,9 +29,10 @@ def row(i: int, **kw):
     return r
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(str(tmp_path / "usage.db"), flush_interval_s=0.01)
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger(request, tmp_path):
+    where = str(tmp_path / "usage.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    led = Ledger(where, flush_interval_s=0.01)
     for i in range(30):
         led.write(row(i))
     led.flush()
@@ -148,3 +151,26 @@ def test_report_says_clearly_when_matplotlib_is_missing(ledger, capsys, tmp_path
     code, out, err = run_report(capsys, "--ledger", ledger.path, "--png", str(tmp_path / "x.png"))
     assert code == 1 and "needs matplotlib" in err
     assert "total" in out  # the table is still printed
+
+
+def test_report_and_prune_find_the_ledger_from_the_config(ledger, capsys, tmp_path, monkeypatch):
+    from gateway.cli import main
+    from gateway.telemetry.ledger import commands
+
+    monkeypatch.setattr(commands, "_now", lambda: T0 + 3600.0)  # the rows' hour is now
+
+    section = {"url": ledger.store.url} if ledger.shared else {"path": ledger.path}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"backends": [{"name": "b", "url": "http://127.0.0.1:1"}], "ledger": section}))
+    code, out, _ = run_report(capsys, "--config", str(config), "--by", "team")
+    assert code == 0 and out.splitlines()[2].split()[:2] == ["ml", "30"]
+
+    cutoff = str(T0 + 10 * 60)  # rows 0-9 arrived before
+    assert main(["ledger", "prune", "--config", str(config), "--older-than", cutoff, "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("10 row(s) older than 2027-01-15 08:10:00 UTC")
+    assert main(["ledger", "prune", "--config", str(config), "--older-than", cutoff]) == 0
+    assert capsys.readouterr().out.startswith("deleted 10 row(s)")
+    assert sum(r["requests"] for r in ledger.totals()) == 20
+    assert main(["ledger", "prune", "--config", str(config), "--older-than", "soon"]) == 2
+    assert main(["ledger", "prune", "--config", str(config), "--older-than", "2027-02-01"]) == 2
+    assert "in the future" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""The ledger in PostgreSQL: one ledger for every gateway replica (``ledger.url``).
+
+psycopg 3 with a connection pool. Its synchronous API is used on purpose: every database call
+already runs off the event loop (the writer thread, ``asyncio.to_thread`` for reads), so an
+async driver would only add a second event loop or hand-offs back and forth.
+
+The writer keeps one connection of its own, opened lazily and reopened after a failure;
+readers share a small pool. Every connection has a connect timeout and TCP keepalives and a
+``tcp_user_timeout``, so a PostgreSQL that vanishes (a network partition, not just a refused
+connection) fails the call within seconds instead of hanging the writer.
+
+Migrations are versioned like SQLite's and run under a transaction-scoped advisory lock, so
+replicas starting together apply each step exactly once; a database migrated by a newer gateway
+is refused.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from gateway.telemetry.ledger import sql
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - the extra is part of the test install
+    raise ImportError("ledger.url needs PostgreSQL support: pip install 'nudge-gateway[postgres]'") from exc
+
+MIGRATIONS: list[list[str]] = [
+    [  # version 1: the columns of SQLite's version 3
+        """CREATE TABLE requests (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            request_id TEXT NOT NULL UNIQUE,
+            ts DOUBLE PRECISION NOT NULL,
+            key_name TEXT, team TEXT, endpoint TEXT, requested_model TEXT, routed_model TEXT, backend TEXT,
+            status INTEGER, outcome TEXT, stream INTEGER,
+            prompt_tokens INTEGER, completion_tokens INTEGER, reasoning_tokens INTEGER, reasoning INTEGER,
+            energy_j DOUBLE PRECISION, energy_source TEXT, co2e_g DOUBLE PRECISION, usd DOUBLE PRECISION,
+            latency_s DOUBLE PRECISION, ttft_s DOUBLE PRECISION, nudges TEXT, route_reason TEXT,
+            adequacy DOUBLE PRECISION, policy_version TEXT, energy_final INTEGER, replica TEXT
+        )""",
+        "CREATE INDEX requests_ts ON requests (ts)",
+        "CREATE INDEX requests_key ON requests (key_name, ts)",
+        "CREATE INDEX requests_team ON requests (team, ts)",
+        "CREATE INDEX requests_model ON requests (routed_model, ts)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+# pg_advisory_xact_lock's key: any constant the database's other users do not take ("nudge").
+_MIGRATION_LOCK = 0x6E75646765
+# libpq settings for every connection: fail within seconds when the server is gone.
+_CONNECT = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,  # ms a sent packet may stay unacknowledged
+    "application_name": "nudge-gateway",
+}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://?"
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{info.get('host', '')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+class PostgresStore:
+    placeholder = "%s"
+    shared = True  # every replica's rows
+    retryable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+
+    def __init__(self, url: str, pool_size: int = 4) -> None:
+        self.url = url
+        self.path = redact(url)  # what logs and errors name
+        self._writer: psycopg.Connection[Any] | None = None
+        self._writer_lock = threading.Lock()
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url, min_size=0, max_size=pool_size, kwargs={**_CONNECT, "row_factory": dict_row, "autocommit": True},
+            open=True, timeout=10.0, name="nudge-ledger-readers",
+        )  # fmt: skip
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, **_CONNECT)  # type: ignore[arg-type]
+
+    def migrate(self) -> None:
+        with self._connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = (row[0] if row else None) or 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has ledger schema {version}, newer than this gateway's {SCHEMA_VERSION}"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+
+    def insert(self, values: list[list[Any]]) -> None:
+        """One transaction, pipelined (psycopg's executemany); on a connection failure the
+        connection is dropped, the error raised and the caller retries with a new one."""
+        with self._writer_lock:
+            conn = self._writer
+            if conn is None or conn.closed:
+                conn = self._writer = self._connect()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(_UPSERT, values)
+            except self.retryable:
+                self._drop_writer()
+                raise
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except psycopg.Error:
+                pass
+            self._writer = None
+
+    def fetch(self, statement: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            return conn.execute(statement, args).fetchall()
+
+    def execute(self, statement: str, args: list[Any]) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute(statement, args).rowcount
+
+    def close(self) -> None:
+        with self._writer_lock:
+            self._drop_writer()
+        self._pool.close()
+
+
+_UPSERT = sql.upsert("%s")

@@ -1,0 +1,75 @@
+"""The ledger's statements, written once for SQLite and PostgreSQL (``p`` is the placeholder)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.telemetry.ledger.rows import COLUMNS, GROUPS
+
+
+def upsert(p: str) -> str:
+    """Insert a row; a request id written twice keeps the last row, except that a provisional
+    row never replaces a final one (the two are written from different threads, and with
+    several replicas, only ever by the replica that served the request)."""
+    return (
+        f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join([p] * len(COLUMNS))}) "
+        f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])} "
+        "WHERE excluded.energy_final = 1 OR requests.energy_final = 0"
+    )
+
+
+def where(
+    p: str, key: str | None, team: str | None, model: str | None, since: float | None, until: float | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if key is not None:
+        clauses.append(f"key_name = {p}")
+        args.append(key)
+    if team is not None:
+        clauses.append(f"team = {p}")
+        args.append(team)
+    if model is not None:
+        clauses.append(f"(routed_model = {p} OR requested_model = {p})")
+        args += [model, model]
+    if since is not None:
+        clauses.append(f"ts >= {p}")
+        args.append(float(since))
+    if until is not None:
+        clauses.append(f"ts < {p}")
+        args.append(float(until))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def page(p: str, where_sql: str, cursor: bool) -> str:
+    """Rows newest first by write order (the row id), one more than the page to know if more follow."""
+    if cursor:
+        where_sql += (" AND " if where_sql else " WHERE ") + f"id < {p}"
+    return f"SELECT id, {', '.join(COLUMNS)} FROM requests{where_sql} ORDER BY id DESC LIMIT {p}"
+
+
+def totals(where_sql: str, by: str) -> str:
+    column = GROUPS[by]
+    return (
+        f"SELECT {column} AS grp, COUNT(*) AS requests, "
+        "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+        "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
+        "COALESCE(SUM(energy_j), 0) AS energy_j, COALESCE(SUM(co2e_g), 0) AS co2e_g, SUM(usd) AS usd, "
+        "SUM(CASE WHEN energy_source = 'estimated' THEN 1 ELSE 0 END) AS estimated, SUM(reasoning) AS reasoning "
+        f"FROM requests{where_sql} GROUP BY {column} ORDER BY energy_j DESC"
+    )
+
+
+def recent_by_team(p: str) -> str:
+    """The last ``window`` answered requests of each team since a time: (team, key, energy)."""
+    return (
+        "SELECT team, key_name, energy_j FROM ("
+        "SELECT ts, team, key_name, energy_j, ROW_NUMBER() OVER (PARTITION BY team ORDER BY ts DESC) AS n "
+        f"FROM requests WHERE ts >= {p} AND status = 200 AND energy_j IS NOT NULL AND team IS NOT NULL"
+        f") recent WHERE n <= {p} ORDER BY ts"
+    )
+
+
+def prune(p: str) -> str:
+    """Delete one slice of rows older than a time (a long DELETE would hold its locks as long)."""
+    return f"DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < {p} ORDER BY id LIMIT {p})"
