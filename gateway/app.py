@@ -6,6 +6,8 @@ state), so two gateways can live in one process (the tests do that).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from typing import TYPE_CHECKING
@@ -120,6 +122,7 @@ class Gateway:
         if features.policy:
             self._build_policy()
 
+        self._social: asyncio.Task[None] | None = None
         self.paths = self._paths()
         self.http = application(self.paths, config.server.cors_allow_origins)
 
@@ -172,6 +175,9 @@ class Gateway:
             await self.policy_store.start()
         if self.energy is not None:
             self.energy.start()
+        if self.policy is not None and self.ledger is not None and self.ledger.shared:
+            # several replicas, one ledger: social proof compares a key with its whole team
+            self._social = asyncio.create_task(self.policy.social.keep_shared(self.ledger), name="social-proof")
         # Everything built so far (config, policy, the routing model's tables, imported
         # modules) lives as long as the process: move it out of the collector's sight so
         # the full collections that traffic triggers do not walk it again each time.
@@ -184,6 +190,10 @@ class Gateway:
         )
 
     async def shutdown(self) -> None:
+        if self._social is not None:
+            self._social.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._social
         await self.pool.stop()
         await self.proxy.stop()
         if self.policy_store is not None:

@@ -263,8 +263,10 @@ def test_rows_name_the_replica_that_wrote_them_and_every_replica_reads_all(targe
     by_replica = {r["replica"]: r["requests"] for r in a.totals(by="replica")}
     expected = {"gw-a": 3, "gw-b": 3} if b is not a else {"gw-a": 6}
     assert by_replica == expected
-    recent = a.recent_by_team(window=2, since=0.0)  # each team's last two answered requests, oldest first
-    assert recent == {"team0": [("key2", 102.0), ("key1", 104.0)], "team1": [("key0", 103.0), ("key2", 105.0)]}
+    # a team's last two answered requests, oldest first, whoever wrote them
+    assert a.recent("team0", window=2, since=0.0) == [("key2", 102.0), ("key1", 104.0)]
+    assert b.recent("team1", window=2, since=0.0) == [("key0", 103.0), ("key2", 105.0)]
+    assert a.recent("team1", window=5, since=1_800_000_002.0) == [("key0", 103.0), ("key2", 105.0)]
     for ledger in {a, b}:
         ledger.close()
 

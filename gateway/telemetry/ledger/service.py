@@ -94,7 +94,7 @@ class Ledger:
         self.write_errors = 0  # failed attempts to write a batch (each retried)
         p = self.store.placeholder
         self._sql_prune = sql.prune(p)
-        self._sql_recent = sql.recent_by_team(p)
+        self._sql_recent = sql.recent(p)
         self._migrated = False
         try:
             self.store.migrate()
@@ -303,12 +303,11 @@ class Ledger:
         result = self.store.fetch(sql.totals(where, by), args)
         return [{by: r["grp"], **{k: v for k, v in r.items() if k != "grp"}} for r in result]
 
-    def recent_by_team(self, window: int, since: float) -> dict[str, list[tuple[str, float]]]:
-        """Each team's last ``window`` answered requests since a time, oldest first: (key, joules)."""
-        teams: dict[str, list[tuple[str, float]]] = {}
-        for r in self.store.fetch(self._sql_recent, [float(since), int(window)]):
-            teams.setdefault(r["team"], []).append((r["key_name"] or "anonymous", float(r["energy_j"])))
-        return teams
+    def recent(self, team: str, window: int, since: float) -> list[tuple[str, float]]:
+        """A team's last ``window`` answered requests since a time, oldest first: (key, joules),
+        every replica's (social proof compares a key with its whole team)."""
+        found = self.store.fetch(self._sql_recent, [team, float(since), int(window)])
+        return [(r["key_name"] or "anonymous", float(r["energy_j"])) for r in reversed(found)]
 
     def prune(self, before: float, slice_rows: int = 10000) -> int:
         """Delete the rows of requests that arrived before ``before`` (unix seconds), a slice at a
