@@ -138,9 +138,11 @@ def test_a_provisional_row_never_replaces_a_final_one(target):
     ledger.write(row(1, energy_j=2.0, energy_source="measured", energy_final=1))
     ledger.write(row(1, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
     ledger.write(row(2, energy_j=1.0, energy_source="estimated", energy_final=0))
+    ledger.write(row(3, energy_j=1.0, energy_source="measured-provisional", energy_final=0))
+    ledger.write(row(3, energy_j=3.0, energy_source="measured", energy_final=1))  # the same batch
     ledger.close()
     got = select(target, "SELECT request_id, energy_j, energy_final FROM requests ORDER BY request_id")
-    assert [g[1:] for g in got] == [(2.0, 1), (1.0, 0)]
+    assert [g[1:] for g in got] == [(2.0, 1), (1.0, 0), (3.0, 1)]
 
 
 def test_a_ledger_of_the_first_schema_is_migrated(path):

@@ -4,6 +4,10 @@ psycopg 3 with a connection pool. Its synchronous API is used on purpose: every 
 already runs off the event loop (the writer thread, ``asyncio.to_thread`` for reads), so an
 async driver would only add a second event loop or hand-offs back and forth.
 
+Rows go in by COPY into a temporary table, merged into ``requests`` with the upsert's rule: on
+the writer's side about a third of the CPU of an ``executemany`` (measured 5 against 14 µs a row
+on this machine), and less of the server's.
+
 The writer keeps one connection of its own, opened lazily and reopened after a failure;
 readers share a small pool. Every connection has a connect timeout and TCP keepalives and a
 ``tcp_user_timeout``, so a PostgreSQL that vanishes (a network partition, not just a refused
@@ -20,6 +24,7 @@ import threading
 from typing import Any
 
 from gateway.telemetry.ledger import sql
+from gateway.telemetry.ledger.rows import COLUMNS
 
 try:
     import psycopg
@@ -106,15 +111,21 @@ class PostgresStore:
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
 
     def insert(self, values: list[list[Any]]) -> None:
-        """One transaction, pipelined (psycopg's executemany); on a connection failure the
+        """One transaction: the batch is copied (COPY, the cheapest way in for both sides) into a
+        temporary table and merged from there with the upsert's rule. On a connection failure the
         connection is dropped, the error raised and the caller retries with a new one."""
         with self._writer_lock:
             conn = self._writer
             if conn is None or conn.closed:
                 conn = self._writer = self._connect()
+                conn.autocommit = True  # each batch is its own transaction (conn.transaction() below)
+                conn.execute(_STAGING)
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(_UPSERT, values)
+                    with cur.copy(_COPY) as copy:
+                        for row in _last_per_request(values):
+                            copy.write_row(row)
+                    cur.execute(_MERGE)
             except self.retryable:
                 self._drop_writer()
                 raise
@@ -141,4 +152,21 @@ class PostgresStore:
         self._pool.close()
 
 
-_UPSERT = sql.upsert("%s")
+def _last_per_request(values: list[list[Any]]) -> list[list[Any]]:
+    """One row per request id, the one the upsert would keep: a merge may touch a row only once,
+    and a request's provisional and final rows can share a batch."""
+    kept: dict[Any, list[Any]] = {}
+    for row in values:
+        old = kept.get(row[0])
+        if old is None or row[_FINAL] == 1 or old[_FINAL] == 0:
+            kept[row[0]] = row
+    return values if len(kept) == len(values) else list(kept.values())
+
+
+_FINAL = COLUMNS.index("energy_final")
+_STAGING = (
+    f"CREATE TEMPORARY TABLE ledger_batch ON COMMIT DELETE ROWS AS SELECT {', '.join(COLUMNS)} FROM requests "
+    "WITH NO DATA"
+)
+_COPY = f"COPY ledger_batch ({', '.join(COLUMNS)}) FROM STDIN"
+_MERGE = sql.upsert_from("ledger_batch")

@@ -18,6 +18,16 @@ def upsert(p: str) -> str:
     )
 
 
+def upsert_from(table: str) -> str:
+    """``upsert`` for the rows of another table (one row per request id in it)."""
+    columns = ", ".join(COLUMNS)
+    return (
+        f"INSERT INTO requests ({columns}) SELECT {columns} FROM {table} "
+        f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])} "
+        "WHERE excluded.energy_final = 1 OR requests.energy_final = 0"
+    )
+
+
 def where(
     p: str, key: str | None, team: str | None, model: str | None, since: float | None, until: float | None
 ) -> tuple[str, list[Any]]:
