@@ -65,10 +65,11 @@ def wrk(url: str, lua: Path, seconds: float, connections: int = 16, core: str = 
             "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}  # fmt: skip
 
 
-def readme_block(name: str, text: str, root: Path | None = None) -> None:
-    """Replace the README's text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` with
-    ``text`` wrapped at 100 columns (nothing happens where the markers are missing)."""
-    readme = (root or Path(__file__).resolve().parents[1]) / "README.md"
+def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md") -> None:
+    """Replace the text of ``doc`` (the README unless named) between ``<!-- NAME:begin -->`` and
+    ``<!-- NAME:end -->`` with ``text`` wrapped at 100 columns (nothing happens where the markers
+    are missing)."""
+    readme = (root or Path(__file__).resolve().parents[1]) / doc
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     body = readme.read_text()
     if begin in body and end in body:
