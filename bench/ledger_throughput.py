@@ -8,7 +8,8 @@
    row again (an upsert) when its energy is final, so a request costs two row writes; the
    capacity in requests/s is half the rows/s. Three SQLite "replicas" share one file on one host
    (the only way SQLite can be shared); PostgreSQL gets a fresh database per run.
-2. **What the ledger adds to a request**: three gateways in front of one instant simulator, with
+2. **The writer's cost per row** of ``executemany`` against the ledger's COPY and merge.
+3. **What the ledger adds to a request**: three gateways in front of one instant simulator, with
    the ledger off, on SQLite and on PostgreSQL, everything else on. As in ``bench/ab.py``: each
    gateway on core 1, frozen (SIGSTOP) while another is measured, ``wrk`` (one thread, 16
    connections, closed loop, a short unary chat) and the simulator on core 0, rounds alternating
@@ -188,6 +189,13 @@ def write_docs(r: dict) -> None:
         f"off with SQLite and {cost['over_off']['postgres']['rps']:.2f}x with PostgreSQL (p50 latency "
         f"{cost['over_off']['sqlite']['p50_ms']:.2f}x and {cost['over_off']['postgres']['p50_ms']:.2f}x)."
     ))  # fmt: skip
+    im = r["insert_methods"]
+    readme_block("ledger-insert", (
+        f"Within psycopg, the ledger's rows go in by `COPY` into a temporary table and one merge: "
+        f"{im['copy_merge']['cpu_us_per_row']} µs of the writer's CPU and {im['copy_merge']['wall_us_per_row']} µs "
+        f"of wall time per row, against {im['executemany']['cpu_us_per_row']} and "
+        f"{im['executemany']['wall_us_per_row']} µs for `executemany` of the same upsert ({where})."
+    ))  # fmt: skip
     readme_block("ledger-sizing", (
         f"Measured by `bench/ledger_throughput.py` ({where}): one PostgreSQL took {pg1['rows_per_s']:,} rows/s from "
         f"one replica and {pg3['rows_per_s']:,} rows/s from three replicas writing at once; SQLite "
@@ -199,6 +207,41 @@ def write_docs(r: dict) -> None:
         f"{r['bytes_per_row']:,} bytes on disk in PostgreSQL with its indexes: 1,000 requests/s for 90 days is "
         f"{r['bytes_per_row'] * 1000 * 86400 * 90 / 1e12:.1f} TB, which is what retention is for."
     ), doc="docs/production.md")  # fmt: skip
+
+
+def insert_methods(batches: int = 40, size: int = 256) -> dict:
+    """The writer's cost per row of the two ways into PostgreSQL, in this process: ``executemany``
+    of the upsert, and what the ledger does (COPY into a temporary table, one merge)."""
+    import psycopg
+
+    from gateway.telemetry.ledger import Ledger, sql
+    from gateway.telemetry.ledger.postgres import PostgresStore
+    from gateway.telemetry.ledger.rows import to_values
+
+    url, name = _pg_database()
+    try:
+        Ledger(url).close()
+        out = {}
+        for method in ("executemany", "copy_merge"):
+            data = [[to_values(_row(0, i, True) | {"request_id": f"{method}-{b}-{i}"}, "bench") for i in range(size)]
+                    for b in range(batches)]  # fmt: skip
+            store = PostgresStore(url)
+            with psycopg.connect(url, autocommit=True) as conn:
+                upsert = sql.upsert("%s")
+                cpu, wall = time.process_time(), time.perf_counter()
+                for values in data:
+                    if method == "executemany":
+                        with conn.transaction(), conn.cursor() as cur:
+                            cur.executemany(upsert, values)
+                    else:
+                        store.insert(values)
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            store.close()
+            n = batches * size
+            out[method] = {"cpu_us_per_row": round(cpu / n * 1e6, 1), "wall_us_per_row": round(wall / n * 1e6, 1)}
+        return out
+    finally:
+        _pg_drop(name)
 
 
 def bytes_per_row(tmp: Path) -> int:
@@ -248,7 +291,9 @@ def main() -> int:
                       f"--duration {args.duration:g}",
            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
            "commit": head.strip() + ("+changes" if dirty else ""), "rows": rows, "requests": cost,
-           "bytes_per_row": bytes_per_row(tmp)}  # fmt: skip
+           "bytes_per_row": bytes_per_row(tmp), "insert_methods": insert_methods()}  # fmt: skip
+    for method, m in out["insert_methods"].items():
+        print(f"{method:12s}: {m['cpu_us_per_row']} µs CPU, {m['wall_us_per_row']} µs wall per row")
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     write_docs(out)

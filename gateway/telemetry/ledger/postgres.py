@@ -4,9 +4,9 @@ psycopg 3 with a connection pool. Its synchronous API is used on purpose: every 
 already runs off the event loop (the writer thread, ``asyncio.to_thread`` for reads), so an
 async driver would only add a second event loop or hand-offs back and forth.
 
-Rows go in by COPY into a temporary table, merged into ``requests`` with the upsert's rule: on
-the writer's side about a third of the CPU of an ``executemany`` (measured 5 against 14 µs a row
-on this machine), and less of the server's.
+Rows go in by COPY into a temporary table, merged into ``requests`` with the upsert's rule:
+cheaper for the writer than an ``executemany`` of the upsert (``bench/ledger_throughput.py``
+measures both; the README quotes it).
 
 The writer keeps one connection of its own, opened lazily and reopened after a failure;
 readers share a small pool. Every connection has a connect timeout and TCP keepalives and a
