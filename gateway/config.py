@@ -214,7 +214,7 @@ class LedgerConfig(Strict):
         131072,
         gt=0,
         description="rows kept in memory while the database is unreachable; beyond, rows are dropped, counted "
-        "(nudge_ledger_rows_dropped_total) and logged",
+        "(gateway_ledger_rows_dropped_total) and logged",
     )
     pool_size: int = Field(4, gt=0, description="PostgreSQL connections per replica for reads (/v1/usage)")
 

@@ -18,7 +18,8 @@ The answer::
     {"object": "list", "data": [{"object": "usage.request", "id": ..., ...}, ...],
      "first_id": ..., "last_id": ..., "has_more": bool, "next_cursor": str | null}
 
-Rows come newest first. A bad parameter is a 400 in OpenAI's error shape (``GatewayError``).
+Rows come newest first. A bad parameter is a 400 in OpenAI's error shape (``GatewayError``); a
+ledger database that is away, a 503 with ``retry-after``.
 Who may see whose usage is for the caller to decide (e.g. force ``key`` to the caller's key).
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, bad_request
 from gateway.policy.keys import KeyRing
-from gateway.telemetry.ledger import Ledger, parse_when
+from gateway.telemetry.ledger import Ledger, LedgerUnavailable, parse_when
 
 MAX_LIMIT = 1000
 _KNOWN = {"key", "team", "model", "from", "to", "limit", "cursor", "after"}
@@ -80,7 +81,11 @@ def _params(query: dict[str, list[str]]) -> dict[str, Any]:
 async def usage_endpoint(ledger: Ledger, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
     """Serve ``GET /v1/usage``; raises ``GatewayError`` (400) for a bad parameter."""
     params = _params(query)
-    rows, next_cursor = await asyncio.to_thread(ledger.query, **params)
+    try:
+        rows, next_cursor = await asyncio.to_thread(ledger.query, **params)
+    except LedgerUnavailable:
+        raise GatewayError(503, "The usage ledger is unreachable; try again shortly.", code="ledger_unavailable",
+                           headers={"retry-after": "5"}) from None  # fmt: skip
     data = [{"object": "usage.request", "id": row["request_id"], **row} for row in rows]
     return 200, {
         "object": "list",

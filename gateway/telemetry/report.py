@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.telemetry.ledger import GROUPS, Ledger, parse_when
-from gateway.telemetry.ledger.commands import add_target_arguments, target
+from gateway.telemetry.ledger import GROUPS, LedgerUnavailable, parse_when
+from gateway.telemetry.ledger.commands import add_target_arguments, open_reachable, target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +102,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ledger = Ledger(where)
     try:
-        rows = ledger.totals(since=since, until=until, by=args.by)
-        by_model = ledger.totals(since=since, until=until, by="model") if args.png else []
-        by_key = ledger.totals(since=since, until=until, by="key") if args.png else []
-    finally:
-        ledger.close()
+        ledger = open_reachable(where)
+        try:
+            rows = ledger.totals(since=since, until=until, by=args.by)
+            by_model = ledger.totals(since=since, until=until, by="model") if args.png else []
+            by_key = ledger.totals(since=since, until=until, by="key") if args.png else []
+        finally:
+            ledger.close()
+    except LedgerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not rows:
         print("no requests in the ledger for this period")
     else:

@@ -108,3 +108,27 @@ def test_a_database_still_away_at_shutdown_costs_counted_rows_and_a_bounded_wait
     assert ledger.dropped == 7 and ledger.pending == 0
     assert "still unreachable at shutdown: 7 row(s) not written" in caplog.text
     assert count(pg_url) == 1
+
+
+def test_reads_while_the_database_is_away_are_a_503_and_a_clear_cli_error(pg_url, relay, capsys):
+    import asyncio
+
+    from gateway.api.usage import usage_endpoint
+    from gateway.cli import main
+    from gateway.errors import GatewayError
+
+    ledger = Ledger(relay.url_for(pg_url), flush_interval_s=0.01)
+    relay.cut()
+    with pytest.raises(GatewayError) as refused:
+        asyncio.run(usage_endpoint(ledger, {}))
+    assert refused.value.status == 503 and refused.value.code == "ledger_unavailable"
+    assert refused.value.headers == {"retry-after": "5"}
+    ledger.close()
+
+    for argv in (["report"], ["ledger", "prune", "--older-than", "90d"]):
+        t0 = time.monotonic()
+        assert main([*argv, "--ledger", relay.url_for(pg_url)]) == 1
+        assert time.monotonic() - t0 < 10
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot reach the usage ledger postgresql://root@127.0.0.1:") and "\n" == err[-1]
+        assert "Traceback" not in err

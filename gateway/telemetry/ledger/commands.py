@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from gateway.telemetry.ledger.rows import parse_when
-from gateway.telemetry.ledger.service import Ledger
+from gateway.telemetry.ledger.service import Ledger, LedgerUnavailable
 
 _now = time.time  # the clock prune checks --older-than against (tests move it)
 
@@ -41,6 +41,15 @@ def target(args: argparse.Namespace) -> str:
     return ledger
 
 
+def open_reachable(where: str) -> Ledger:
+    """The ledger for a command: one whose database is away is an error, not a wait."""
+    ledger = Ledger(where, close_timeout_s=0.0)
+    if ledger.unreachable is not None:
+        ledger.close()
+        raise LedgerUnavailable(f"cannot reach the usage ledger {ledger.path}: {ledger.unreachable}")
+    return ledger
+
+
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     parser.add_argument("--older-than", required=True, help="a duration (90d, 12w) or a time (ISO 8601, unix seconds)")
@@ -57,7 +66,11 @@ def prune(args: argparse.Namespace) -> int:
     if before > _now():
         print(f"error: --older-than {args.older_than} is in the future", file=sys.stderr)
         return 2
-    ledger = Ledger(where)
+    try:
+        ledger = open_reachable(where)
+    except LedgerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.dry_run:
             n = sum(r["requests"] for r in ledger.totals(until=before, by="model"))
@@ -65,6 +78,9 @@ def prune(args: argparse.Namespace) -> int:
         else:
             n = ledger.prune(before)
             print(f"deleted {n:,} row(s) older than {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(before))}")
+    except LedgerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         ledger.close()
     return 0

@@ -89,7 +89,7 @@ class PostgresStore:
         self._writer_lock = threading.Lock()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=0, max_size=pool_size, kwargs={**_CONNECT, "row_factory": dict_row, "autocommit": True},
-            open=True, timeout=10.0, name="nudge-ledger-readers",
+            open=True, timeout=5.0, name="nudge-ledger-readers",
         )  # fmt: skip
 
     def _connect(self) -> psycopg.Connection[Any]:

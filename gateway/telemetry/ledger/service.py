@@ -9,7 +9,7 @@ sleeps. A request id written twice keeps the last row (upsert), except that a pr
 **When the database is away.** ``write`` never blocks, on an event loop or anywhere else.
 Rows wait in memory while the writer retries (backing off to every few seconds), and are
 written, oldest first, once the database answers again. At most ``max_buffered`` rows wait;
-beyond that a row is dropped, counted in ``dropped`` (``nudge_ledger_rows_dropped_total``) and
+beyond that a row is dropped, counted in ``dropped`` (``gateway_ledger_rows_dropped_total``) and
 logged: a bound on memory is worth more than one more row once the database has been gone
 that long. ``close()`` writes what waits, giving up (counted and logged too) after
 ``close_timeout_s`` if the database is still away. A database unreachable when the gateway
@@ -38,6 +38,10 @@ log = logging.getLogger("gateway.ledger")
 # kill -9 at 2,500 req/s on 2 cores lost up to 1.3% of answered rows with SQLite; at 5, 0.1-0.5%).
 WRITER_NICE = 5
 _LOG_EVERY_S = 10.0  # the longest a failing database or dropped rows go without a log line
+
+
+class LedgerUnavailable(Exception):
+    """A read found the database away (the API answers 503, the CLI says so)."""
 
 
 class Store(Protocol):
@@ -96,10 +100,12 @@ class Ledger:
         self._sql_prune = sql.prune(p)
         self._sql_recent = sql.recent(p)
         self._migrated = False
+        self.unreachable: str | None = None  # why the database could not be reached at start
         try:
             self.store.migrate()
             self._migrated = True
         except self.store.retryable as exc:  # away at start: the writer migrates once it answers
+            self.unreachable = str(exc).strip() or type(exc).__name__
             log.error("usage ledger %s unreachable at start (%s); rows wait in memory until it answers",
                       self.path, exc)  # fmt: skip
         # Rows wait in a deque: appending is one atomic operation, and the writer thread is
@@ -284,7 +290,7 @@ class Ledger:
         where, args = sql.where(p, key, team, model, since, until)
         if cursor is not None:
             args.append(int(cursor))
-        fetched = self.store.fetch(sql.page(p, where, cursor is not None), [*args, limit + 1])
+        fetched = self._fetch(sql.page(p, where, cursor is not None), [*args, limit + 1])
         more = len(fetched) > limit
         page = [from_record(r) for r in fetched[:limit]]
         return page, (str(fetched[limit - 1]["id"]) if more and limit > 0 else None)
@@ -300,14 +306,20 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """Sums per model, key, team, backend or replica, largest energy first."""
         where, args = sql.where(self.store.placeholder, key, team, model, since, until)
-        result = self.store.fetch(sql.totals(where, by), args)
+        result = self._fetch(sql.totals(where, by), args)
         return [{by: r["grp"], **{k: v for k, v in r.items() if k != "grp"}} for r in result]
 
     def recent(self, team: str, window: int, since: float) -> list[tuple[str, float]]:
         """A team's last ``window`` answered requests since a time, oldest first: (key, joules),
         every replica's (social proof compares a key with its whole team)."""
-        found = self.store.fetch(self._sql_recent, [team, float(since), int(window)])
+        found = self._fetch(self._sql_recent, [team, float(since), int(window)])
         return [(r["key_name"] or "anonymous", float(r["energy_j"])) for r in reversed(found)]
+
+    def _fetch(self, statement: str, args: list[Any]) -> list[dict[str, Any]]:
+        try:
+            return self.store.fetch(statement, args)
+        except self.store.retryable as exc:
+            raise LedgerUnavailable(f"the usage ledger ({self.path}) is unreachable: {exc}") from exc
 
     def prune(self, before: float, slice_rows: int = 10000) -> int:
         """Delete the rows of requests that arrived before ``before`` (unix seconds), a slice at a
@@ -320,4 +332,4 @@ class Ledger:
                 return deleted
 
 
-__all__ = ["COLUMNS", "Ledger", "Store", "open_store"]
+__all__ = ["COLUMNS", "Ledger", "LedgerUnavailable", "Store", "open_store"]
