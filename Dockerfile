@@ -17,21 +17,22 @@ COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# ---- runtime: the wheel and its dependencies, nothing else from the source tree
+# ---- runtime: the wheel and its dependencies, nothing else from the source tree, with the
+# extras the shipped deployments use: postgres (the ledger shared by replicas) and otel (tracing)
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NUDGE_HEALTHCHECK_URL=http://127.0.0.1:8000/healthz
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl \
+RUN pip install --no-cache-dir "$(echo /wheels/*.whl)[postgres,otel]" \
     && rm -rf /wheels \
     && groupadd --system --gid 10001 nudge \
     && useradd --system --uid 10001 --gid nudge --no-create-home --home-dir /var/lib/nudge \
         --shell /usr/sbin/nologin nudge \
     && mkdir -p /etc/nudge /var/lib/nudge \
     && chown nudge:nudge /var/lib/nudge
-# The usage ledger (SQLite) goes here (ledger.path in the config): mount a volume to keep it.
+# A SQLite usage ledger goes here (ledger.path in the config): mount a volume to keep it.
 WORKDIR /var/lib/nudge
 USER 10001:10001
 EXPOSE 8000

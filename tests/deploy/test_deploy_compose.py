@@ -8,6 +8,8 @@ services (URLs, GPUs, Prometheus targets) is checked against the Compose service
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -142,9 +144,19 @@ def test_gateway_config_of_each_profile_loads_and_points_at_its_services(compose
     assert policy.is_file(), policy
     load_policy(read_yaml(policy))
 
-    # Ledger on the named volume, so it survives a restart and is writable by the image's user.
-    volume_targets = {v.split(":")[1] for v in gateway["volumes"] if not v.startswith((".", "/"))}
-    assert any(config.ledger.path.startswith(t + "/") for t in volume_targets), config.ledger.path
+    # The ledger in the Compose PostgreSQL, waited for until it is healthy; the password from
+    # the environment (PGPASSWORD), the same variable the database is created with.
+    ledger_url = config.ledger.database_url()
+    assert ledger_url is not None, "the gateway config must select the PostgreSQL ledger"
+    url = urlparse(ledger_url)
+    assert url.scheme in ("postgresql", "postgres") and url.password is None, "no password in the config file"
+    postgres = services[url.hostname]
+    assert re.match(r"^\$\{POSTGRES_IMAGE:-postgres:\d+", postgres["image"]), postgres["image"]
+    assert (url.port or 5432) == 5432
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.path.lstrip("/") == postgres["environment"]["POSTGRES_DB"]
+    assert gateway["environment"]["PGPASSWORD"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert gateway["depends_on"][url.hostname] == {"condition": "service_healthy"}
 
     # Budgets shared through the Compose Redis.
     assert config.budgets.store == "redis"
@@ -170,6 +182,39 @@ def test_gateway_config_of_each_profile_loads_and_points_at_its_services(compose
             assert sim_cmd[sim_cmd.index("--model") + 1] in config.models
             assert (meter_url.hostname, meter_url.path) == (host, "/dcgm/metrics"), meter.url
             assert urlparse(backend.url).port == int(sim_cmd[sim_cmd.index("--port") + 1])
+
+
+def test_postgres_is_pinned_healthchecked_persistent_and_private(compose):
+    postgres = compose["services"]["postgres"]
+    assert "profiles" not in postgres, "the ledger is needed in both profiles"
+    # An official image, pinned to a major version (its data directory format).
+    assert re.fullmatch(r"\$\{POSTGRES_IMAGE:-postgres:\d+(\.\d+)?(-alpine)?\}", postgres["image"]), postgres["image"]
+    test = postgres["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "pg_isready"
+    # Over TCP: the socket-only server of the first start's initialisation must not pass.
+    assert test[test.index("-h") + 1] == "127.0.0.1"
+    assert test[test.index("-U") + 1] == postgres["environment"]["POSTGRES_USER"]
+    assert test[test.index("-d") + 1] == postgres["environment"]["POSTGRES_DB"]
+    data = [v for v in postgres["volumes"] if v.split(":")[1] == "/var/lib/postgresql/data"]
+    assert data and data[0].split(":")[0] in compose["volumes"], "the database must live on a named volume"
+    assert "ports" not in postgres, "PostgreSQL is for the gateway only: not published on the host"
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD"), "the password is a variable"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_one_password_reaches_postgres_and_the_gateway(profile):
+    # Compose's own interpolation: POSTGRES_PASSWORD from the environment (or .env) ends up as
+    # the database's password and the gateway's PGPASSWORD.
+    tool = need_tool("docker-compose", "apt-get install docker-compose")
+    env = {**os.environ, "POSTGRES_PASSWORD": "s3cret-for-the-test"}
+    result = subprocess.run([tool, "-f", str(COMPOSE), "--profile", profile, "config"],
+                            capture_output=True, text=True, cwd=HERE, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = services_in(yaml.safe_load(result.stdout), profile)
+    (gateway,) = [s for s in services.values() if (s.get("command") or [""])[0] == "serve"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret-for-the-test"
+    assert gateway["environment"]["PGPASSWORD"] == "s3cret-for-the-test"
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_prometheus_finds_every_service_it_should_scrape(compose):

@@ -152,6 +152,23 @@ def test_every_copied_path_exists_and_is_in_the_build_context(instructions):
         assert dockerignore_excludes(secret), secret
 
 
+# The runtime stage installs the wheel with extras: `pip install "$(echo /wheels/*.whl)[a,b]"`
+# (a glob cannot carry the extras itself).
+WHEEL_WITH_EXTRAS = re.compile(r"\$\(echo (/wheels/[^)\s]+\.whl)\)(\[[A-Za-z0-9_,-]+\])?")
+
+
+def image_extras(instructions) -> set[str]:
+    """The extras the runtime stage's `pip install` asks for."""
+    last = final_stage(instructions)
+    (install_step,) = [c for r in only(instructions, "RUN", last) for c in run_step(r) if c[:2] == ["pip", "install"]]
+    extras = set()
+    for a in install_step[2:]:
+        m = WHEEL_WITH_EXTRAS.fullmatch(a)
+        if m and m.group(2):
+            extras |= set(m.group(2).strip("[]").split(","))
+    return extras
+
+
 def run_step(instruction: Instruction) -> list[list[str]]:
     """The commands of a RUN instruction, split at '&&'."""
     assert instruction.keyword == "RUN" and not instruction.args.startswith("[")
@@ -191,8 +208,14 @@ def installed(instructions, tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     args = []
     for a in install_step[2:]:
-        args += sorted(glob.glob(a.replace("/wheels", str(wheels)))) if a.startswith("/wheels") else [a]
-    assert any(a.endswith(".whl") for a in args), install_step
+        if a.startswith("/wheels"):
+            args += sorted(glob.glob(a.replace("/wheels", str(wheels))))
+        elif m := WHEEL_WITH_EXTRAS.fullmatch(a):  # "$(echo /wheels/*.whl)[postgres,otel]"
+            (wheel,) = glob.glob(m.group(1).replace("/wheels", str(wheels)))
+            args.append(wheel + (m.group(2) or ""))
+        else:
+            args.append(a)
+    assert any(a.endswith(".whl") or ".whl[" in a for a in args), install_step
     cmd = [sys.executable, "-m", "pip", "--python", str(python), "install", *args, "--no-deps", "--no-index", "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -202,6 +225,27 @@ def installed(instructions, tmp_path_factory) -> Path:
                                         text=True).strip())  # fmt: skip
     (site / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv
+
+
+def test_the_image_installs_the_extras_the_shipped_deployments_need(instructions, installed):
+    # The Compose and Kubernetes configs keep the ledger in PostgreSQL (psycopg: the postgres
+    # extra) and name a tracing endpoint to uncomment (the otel extra).
+    extras = image_extras(instructions)
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"postgres", "otel"} <= extras, extras
+    assert extras <= set(declared), f"the Dockerfile asks for extras pyproject.toml lacks: {extras - set(declared)}"
+    python = installed / "bin" / "python"
+    requires = subprocess.check_output(
+        [str(python), "-c", "import importlib.metadata as m; print('\\n'.join(m.requires('nudge-gateway') or []))"],
+        cwd=installed, text=True,
+    ).split("\n")
+    wanted = [r for r in requires if any(re.search(rf"extra == ['\"]{e}['\"]", r) for e in extras)]
+    assert any(r.startswith("psycopg") for r in wanted), wanted
+    for req in wanted:
+        importlib.metadata.version(re.match(r"[A-Za-z0-9_.-]+", req).group(0))  # raises if missing
+    imported = subprocess.run([str(python), "-c", "import psycopg, psycopg_pool"], capture_output=True, text=True,
+                              cwd=installed, timeout=60)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
 
 
 def test_the_wheel_holds_the_package_and_its_data(installed):

@@ -9,6 +9,7 @@ fields these manifests may use.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
+from gateway.cli import build_parser
 from gateway.config import load_config
 from gateway.policy.schema import load_policy
 from gateway.yamlfile import read_yaml
@@ -184,8 +186,9 @@ def test_builtin_kinds_validate_strictly_against_the_kubernetes_schemas(resource
                         f"at {'.'.join(map(str, exc.path))}")  # fmt: skip
         checked += 1
     kinds = {r["kind"] for r in resources}
-    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ConfigMap", "Secret"} <= kinds
-    assert checked >= 8
+    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ConfigMap", "Secret",
+            "StatefulSet", "CronJob", "NetworkPolicy"} <= kinds  # fmt: skip
+    assert checked >= 12
 
 
 def test_the_validator_rejects_a_broken_manifest(resources):
@@ -223,6 +226,35 @@ def gateway_pod(resources) -> tuple[dict, dict, dict]:
     pod = deployment["spec"]["template"]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
     return deployment, pod, container
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def secret_value(resources, env: dict) -> str:
+    """The value a secretKeyRef env var gets from a Secret of these manifests."""
+    ref = env["valueFrom"]["secretKeyRef"]
+    return find(resources, "Secret", ref["name"])["stringData"][ref["key"]]
+
+
+def config_mount(container: dict) -> tuple[dict, str]:
+    """The volume mount that holds this container's --config, and the file's key within it."""
+    args = container["args"]
+    path = args[args.index("--config") + 1]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    return mount, path[len(mount["mountPath"].rstrip("/")) + 1 :]
+
+
+def pod_specs(resources) -> dict[str, dict]:
+    """Every pod template of the manifests, by workload: Deployments, StatefulSets, CronJobs."""
+    out = {}
+    for r in resources:
+        if r["kind"] in ("Deployment", "StatefulSet"):
+            out[f"{r['kind']}/{r['metadata']['name']}"] = r["spec"]["template"]
+        elif r["kind"] == "CronJob":
+            out[f"CronJob/{r['metadata']['name']}"] = r["spec"]["jobTemplate"]["spec"]["template"]
+    return out
 
 
 def test_gateway_deployment_is_replicated_probed_limited_and_non_root(resources):
@@ -289,9 +321,136 @@ def test_config_secret_and_policy_configmap_are_mounted_and_valid(resources, tmp
         if "configMap" in volumes[mount["name"]] or "secret" in volumes[mount["name"]]:
             assert "subPath" not in mount, f"{mount['name']} is mounted with subPath and would never update"
 
-    # The root filesystem is read-only: the ledger must lie on a writable volume.
-    ledger_volume, _ = source(config.ledger.path)
-    assert "emptyDir" in ledger_volume or "persistentVolumeClaim" in ledger_volume
+    # The ledger is PostgreSQL, shared by every replica: /v1/usage answers the same from any pod
+    # the Service picks. Nothing of it is kept in the pod.
+    assert config.ledger.url_env and config.ledger.url is None
+    assert "/var/lib/nudge" not in mounts, "no per-pod ledger volume is needed any more"
+
+
+def test_gateway_gets_the_ledger_url_from_a_secret_and_reaches_postgres(resources, tmp_path, monkeypatch):
+    _, pod, container = gateway_pod(resources)
+    secret = find(resources, "Secret", "nudge-gateway-config")
+    (tmp_path / "g.yaml").write_text(secret["stringData"]["gateway.yaml"])
+    config = load_config(tmp_path / "g.yaml")
+    env = env_of(container)
+    ledger_env = env[config.ledger.url_env]
+    assert "value" not in ledger_env, "the ledger URL comes from a Secret, never from the manifest"
+    url_value = secret_value(resources, ledger_env)
+    monkeypatch.setenv(config.ledger.url_env, url_value)
+    url = urlparse(config.ledger.database_url())  # the gateway's own reading of it: PostgreSQL
+    assert url.scheme in ("postgresql", "postgres")
+
+    # The URL names the in-cluster PostgreSQL: its Service, port, user and database.
+    service = find(resources, "Service", url.hostname)
+    postgres = find(resources, "StatefulSet", "nudge-postgres")
+    labels = postgres["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], labels)
+    assert (url.port or 5432) in {p["port"] for p in service["spec"]["ports"]}
+    (db,) = postgres["spec"]["template"]["spec"]["containers"]
+    db_env = env_of(db)
+    assert url.username == db_env["POSTGRES_USER"]["value"]
+    assert url.path.lstrip("/") == db_env["POSTGRES_DB"]["value"]
+    # One password: the database is created with the key the gateway logs in with.
+    password = env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {k: v for k, v in password.items()
+                                                                         if k != "optional"}  # fmt: skip
+    assert secret_value(resources, env["PGPASSWORD"]) and url.password is None
+    assert ledger_env["valueFrom"]["secretKeyRef"]["name"] == password["name"]
+
+
+def test_postgres_statefulset_is_probed_persistent_and_limited(resources):
+    postgres = find(resources, "StatefulSet", "nudge-postgres")
+    spec, pod = postgres["spec"], postgres["spec"]["template"]
+    assert selects(spec["selector"], pod["metadata"]["labels"])
+    service = find(resources, "Service", spec["serviceName"])
+    assert service["spec"].get("clusterIP") == "None", "a StatefulSet's serviceName is a headless Service"
+    assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    (container,) = pod["spec"]["containers"]
+    assert re.fullmatch(r"postgres:\d+(\.\d+)?(-alpine)?", container["image"]), "an official image, major pinned"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"postgres": 5432}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    for probe in ("startupProbe", "readinessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[0] == "pg_isready" and command[command.index("-h") + 1] == "127.0.0.1", probe
+    assert "livenessProbe" in container
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+    # The data lies on the StatefulSet's PersistentVolumeClaim, PGDATA in a subdirectory of it.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    pgdata = env_of(container)["PGDATA"]["value"]
+    assert pgdata.startswith(mounts[claim["metadata"]["name"]].rstrip("/") + "/"), pgdata
+    # A read-only root filesystem: the socket directory and /tmp are volumes.
+    volumes = {v["name"] for v in pod["spec"]["volumes"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert set(mounts) <= volumes | {claim["metadata"]["name"]}
+    assert {"/var/run/postgresql", "/tmp"} <= set(mounts.values())
+    # The alpine image's postgres user, as the pod asks for it.
+    assert pod["spec"]["securityContext"]["runAsUser"] == (70 if container["image"].endswith("-alpine") else 999)
+
+
+def test_only_the_gateway_and_the_prune_job_reach_postgres(resources):
+    policy = find(resources, "NetworkPolicy", "nudge-postgres")
+    postgres = find(resources, "StatefulSet", "nudge-postgres")
+    assert selects(policy["spec"]["podSelector"], postgres["spec"]["template"]["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    _, gateway, _ = gateway_pod(resources)
+    prune = pod_specs(resources)["CronJob/nudge-ledger-prune"]
+    sources = rule["from"]
+    assert all(set(s) == {"podSelector"} for s in sources), "pods of this namespace only"
+    allowed = lambda labels: any(selects(s["podSelector"], labels) for s in sources)  # noqa: E731
+    assert allowed(gateway["metadata"]["labels"]) and allowed(prune["metadata"]["labels"])
+    # Nothing else in the namespace: not Redis, not Postgres itself.
+    for name, pod in pod_specs(resources).items():
+        if name not in ("Deployment/nudge-gateway", "CronJob/nudge-ledger-prune"):
+            assert not allowed(pod["metadata"]["labels"]), name
+
+
+def test_prune_cronjob_runs_ledger_prune_like_the_gateway(resources):
+    cronjob = find(resources, "CronJob", "nudge-ledger-prune")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    minute, hour, dom, month, dow = cronjob["spec"]["schedule"].split()
+    assert (dom, month, dow) == ("*", "*", "*") and minute.isdigit() and hour.isdigit(), "once a day"
+    pod = pod_specs(resources)["CronJob/nudge-ledger-prune"]
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["ledger", "prune"], args
+    assert re.fullmatch(r"\d+d", args[args.index("--older-than") + 1]), args
+    assert pod["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    assert "--host" not in args and "serve" not in args
+
+    # The same image, config Secret and ledger env as the gateway.
+    _, gateway, gateway_container = gateway_pod(resources)
+    assert container["image"] == gateway_container["image"]
+    mount, key = config_mount(container)
+    g_mount, g_key = config_mount(gateway_container)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    g_volumes = {v["name"]: v for v in gateway["spec"]["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == g_volumes[g_mount["name"]]["secret"]["secretName"]
+    assert key == g_key
+    env, g_env = env_of(container), env_of(gateway_container)
+    for name in ("NUDGE_LEDGER_URL", "PGPASSWORD"):
+        assert env[name] == g_env[name], name
+    # And the pod is locked down like the gateway's.
+    assert pod["spec"]["securityContext"] == gateway["spec"]["securityContext"]
+    assert container["securityContext"] == gateway_container["securityContext"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+
+
+def test_prune_cronjob_arguments_parse_with_the_gateway_cli(resources):
+    (container,) = pod_specs(resources)["CronJob/nudge-ledger-prune"]["spec"]["containers"]
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if "ledger" not in commands:
+        pytest.skip("nudge-gateway has no `ledger` command yet (it comes with the PostgreSQL ledger)")
+    args = parser.parse_args(container["args"])  # exits (SystemExit) on an unknown command or flag
+    assert (args.command, args.ledger_command) == ("ledger", "prune")
 
 
 def test_gateway_config_uses_the_cluster_redis_and_dcgm_exporter(resources, tmp_path):
@@ -353,10 +512,12 @@ def test_only_the_gateway_reaches_redis_and_every_pod_is_restricted(resources):
     namespace = find(resources, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     # What the "restricted" Pod Security Standard demands of every container.
-    for deployment in (r for r in resources if r["kind"] == "Deployment"):
-        spec = deployment["spec"]["template"]["spec"]
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert spec["securityContext"]["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+    pods = pod_specs(resources)
+    assert {"Deployment/nudge-gateway", "StatefulSet/nudge-postgres", "CronJob/nudge-ledger-prune"} <= set(pods)
+    for name, template in pods.items():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost"), name
         for c in spec["containers"]:
-            assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
-            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], (name, c["name"])

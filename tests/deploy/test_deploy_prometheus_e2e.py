@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from gateway.sim.process import start_sim
 from tests.deploy.artefacts import (
     DCGM_DOCUMENTED,
     DEPLOY,
+    DOC,
     PROMETHEUS_YML,
     RULES,
     VLLM_DOCUMENTED,
@@ -347,3 +349,13 @@ def test_the_energy_split_adds_up(stack):
         assert parts[backend] == pytest.approx(total[backend], rel=0.02), backend
     kinds = {r["metric"]["kind"] for r in prometheus.query("backend_kind:gateway_energy_joules:rate5m")["result"]}
     assert kinds == {"attributed", "idle", "other"}
+
+
+def test_the_ledger_metrics_the_docs_name_are_exported(stack):
+    # docs/production.md (and the manifests' comments) tell operators to watch and alert on these
+    # when PostgreSQL is away: they must be the names the gateway's /metrics page carries.
+    texts = [DOC, *sorted(DEPLOY.rglob("*.yaml"))]
+    named = {n for path in texts for n in re.findall(r"\b(?:gateway|nudge)_ledger_\w+", path.read_text())}
+    assert "gateway_ledger_rows_dropped_total" in named, named
+    page = exposition_names(httpx.get(f"{stack['gateway'].url}/metrics", timeout=5).text)
+    assert named <= page, f"named in docs/production.md or deploy/, not on /metrics: {sorted(named - page)}"
