@@ -28,10 +28,14 @@ from gateway.routing.router import Router as ModelRouter
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.recorder import Recorder
 
-if TYPE_CHECKING:  # imported when policy is on (their modules load YAML and the policy schema)
+if TYPE_CHECKING:  # imported when policy (YAML, the policy schema) or tracing (OpenTelemetry) is on
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from gateway.config import TracingConfig
     from gateway.policy.budgets import BudgetStore
     from gateway.policy.engine import PolicyEngine
     from gateway.policy.store import PolicyStore
+    from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger("gateway")
 
@@ -57,11 +61,29 @@ class _EnergyHooks:
         self.energy.abandon(ctx)
 
 
+def _tracing(config: TracingConfig, exporter: SpanExporter | None) -> Tracing:
+    """The tracer (OpenTelemetry is imported here and nowhere else); a config error without the extra."""
+    try:
+        from gateway.telemetry.tracing import Tracing
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("opentelemetry"):
+            raise
+        raise ValueError(
+            f"tracing.otlp_endpoint is set but OpenTelemetry is not installed ({exc.name}): "
+            "pip install 'nudge-gateway[otel]'"
+        ) from exc
+    return Tracing(config, exporter)
+
+
 class Gateway:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, span_exporter: SpanExporter | None = None):
+        """``span_exporter``: trace to it (each span as it ends) instead of ``tracing.otlp_endpoint`` (tests)."""
         self.config = config
         features = config.features
         server = config.server
+        self.tracing: Tracing | None = None  # off: OpenTelemetry is never imported
+        if config.tracing.otlp_endpoint is not None or span_exporter is not None:
+            self.tracing = _tracing(config.tracing, span_exporter)  # first: a missing extra starts nothing
         self.metrics = Metrics()
         self.pool = BackendPool(
             config.backends, _session, server.health_interval_s, server.load_interval_s, metrics=self.metrics
@@ -143,7 +165,7 @@ class Gateway:
         parts = Parts(
             config=self.config, keys=self.keys, body_budget=self.body_budget, policy=self.policy,
             router=self.router, catalog=self.catalog, pool=self.pool, proxy=self.proxy, energy=self.energy,
-            recorder=self.recorder, metrics=self.metrics,
+            recorder=self.recorder, metrics=self.metrics, tracing=self.tracing,
         )  # fmt: skip
         api = OpenAIEndpoints(parts)
         health = HealthEndpoints(parts)
@@ -204,6 +226,8 @@ class Gateway:
             self.energy.stop()  # finalises pending requests into the ledger
         if self.ledger is not None:
             self.ledger.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

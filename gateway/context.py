@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the context carries the policy's plan; it never calls it
+if TYPE_CHECKING:  # the context carries the policy's plan and the request's spans; it never calls them
     from gateway.policy.plan import Plan
+    from gateway.telemetry.tracing import RequestTrace
 
 
 # Request ids: the format of ``uuid.uuid4().hex``, made without a system call.
@@ -103,6 +104,7 @@ class RequestContext:
     status: int = 0  # the HTTP status the client got
     outcome: str = "pending"  # ok | upstream_error | client_disconnect | refused
     error_code: str | None = None
+    trace: RequestTrace | None = None  # the request's spans; None: tracing is off
 
     # --- policy
     policy_version: str | None = None
@@ -152,9 +154,10 @@ class RequestContext:
 
         The energy service keeps the context until the request's joules are final (~2 s under the
         default meter), then hands it to the ledger; neither reads the body, the headers, the
-        policy plan or the response headers. Holding them that long kept ~2 s worth of requests'
+        policy plan, the response headers or the spans. Holding them that long kept ~2 s worth of requests'
         dicts and lists alive, old enough to be promoted, and the collector walked them again and
         again: generation 1 and 2 collections of 4-20 ms under load (bench/NOTES.md).
         """
         self.body = self.headers = self.response_headers = _NOTHING  # type: ignore[assignment]
         self.policy_plan = None
+        self.trace = None

@@ -102,12 +102,12 @@ class GatewayProcess:
 class InProcessGateway:
     """The gateway's ASGI app on uvicorn in a background thread with its own event loop."""
 
-    def __init__(self, config):
+    def __init__(self, config, **options):
         import uvicorn
 
         from gateway.app import Gateway
 
-        self.gateway = Gateway(config)
+        self.gateway = Gateway(config, **options)  # options: Gateway's keywords (span_exporter)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(

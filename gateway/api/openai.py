@@ -32,9 +32,10 @@ from gateway.errors import GatewayError
 from gateway.policy.keys import Identity
 from gateway.proxy.forward import StreamEnd, Upstream, relay
 
-if TYPE_CHECKING:  # the policy module is imported only when policy is on
+if TYPE_CHECKING:  # the policy module is imported only when policy is on, tracing only when tracing is
     from gateway.policy.plan import Plan
     from gateway.routing.router import Route
+    from gateway.telemetry.tracing import RequestTrace
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -175,6 +176,7 @@ class OpenAIEndpoints:
     ) -> None:  # fmt: skip
         ctx: RequestContext | None = None
         watch: DisconnectWatch | None = None
+        trace: RequestTrace | None = None
         gw = self.parts
         server = gw.config.server
         gw.metrics.inflight.inc()
@@ -186,6 +188,8 @@ class OpenAIEndpoints:
             except GatewayError:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise
+            if gw.tracing is not None:  # spans from here on (a stranger leaves none either)
+                trace = gw.tracing.request(request.headers, endpoint)
             raw = await request.body(server.max_body_bytes, server.body_timeout_s, gw.body_budget)
             # A dialect keeps the client's own body (its answer echoes fields of it) and the chat body
             # is built from a second parse: shaping edits the chat body in place, never the client's.
@@ -213,7 +217,10 @@ class OpenAIEndpoints:
                 api_key_hash=ident.key_hash,
                 key_name=ident.key_name,
                 team=ident.team,
+                trace=trace,
             )
+            if trace is not None:
+                trace.started(ctx)
             # Serve the request, cancelled as soon as the client goes away (as vLLM does).
             watch = DisconnectWatch(request)
             try:
@@ -225,6 +232,8 @@ class OpenAIEndpoints:
                 ctx.status, ctx.error_code = err.status, err.code
                 if ctx.outcome == "pending":
                     ctx.outcome = "refused" if err.status < 500 else "upstream_error"
+            elif trace is not None:
+                trace.refused(err.code or err.type, err.status)
             if not request.started:
                 headers = {"x-request-id": ctx.request_id} if ctx is not None else {}
                 if ctx is not None:
@@ -232,6 +241,8 @@ class OpenAIEndpoints:
                 await request.error(err, headers, dialect.error_body(err) if dialect is not None else None)
         except ClientLeft:
             gw.metrics.refused.labels(endpoint, "client_left").inc()  # mid-body: never admitted, no row
+            if trace is not None:
+                trace.refused("client_left")
         except asyncio.CancelledError:
             if ctx is not None:
                 ctx.outcome = "client_disconnect"
@@ -246,6 +257,8 @@ class OpenAIEndpoints:
                     ctx.finished = time.monotonic()
                 if ctx.status == 0:
                     ctx.status = 499 if ctx.outcome == "client_disconnect" else 500
+                if trace is not None:
+                    trace.finishing(ctx)
                 energy = gw.energy
                 awaiting = energy is not None and ctx.upstream_request_id is not None
                 if energy is not None and awaiting and ctx.energy is None:  # stopped before finish()
@@ -255,6 +268,8 @@ class OpenAIEndpoints:
                 gw.recorder.finished(ctx, awaiting_energy=awaiting)
                 if awaiting:
                     ctx.release_inputs()
+            if trace is not None:
+                trace.end(ctx)
 
     async def _serve(
         self, request: Request, ctx: RequestContext, path: str, upstream_body: Callable[[], dict[str, Any]],
@@ -262,6 +277,8 @@ class OpenAIEndpoints:
     ) -> None:  # fmt: skip
         gw = self.parts
         policy = gw.policy
+        if policy is not None and ctx.trace is not None:
+            ctx.trace.step("admit")
         plan = await policy.admit(ctx, ident) if policy is not None else None
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
@@ -282,11 +299,20 @@ class OpenAIEndpoints:
     def _shape(self, ctx: RequestContext, plan: Plan | None, route: Route) -> None:
         policy = self.parts.policy
         if policy is not None and plan is not None and ctx.endpoint != "embeddings":
+            if ctx.trace is not None:
+                ctx.trace.step("shape")
             policy.shape(ctx, plan, route)
 
     async def _open(self, ctx: RequestContext, route: Route, path: str) -> Upstream:
         body = self._upstream_body(ctx)
-        return await self.parts.proxy.open(ctx, route.backends, path, orjson.dumps(body), stream=ctx.stream)
+        trace = ctx.trace
+        headers = trace.upstream_begin(ctx) if trace is not None else ()  # traceparent: vLLM joins the trace
+        try:
+            return await self.parts.proxy.open(ctx, route.backends, path, orjson.dumps(body), ctx.stream, headers)
+        except GatewayError as err:
+            if trace is not None:
+                trace.upstream_end(ctx, None, error=err.code or err.type)
+            raise
 
     async def _failover(
         self, err: GatewayError, ctx: RequestContext, plan: Plan | None, requested: str, failed: Route,
@@ -314,6 +340,9 @@ class OpenAIEndpoints:
         self, ctx: RequestContext, plan: Plan | None, requested: str, unreachable: tuple[str, ...] = ()
     ) -> Route:
         gw = self.parts
+        trace = ctx.trace
+        if trace is not None:
+            trace.step("route")
         started = time.perf_counter()
         if ctx.endpoint == "embeddings":
             route = gw.router.route_embedding(ctx, requested)
@@ -332,6 +361,8 @@ class OpenAIEndpoints:
             route = gw.router.route(ctx, requested, reasoning="reasoning_effort" in ctx.body, unreachable=unreachable)
         gw.metrics.route_seconds.observe(time.perf_counter() - started)
         gw.metrics.c_routes(requested, route.model.name, route.tier, route.reason.split(":")[0]).inc()
+        if trace is not None:
+            trace.routed(route)
         return route
 
     def _upstream_body(self, ctx: RequestContext) -> dict[str, Any]:
@@ -384,15 +415,20 @@ class OpenAIEndpoints:
         send = request.send
         if answer is not None:
             await send({"type": "http.response.body", "body": answer.start(ctx), "more_body": True})
+        trace = ctx.trace
         async with aclosing(relay(ctx, upstream)) as events:
             async for piece in events:
                 if isinstance(piece, StreamEnd):  # usage is known: settle, then the finish and usage chunks
+                    if trace is not None:
+                        trace.stream_ended(piece.held)
                     nudges = await self.finish(ctx)
                     piece = piece.tail(ctx, nudges) if answer is None else answer.end(ctx, piece, nudges)
                 elif answer is not None:
                     piece = answer.feed(piece)
                 if piece:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
+        if trace is not None:
+            trace.upstream_end(ctx, upstream.backend.url)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ctx.outcome = "upstream_error" if ctx.upstream_error else "ok"
 
@@ -400,6 +436,8 @@ class OpenAIEndpoints:
         self, request: Request, ctx: RequestContext, upstream: Upstream, answer: Dialect | None
     ) -> None:
         payload = await upstream.answer(ctx)
+        if ctx.trace is not None:
+            ctx.trace.upstream_end(ctx, upstream.backend.url, payload.get("choices"))
         nudges = await self.finish(ctx)
         if answer is not None:
             payload = answer.unary(payload, ctx.usage, nudges)
@@ -415,6 +453,8 @@ class OpenAIEndpoints:
     async def finish(self, ctx: RequestContext) -> list[dict[str, Any]] | None:
         """Usage is known: account energy, let policy give feedback; the nudges to add to the answer."""
         gw = self.parts
+        if ctx.trace is not None:
+            ctx.trace.step("finish")
         ctx.finished = time.monotonic()
         usage = ctx.usage
         if ctx.reasoning_parts and ctx.backend is not None:

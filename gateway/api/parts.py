@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # policy and energy are imported only when they are switched on
+if TYPE_CHECKING:  # policy, energy and tracing are imported only when they are switched on
     from gateway.api.http import BodyBudget
     from gateway.config import Config
     from gateway.energy.service import EnergyService
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # policy and energy are imported only when they are switched 
     from gateway.routing.router import Router
     from gateway.telemetry.metrics import Metrics
     from gateway.telemetry.recorder import Recorder
+    from gateway.telemetry.tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,4 @@ class Parts:
     energy: EnergyService | None  # None: features.energy is off
     recorder: Recorder
     metrics: Metrics
+    tracing: Tracing | None  # None: tracing is off (OpenTelemetry is never imported)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -140,9 +140,11 @@ class Proxy:
             child.inc()
 
     async def open(
-        self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes, stream: bool = False
-    ) -> Upstream:
+        self, ctx: RequestContext, backends: list[Backend], path: str, body: bytes, stream: bool = False,
+        extra_headers: Sequence[tuple[str, str]] = (),
+    ) -> Upstream:  # fmt: skip
         """POST ``body`` to the first backend that answers; fail over on refusal or 5xx.
+        ``extra_headers`` go with every attempt (the trace context, when tracing is on).
 
         Nothing has reached the client until this returns, so any failure up to here is
         safe to retry elsewhere: a refused connection, a 5xx, a connection that dies while
@@ -165,7 +167,7 @@ class Proxy:
             ctx.attempts += 1
             ctx.backend = backend.name
             ctx.upstream_request_id = f"{ctx.request_id}-{ctx.attempts}"
-            headers = [("content-type", "application/json"), ("x-request-id", ctx.upstream_request_id)]
+            headers = [("content-type", "application/json"), ("x-request-id", ctx.upstream_request_id), *extra_headers]
             if backend.config.api_key:
                 headers.append(("authorization", f"Bearer {backend.config.api_key}"))
             ctx.sent = time.monotonic()
