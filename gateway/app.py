@@ -224,10 +224,12 @@ class Gateway:
             await self.budgets.close()
         if self.energy is not None:
             self.energy.stop()  # finalises pending requests into the ledger
-        if self.ledger is not None:
-            self.ledger.close()
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
+        try:
+            if self.ledger is not None:
+                await asyncio.to_thread(self.ledger.close)  # writes what waits: database calls, off the loop
+        finally:
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

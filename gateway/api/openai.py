@@ -252,24 +252,31 @@ class OpenAIEndpoints:
                 watch.task.uncancel()  # our own doing: the client left; the request ends here
         finally:
             gw.metrics.inflight.dec()
-            if ctx is not None:
-                if ctx.finished is None:
-                    ctx.finished = time.monotonic()
-                if ctx.status == 0:
-                    ctx.status = 499 if ctx.outcome == "client_disconnect" else 500
+            try:
+                if ctx is not None:
+                    await self._record(ctx, trace)
+            finally:
                 if trace is not None:
-                    trace.finishing(ctx)
-                energy = gw.energy
-                awaiting = energy is not None and ctx.upstream_request_id is not None
-                if energy is not None and awaiting and ctx.energy is None:  # stopped before finish()
-                    energy.end(ctx)  # still account its energy
-                if gw.policy is not None:
-                    await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
-                gw.recorder.finished(ctx, awaiting_energy=awaiting)
-                if awaiting:
-                    ctx.release_inputs()
-            if trace is not None:
-                trace.end(ctx)
+                    trace.end(ctx)  # even if recording failed: no span is left open
+
+    async def _record(self, ctx: RequestContext, trace: RequestTrace | None) -> None:
+        """The request is over, however it ended: its energy, budgets, ledger row and metrics."""
+        gw = self.parts
+        if ctx.finished is None:
+            ctx.finished = time.monotonic()
+        if ctx.status == 0:
+            ctx.status = 499 if ctx.outcome == "client_disconnect" else 500
+        if trace is not None:
+            trace.finishing(ctx)
+        energy = gw.energy
+        awaiting = energy is not None and ctx.upstream_request_id is not None
+        if energy is not None and awaiting and ctx.energy is None:  # stopped before finish()
+            energy.end(ctx)  # still account its energy
+        if gw.policy is not None:
+            await gw.policy.abandon(ctx)  # settles budgets if feedback() never ran; else a no-op
+        gw.recorder.finished(ctx, awaiting_energy=awaiting)
+        if awaiting:
+            ctx.release_inputs()
 
     async def _serve(
         self, request: Request, ctx: RequestContext, path: str, upstream_body: Callable[[], dict[str, Any]],

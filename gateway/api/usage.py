@@ -57,6 +57,10 @@ def _params(query: dict[str, list[str]]) -> dict[str, Any]:
     if unknown:
         raise bad_request(f"Unknown query parameter '{unknown[0]}'.", param=unknown[0], code="unknown_parameter")
     params: dict[str, Any] = {name: _one(query, name) for name in ("key", "team", "model")}
+    for name in ("key", "team", "model"):
+        value = params[name]
+        if value is not None and (len(value) > 1024 or not value.isprintable()):
+            raise bad_request(f"Invalid '{name}': control characters or over 1,024 characters.", param=name)
     since, until = _one(query, "from"), _one(query, "to")
     params["since"] = parse_time(since, "from") if since is not None else None
     params["until"] = parse_time(until, "to") if until is not None else None

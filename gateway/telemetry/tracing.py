@@ -69,7 +69,11 @@ class Tracing:
 
     def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
         self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            # a caller's own sampled flag does not bypass the ratio (each sampled request costs CPU
+            # on the loop); its trace id is still continued, and vLLM still gets the context
+            sampler=ParentBased(
+                TraceIdRatioBased(config.sample_ratio), remote_parent_sampled=TraceIdRatioBased(config.sample_ratio)
+            ),
             resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
             span_limits=SpanLimits(max_attribute_length=_MAX_TEXT),
             shutdown_on_exit=False,  # Gateway.shutdown flushes it

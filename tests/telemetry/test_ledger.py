@@ -101,6 +101,8 @@ def test_row_from_context_has_every_column():
     assert r["ttft_s"] == pytest.approx(0.25) and r["latency_s"] == pytest.approx(2.0)
     assert r["nudges"] == ["reasoning_on", "large_model"]
     assert r["stream"] == 1 and r["routed_model"] == "small" and r["policy_version"] == "p1"
+    ctx.key_name, ctx.api_key_hash = None, "sha256:" + "ab" * 32  # an unnamed key: as metrics name it
+    assert Ledger.row_from_context(ctx)["key_name"] == "sha256:abababababab"
 
 
 def test_query_filters_and_paginates_without_gaps_or_repeats(target):

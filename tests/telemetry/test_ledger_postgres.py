@@ -106,7 +106,7 @@ def test_a_database_still_away_at_shutdown_costs_counted_rows_and_a_bounded_wait
     ledger.close()
     assert time.monotonic() - t0 < 10  # the close timeout, plus at most one connection attempt
     assert ledger.dropped == 7 and ledger.pending == 0
-    assert "still unreachable at shutdown: 7 row(s) not written" in caplog.text
+    assert "7 row(s) dropped: the database is still unreachable at shutdown" in caplog.text
     assert count(pg_url) == 1
 
 
@@ -132,3 +132,48 @@ def test_reads_while_the_database_is_away_are_a_503_and_a_clear_cli_error(pg_url
         err = capsys.readouterr().err
         assert err.startswith("error: cannot reach the usage ledger postgresql://root@127.0.0.1:") and "\n" == err[-1]
         assert "Traceback" not in err
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_and_the_writer_goes_on(pg_url, caplog):
+    ledger = Ledger(pg_url, flush_interval_s=0.01)
+    for i in range(10):  # one batch; row 5 has a token count PostgreSQL's INTEGER cannot take
+        ledger.write(row(i, prompt_tokens="many" if i == 5 else 10, requested_model="a\x00b" if i == 7 else "auto"))
+    assert ledger.flush(10)
+    assert ledger.dropped == 1 and ledger.written == 9 and ledger.pending == 0
+    assert "refused the row of request req-00005" in caplog.text
+    ledger.write(row(10))  # the writer lives on
+    assert ledger.flush(10)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 10
+        # a NUL the client sent is replaced, not a reason to lose the row
+        assert conn.execute("SELECT requested_model FROM requests WHERE request_id = 'req-00007'").fetchone() == (
+            "a\ufffdb",
+        )
+    ledger.close()
+
+
+def test_a_table_locked_by_maintenance_bounds_the_shutdown(pg_url, caplog):
+    ledger = Ledger(pg_url, flush_interval_s=0.01, close_timeout_s=1.0)
+    ledger.write(row(0))
+    assert ledger.flush(10)
+    with psycopg.connect(pg_url) as maintenance:
+        maintenance.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")  # as VACUUM FULL, ALTER TABLE
+        ledger.write(row(1))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        ledger.close()
+        took = time.monotonic() - t0
+        maintenance.rollback()
+    assert took < 15  # the lock timeout (5 s) ends the call in flight; then the close deadline
+    assert ledger.dropped == 1 and "still unreachable at shutdown" in caplog.text
+
+
+def test_reads_migrate_a_database_that_was_away_at_start(pg_url, relay):
+    relay.cut()
+    ledger = Ledger(relay.url_for(pg_url), flush_interval_s=0.01)
+    relay.restore()
+    assert ledger.query() == ([], None)  # no row written yet: the read migrates (no undefined table)
+    relay.cut()
+    relay.restore()
+    assert ledger.query() == ([], None)  # the pool replaces the connection the cut broke
+    ledger.close()

@@ -65,15 +65,23 @@ def test_each_gateway_has_its_own_provider_and_leaves_the_global_one_alone():
     two.tracing.shutdown()
 
 
-def test_sampling_is_parent_based_with_the_configured_ratio():
+def test_sampling_is_parent_based_and_the_ratio_applies_to_callers_sampled_traces_too():
     exporter = InMemorySpanExporter()
     tracing = Tracing(TracingConfig(sample_ratio=0.0), exporter)
     assert not tracing.request({}, "chat").root.is_recording()  # a new trace: the ratio decides
     sampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    # a caller's sampled flag does not bypass the ratio (any client could make every request traced)
+    assert not tracing.request(sampled, "chat").root.is_recording()
+    tracing.shutdown()
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingConfig(sample_ratio=1.0), exporter)
     root = tracing.request(sampled, "chat").root
-    assert root.is_recording()  # the caller sampled it: kept whatever the ratio
+    assert root.is_recording() and root.get_span_context().trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
     root.end()
     assert [s.name for s in exporter.get_finished_spans()] == ["chat"]
+    unsampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+    assert not tracing.request(unsampled, "chat").root.is_recording()  # the caller's "no" is kept
     tracing.shutdown()
 
 

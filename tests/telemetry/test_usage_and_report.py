@@ -74,6 +74,8 @@ def test_usage_filters_by_key_model_and_time_given_as_unix_or_iso(ledger):
         ({"from": "2000", "to": "1000"}, "to"),
         ({"cursor": "abc"}, "cursor"),
         ({"colour": "blue"}, "colour"),
+        ({"key": "a\x00b"}, "key"),  # PostgreSQL's text cannot hold it: a 400, not a 500
+        ({"model": "m" * 1025}, "model"),
     ],
 )
 def test_bad_parameters_are_400_in_openai_shape(ledger, params, param):

@@ -55,16 +55,28 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock's key: any constant the database's other users do not take ("nudge").
 _MIGRATION_LOCK = 0x6E75646765
-# libpq settings for every connection: fail within seconds when the server is gone.
+# libpq settings for every connection unless the URL sets them: fail within seconds when the
+# server is gone, and bound every statement (a lock held by a VACUUM FULL or an ALTER TABLE must
+# not hold the writer, nor a shutdown, for longer).
 _CONNECT = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 15000,  # ms a sent packet may stay unacknowledged
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",  # ms a sent packet may stay unacknowledged
     "application_name": "nudge-gateway",
 }
+_WRITER_OPTIONS = "-c statement_timeout=15000 -c lock_timeout=5000 -c client_min_messages=warning"
+_READER_OPTIONS = "-c statement_timeout=60000 -c lock_timeout=5000"  # reports may scan months of rows
+
+
+def conninfo(url: str, options: str) -> str:
+    """``url`` with the defaults above under whatever it sets itself (its own ``options`` last)."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    settings: dict[str, Any] = {k: v for k, v in _CONNECT.items() if k not in given}
+    settings["options"] = f"{options} {given['options']}" if given.get("options") else options
+    return psycopg.conninfo.make_conninfo(url, **settings)
 
 
 def redact(url: str) -> str:
@@ -80,20 +92,27 @@ def redact(url: str) -> str:
 class PostgresStore:
     placeholder = "%s"
     shared = True  # every replica's rows
-    retryable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+    # away, or a primary demoted to a read-only standby during a failover
+    retryable: tuple[type[Exception], ...] = (
+        psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction,
+    )  # fmt: skip
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url
         self.path = redact(url)  # what logs and errors name
+        self._writer_conninfo = conninfo(url, _WRITER_OPTIONS)
         self._writer: psycopg.Connection[Any] | None = None
         self._writer_lock = threading.Lock()
         self._pool: ConnectionPool[Any] = ConnectionPool(
-            url, min_size=0, max_size=pool_size, kwargs={**_CONNECT, "row_factory": dict_row, "autocommit": True},
+            conninfo(url, _READER_OPTIONS), min_size=0, max_size=pool_size,
+            kwargs={"row_factory": dict_row, "autocommit": True},
+            check=ConnectionPool.check_connection,  # a connection broken by a blip is replaced, not handed out
             open=True, timeout=5.0, name="nudge-ledger-readers",
         )  # fmt: skip
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.url, **_CONNECT)  # type: ignore[arg-type]
+        return psycopg.connect(self._writer_conninfo)
 
     def migrate(self) -> None:
         with self._connect() as conn, conn.transaction():
@@ -119,15 +138,17 @@ class PostgresStore:
             if conn is None or conn.closed:
                 conn = self._writer = self._connect()
                 conn.autocommit = True  # each batch is its own transaction (conn.transaction() below)
-                conn.execute(_STAGING)
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    # in the transaction, so that behind a transaction-mode pooler (PgBouncer) the
+                    # table exists on whichever server connection this one is
+                    cur.execute(_STAGING)
                     with cur.copy(_COPY) as copy:
                         for row in _last_per_request(values):
                             copy.write_row(row)
                     cur.execute(_MERGE)
-            except self.retryable:
-                self._drop_writer()
+            except self.errors:
+                self._drop_writer()  # whatever went wrong, the next batch starts on a clean connection
                 raise
 
     def _drop_writer(self) -> None:
@@ -165,8 +186,8 @@ def _last_per_request(values: list[list[Any]]) -> list[list[Any]]:
 
 _FINAL = COLUMNS.index("energy_final")
 _STAGING = (
-    f"CREATE TEMPORARY TABLE ledger_batch ON COMMIT DELETE ROWS AS SELECT {', '.join(COLUMNS)} FROM requests "
-    "WITH NO DATA"
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS ledger_batch ON COMMIT DELETE ROWS AS SELECT {', '.join(COLUMNS)} "
+    "FROM requests WITH NO DATA"
 )
 _COPY = f"COPY ledger_batch ({', '.join(COLUMNS)}) FROM STDIN"
 _MERGE = sql.upsert_from("ledger_batch")

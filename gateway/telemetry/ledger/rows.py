@@ -25,6 +25,9 @@ _NUDGES = COLUMNS.index("nudges")
 _TS = COLUMNS.index("ts")
 _FINAL = COLUMNS.index("energy_final")
 _REPLICA = COLUMNS.index("replica")
+# Columns that may hold a client's words (the model it named, the routing reason quoting it):
+# PostgreSQL's text cannot hold NUL, so it is replaced there.
+_CLIENT_TEXT = (COLUMNS.index("requested_model"), COLUMNS.index("route_reason"))
 
 
 def row_from_context(ctx: RequestContext, final: bool = True) -> dict[str, Any]:
@@ -39,7 +42,8 @@ def row_from_context(ctx: RequestContext, final: bool = True) -> dict[str, Any]:
     return {
         "request_id": ctx.request_id,
         "ts": ctx.received_wall,
-        "key_name": ctx.key_name,
+        # the key's name; an unnamed key by its hash prefix, as metrics and social proof know it
+        "key_name": ctx.key_name or (ctx.api_key_hash[:19] if ctx.api_key_hash else None),
         "team": ctx.team,
         "endpoint": ctx.api or ctx.endpoint,
         "requested_model": ctx.requested_model[:CLIENT_TEXT_MAX] or None,  # the client's words: bounded
@@ -77,6 +81,10 @@ def to_values(row: dict[str, Any], replica: str) -> list[Any]:
         values[_FINAL] = 1  # a row is final unless it says otherwise
     if values[_REPLICA] is None:
         values[_REPLICA] = replica
+    for i in _CLIENT_TEXT:
+        text = values[i]
+        if isinstance(text, str) and "\x00" in text:
+            values[i] = text.replace("\x00", "\ufffd")
     return values
 
 

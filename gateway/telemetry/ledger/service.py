@@ -38,6 +38,12 @@ log = logging.getLogger("gateway.ledger")
 # kill -9 at 2,500 req/s on 2 cores lost up to 1.3% of answered rows with SQLite; at 5, 0.1-0.5%).
 WRITER_NICE = 5
 _LOG_EVERY_S = 10.0  # the longest a failing database or dropped rows go without a log line
+_IDLE_WAIT_S = 0.25  # the longest a row can wait for an idle writer to notice it
+_CALL_BOUND_S = 25.0  # how long one database call may take at most (connect + statement timeout)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()}" if str(exc).strip() else type(exc).__name__
 
 
 class LedgerUnavailable(Exception):
@@ -50,7 +56,8 @@ class Store(Protocol):
     path: str
     placeholder: str
     shared: bool  # other processes' rows are here too
-    retryable: tuple[type[Exception], ...]
+    retryable: tuple[type[Exception], ...]  # the database is away or busy: try again later
+    errors: tuple[type[Exception], ...]  # any error of the database (a row it refuses, say)
 
     def migrate(self) -> None: ...
     def insert(self, values: list[list[Any]]) -> None: ...
@@ -100,14 +107,15 @@ class Ledger:
         self._sql_prune = sql.prune(p)
         self._sql_recent = sql.recent(p)
         self._migrated = False
+        self._migrate_lock = threading.Lock()
         self.unreachable: str | None = None  # why the database could not be reached at start
         try:
             self.store.migrate()
             self._migrated = True
         except self.store.retryable as exc:  # away at start: the writer migrates once it answers
-            self.unreachable = str(exc).strip() or type(exc).__name__
+            self.unreachable = _reason(exc)
             log.error("usage ledger %s unreachable at start (%s); rows wait in memory until it answers",
-                      self.path, exc)  # fmt: skip
+                      self.path, self.unreachable)  # fmt: skip
         # Rows wait in a deque: appending is one atomic operation, and the writer thread is
         # woken only when a batch is full (or by its flush interval), not once per row: every
         # wake-up of a Python thread is a GIL hand-off the event loop may have to wait for.
@@ -125,15 +133,16 @@ class Ledger:
     # ------------------------------------------------------------------ writing
 
     def write(self, row: dict[str, Any]) -> None:
-        """Queue a row; thread-safe, never blocks (see the module doc when the database is away)."""
-        if self._closed:  # shutting down: the writer is gone, write it here
+        """Queue a row; thread-safe, never blocks while the ledger is open (see the module doc
+        when the database is away). After ``close`` it is written on the caller's thread."""
+        if self._closed:  # shut down: the writer is gone, write it here
             with self._count_lock:
                 self._accepted += 1
             self._write_now([row])
             return
         rows = self._rows
         if len(rows) >= self.max_buffered:
-            self._drop(1, row.get("request_id"))
+            self._drop(1, f"the buffer is full (last request {row.get('request_id')})")
             return
         with self._count_lock:
             self._accepted += 1
@@ -142,17 +151,19 @@ class Ledger:
         if (n == 1 or n >= self.batch_size) and not self._wake.is_set():  # set() takes a lock
             self._wake.set()  # the first row of a batch starts its clock; a full one goes now
 
-    def _drop(self, n: int, request_id: Any = None) -> None:
+    def _drop(self, n: int, why: str, accepted: bool = False) -> None:
+        """Count ``n`` rows given up and log it (at once the first time, then every 10 s)."""
         with self._count_lock:
+            if accepted:
+                self._accepted -= n
             self.dropped += n
             self._drops_unlogged += n
             now = time.monotonic()
             if now - self._last_drop_log < _LOG_EVERY_S:
                 return
             self._last_drop_log, count, self._drops_unlogged = now, self._drops_unlogged, 0
-        log.error("usage ledger %s: %d row(s) dropped (%d rows waiting, the bound is %d; last request %s); "
-                  "%d dropped in all", self.path, count, self.pending, self.max_buffered, request_id,
-                  self.dropped)  # fmt: skip
+        log.error("usage ledger %s: %d row(s) dropped: %s; %d dropped in all, %d waiting",
+                  self.path, count, why, self.dropped, self.pending)  # fmt: skip
 
     @property
     def pending(self) -> int:
@@ -160,24 +171,30 @@ class Ledger:
         return self._accepted - self.written
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row accepted so far is written; False on timeout."""
+        """Wait until every row accepted so far is written (or given up); False on timeout."""
         target = self._accepted
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.written < target:
+        while self.written < min(target, self._accepted):
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
         return True
 
     def close(self) -> None:
-        """Write everything still queued (for at most ``close_timeout_s``), then stop the writer."""
+        """Write everything still queued (for at most ``close_timeout_s``), then stop the writer.
+        Never raises; blocking: call it off the event loop."""
         if self._closed:
             return
         self._close_deadline = time.monotonic() + self.close_timeout_s
         self._closing = True
         self._wake.set()
-        self._thread.join()
+        # the writer gives up at the deadline, or once a call in flight fails (the stores bound
+        # every call: PostgreSQL's statement and lock timeouts); past that, stop waiting for it
+        self._thread.join(self.close_timeout_s + _CALL_BOUND_S)
         self._closed = True
+        if self._thread.is_alive():
+            self._drop(self.pending, "the writer is stuck in a database call at shutdown", accepted=True)
+            return
         late = self._drain()  # rows written while the writer finished
         if late:
             self._write_now(late)
@@ -191,30 +208,30 @@ class Ledger:
             pass
         while True:
             batch, closing = self._collect()
-            if closing:
-                while batch:
-                    if not self._insert(batch[: self.batch_size]):
-                        self._give_up(len(batch))
+            try:
+                for i in range(0, len(batch), self.batch_size):
+                    chunk = batch[i : i + self.batch_size]
+                    left = self._insert([to_values(row, self.replica) for row in chunk])
+                    if left:
+                        rest = left + len(batch) - i - len(chunk) + len(self._drain())
+                        self._drop(rest, "the database is still unreachable at shutdown", accepted=True)
                         return
-                    batch = batch[self.batch_size :]
+            except Exception:  # a bug must not end the writer: every later row would wait forever
+                log.exception("usage ledger %s: the writer failed on a batch of %d row(s)", self.path, len(batch))
+                self._drop(len(batch), "the writer failed on them", accepted=True)
+            if closing:
                 return
-            if batch and not self._insert(batch):
-                self._give_up(len(batch) + len(self._drain()))
-                return
-
-    def _give_up(self, n: int) -> None:
-        with self._count_lock:
-            self._accepted -= n
-        self._drops_unlogged, self._last_drop_log = 0, 0.0
-        self._drop(n)
-        log.error("usage ledger %s still unreachable at shutdown: %d row(s) not written", self.path, n)
 
     def _collect(self) -> tuple[list[dict[str, Any]], bool]:
         """The next batch: queued rows until it is full or the interval is up (all of them on close)."""
         rows = self._rows
-        if not rows and not self._closing:
-            self._wake.wait()  # nothing queued: sleep until the first row (write() wakes this)
+        while not rows and not self._closing:
+            # Sleep until the first row; bounded, because two threads appending at once may both
+            # see two rows and neither wake the writer. Idle and unmigrated: try the database.
+            self._wake.wait(_IDLE_WAIT_S)
             self._wake.clear()
+            if not self._migrated and not rows:
+                self._migration_failure()
         deadline = time.monotonic() + self.flush_interval_s  # from the batch's first row
         while len(rows) < self.batch_size and not self._closing:
             timeout = deadline - time.monotonic()
@@ -236,40 +253,68 @@ class Ledger:
             rest.append(rows.popleft())
         return rest
 
-    def _insert(self, batch: list[dict[str, Any]]) -> bool:
-        """Write one batch, retrying while the database is away; False: closing and out of time."""
-        values = [to_values(row, self.replica) for row in batch]
+    def _migration_failure(self) -> Exception | None:
+        """Migrate if not done yet; the error while the database is away or refuses, else None."""
+        with self._migrate_lock:
+            if self._migrated:
+                return None
+            try:
+                self.store.migrate()
+            except self.store.errors as exc:
+                self.unreachable = _reason(exc)
+                return exc
+            self._migrated = True
+            self.unreachable = None
+        log.info("usage ledger %s reachable and migrated", self.path)
+        return None
+
+    def _insert(self, values: list[list[Any]]) -> int:
+        """Write rows, retrying while the database is away; how many are left unwritten (closing
+        and out of time), 0 when done.
+
+        A batch the database refuses for what is in it (a value it cannot store) is split in
+        halves until the rows at fault are found: those are dropped, counted and logged, and the
+        rest is written."""
         delay, last_log = 0.05, 0.0
         while True:
-            try:
-                if not self._migrated:
-                    self.store.migrate()
-                    self._migrated = True
-                    log.info("usage ledger %s reachable and migrated", self.path)
-                self.store.insert(values)
-                self.written += len(values)
-                return True
-            except self.store.retryable as exc:  # locked, disk trouble, database away: keep the rows
-                self.write_errors += 1
-                now = time.monotonic()
-                if now - last_log >= _LOG_EVERY_S:
-                    last_log = now
-                    log.error("usage ledger %s write failed (%s); %d row(s) waiting, retrying",
-                              self.path, str(exc).strip() or type(exc).__name__, self.pending)  # fmt: skip
+            failure = self._migration_failure() if not self._migrated else None
+            if failure is not None:  # away, or e.g. no right to create the table: retried too
+                problem = _reason(failure)
+            else:
+                try:
+                    self.store.insert(values)
+                    self.written += len(values)
+                    return 0
+                except self.store.retryable as exc:  # locked, disk trouble, database away: keep the rows
+                    problem = _reason(exc)
+                except self.store.errors as exc:
+                    if len(values) == 1:
+                        self._drop(1, f"the database refused the row of request {values[0][0]} ({_reason(exc)})",
+                                   accepted=True)  # fmt: skip
+                        return 0
+                    half = len(values) // 2
+                    left = self._insert(values[:half])
+                    return left + len(values) - half if left else self._insert(values[half:])
+            self.write_errors += 1
+            now = time.monotonic()
+            if now - last_log >= _LOG_EVERY_S:
+                last_log = now
+                log.error("usage ledger %s write failed (%s); %d row(s) waiting, retrying",
+                          self.path, problem, self.pending)  # fmt: skip
             if self._closing and time.monotonic() + delay > self._close_deadline:
-                return False
+                return len(values)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     def _write_now(self, batch: list[dict[str, Any]]) -> None:
-        """After close: write on the calling thread (one attempt per batch; a failure is counted)."""
+        """After close: write on the calling thread (one attempt; a failure is counted, never raised)."""
         values = [to_values(row, self.replica) for row in batch]
         try:
             self.store.insert(values)
-            self.written += len(values)
-        except self.store.retryable as exc:
-            log.error("usage ledger %s: late write failed (%s)", self.path, exc)
-            self._give_up(len(values))
+            with self._count_lock:
+                self.written += len(values)
+        except self.store.errors as exc:
+            self._drop(len(values), f"written after shutdown and refused ({_reason(exc)})", accepted=True)
         finally:
             self.store.close()  # the connection this write opened
 
@@ -317,9 +362,12 @@ class Ledger:
 
     def _fetch(self, statement: str, args: list[Any]) -> list[dict[str, Any]]:
         try:
+            failure = self._migration_failure() if not self._migrated else None
+            if failure is not None:
+                raise LedgerUnavailable(f"the usage ledger ({self.path}) is unreachable: {_reason(failure)}")
             return self.store.fetch(statement, args)
         except self.store.retryable as exc:
-            raise LedgerUnavailable(f"the usage ledger ({self.path}) is unreachable: {exc}") from exc
+            raise LedgerUnavailable(f"the usage ledger ({self.path}) is unreachable: {_reason(exc)}") from exc
 
     def prune(self, before: float, slice_rows: int = 10000) -> int:
         """Delete the rows of requests that arrived before ``before`` (unix seconds), a slice at a

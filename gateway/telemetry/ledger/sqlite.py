@@ -47,6 +47,7 @@ class SqliteStore:
     placeholder = "?"
     shared = False  # one process's rows
     retryable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)  # locked, disk trouble
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str) -> None:
         self.path = path
