@@ -187,7 +187,8 @@ def write_docs(r: dict) -> None:
         f"{pg3['requests_per_s']:,} requests/s), SQLite {sq1['rows_per_s']:,} from one process. With every other "
         f"feature on, a gateway served {cost['over_off']['sqlite']['rps']:.2f}x the requests/s of the ledger turned "
         f"off with SQLite and {cost['over_off']['postgres']['rps']:.2f}x with PostgreSQL (p50 latency "
-        f"{cost['over_off']['sqlite']['p50_ms']:.2f}x and {cost['over_off']['postgres']['p50_ms']:.2f}x)."
+        f"{cost['over_off']['sqlite']['p50_ms']:.2f}x and {cost['over_off']['postgres']['p50_ms']:.2f}x): the row "
+        "is built on the event loop and written by a thread that shares the gateway's one core here."
     ))  # fmt: skip
     im = r["insert_methods"]
     readme_block("ledger-insert", (
