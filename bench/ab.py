@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, readme_block, wait_ready, wrk, wrk_script  # noqa: E402
+from bench.common import readme_block, start_gateway, stop_all, wrk, wrk_script  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LOADS = {
@@ -99,14 +99,7 @@ def main() -> int:
         for arm, tree in trees.items():
             cfg = tmp / f"gateway-{arm}.yaml"
             cfg.write_text(yaml.safe_dump({**config, "ledger": {"path": str(tmp / f"usage-{arm}.db")}}))
-            port = free_port()
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            log = tmp / f"gateway-{arm}.log"
-            procs[arm] = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "gateway.cli", "serve", "--config",
-                                           str(cfg), "--port", str(port), "--log-level", "warning"],
-                                          cwd=tree, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
-            urls[arm] = f"http://127.0.0.1:{port}"
-            wait_ready(urls[arm], procs[arm], log)
+            procs[arm], urls[arm] = start_gateway(cfg, tmp / f"gateway-{arm}.log", tree)
         for arm in urls:  # warm-up, then frozen until its turn
             for load in LOADS:
                 wrk(f"{urls[arm]}/v1/chat/completions", luas[load], 2)
@@ -124,10 +117,7 @@ def main() -> int:
                 f"{arm} " + ", ".join(f"{load} {r['rps']:.0f} req/s" for load, r in result[arm].items())
                 for arm in order), flush=True)  # fmt: skip
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGCONT)
-            p.terminate()
-            p.wait(30)
+        stop_all(procs.values())
         sim.stop()
     summary: dict = {}
     for load in LOADS:

@@ -4,8 +4,11 @@ closed-loop ``wrk`` run of one POST body, and rewriting a computed block of the 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -34,6 +37,27 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, log: Path | None 
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url}{path} not ready in {timeout_s:g} s")
+
+
+def start_gateway(config: Path, log: Path, tree: Path, core: str = "1") -> tuple[subprocess.Popen, str]:
+    """``nudge-gateway serve`` of the source tree ``tree`` on ``config``, pinned to ``core``; its
+    process and URL once it is ready."""
+    port = free_port()
+    argv = ["taskset", "-c", core, sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+            "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, log)
+    return proc, url
+
+
+def stop_all(procs) -> None:
+    """Thaw (a frozen process cannot handle SIGTERM) and stop each process."""
+    for p in procs:
+        p.send_signal(signal.SIGCONT)
+        p.terminate()
+        p.wait(30)
 
 
 # wrk's Lua: POST one JSON body; at the end, one line "JSON {...}" with the counts and latency.

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, readme_block, wait_ready, wrk, wrk_script  # noqa: E402
+from bench.common import readme_block, start_gateway, stop_all, wrk, wrk_script  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("NUDGE_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -138,13 +138,7 @@ def request_cost(rounds: int, duration: float, tmp: Path) -> dict:
         for arm, section in arms.items():
             cfg = tmp / f"gateway-{arm}.yaml"
             cfg.write_text(yaml.safe_dump({"backends": [backend], **section}))
-            port = free_port()
-            log = tmp / f"gateway-{arm}.log"
-            argv = ["taskset", "-c", "1", sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
-                    "--port", str(port), "--log-level", "warning"]  # fmt: skip
-            procs[arm] = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-            urls[arm] = f"http://127.0.0.1:{port}"
-            wait_ready(urls[arm], procs[arm], log)
+            procs[arm], urls[arm] = start_gateway(cfg, tmp / f"gateway-{arm}.log", ROOT)
         for arm in urls:  # warm-up, then frozen until its turn
             wrk(f"{urls[arm]}/v1/chat/completions", lua, 2)
             procs[arm].send_signal(signal.SIGSTOP)
@@ -161,10 +155,7 @@ def request_cost(rounds: int, duration: float, tmp: Path) -> dict:
             print(f"round {i + 1}: " + ", ".join(f"{a} {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms"
                                                  for a, r in result.items()), flush=True)  # fmt: skip
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGCONT)
-            p.terminate()
-            p.wait(30)
+        stop_all(procs.values())
         sim.stop()
         _pg_drop(pg_name)
     median = {arm: {k: round(statistics.median(r[arm][k] for r in results), 3) for k in ("rps", "p50_ms", "p99_ms")}

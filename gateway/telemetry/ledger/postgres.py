@@ -117,17 +117,7 @@ class PostgresStore:
     def migrate(self) -> None:
         with self._connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = (row[0] if row else None) or 0
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has ledger schema {version}, newer than this gateway's {SCHEMA_VERSION}"
-                )
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[number - 1]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+            sql.migrate(conn.execute, MIGRATIONS, "%s", self.path)
 
     def insert(self, values: list[list[Any]]) -> None:
         """One transaction: the batch is copied (COPY, the cheapest way in for both sides) into a

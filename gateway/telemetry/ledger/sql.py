@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.telemetry.ledger.rows import COLUMNS, GROUPS
@@ -82,3 +83,18 @@ def recent(p: str) -> str:
 def prune(p: str) -> str:
     """Delete one slice of rows older than a time (a long DELETE would hold its locks as long)."""
     return f"DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < {p} ORDER BY id LIMIT {p})"
+
+
+def migrate(execute: Callable[..., Any], migrations: list[list[str]], p: str, where: str) -> None:
+    """Bring a database to the latest of ``migrations`` (each a list of statements), recording each
+    step in ``schema_version``; run inside the caller's transaction. A database of a newer schema
+    than this gateway knows is refused."""
+    execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = execute("SELECT MAX(version) FROM schema_version").fetchone()
+    version = (row[0] if row else None) or 0
+    if version > len(migrations):
+        raise RuntimeError(f"{where} has ledger schema {version}, newer than this gateway's {len(migrations)}")
+    for number in range(version + 1, len(migrations) + 1):
+        for statement in migrations[number - 1]:
+            execute(statement)
+        execute(f"INSERT INTO schema_version (version) VALUES ({p})", (number,))

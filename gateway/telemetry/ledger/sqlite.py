@@ -75,16 +75,7 @@ class SqliteStore:
     def migrate(self) -> None:
         conn = self._keeper
         with conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has ledger schema {version}, newer than this gateway's {SCHEMA_VERSION}"
-                )
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[number - 1]:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+            sql.migrate(conn.execute, MIGRATIONS, "?", self.path)
 
     def insert(self, values: list[list[Any]]) -> None:
         """One transaction; from the writer thread (its own connection) or, after close, any thread."""
