@@ -177,3 +177,14 @@ def test_reads_migrate_a_database_that_was_away_at_start(pg_url, relay):
     relay.restore()
     assert ledger.query() == ([], None)  # the pool replaces the connection the cut broke
     ledger.close()
+
+
+def test_a_postgresql_url_without_the_extra_is_a_config_error(monkeypatch):
+    import sys
+
+    from gateway.telemetry.ledger import open_store
+
+    monkeypatch.delitem(sys.modules, "gateway.telemetry.ledger.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` fails, as without the extra
+    with pytest.raises(ValueError, match=r"pip install 'nudge-gateway\[postgres\]'"):
+        open_store("postgresql://nudge@db:5432/nudge")

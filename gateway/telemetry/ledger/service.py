@@ -69,8 +69,10 @@ class Store(Protocol):
 def open_store(target: str, pool_size: int = 4) -> Store:
     """A PostgreSQL store for a ``postgresql://`` URL, else a SQLite file (or ``:memory:``)."""
     if target.startswith(("postgresql://", "postgres://")):
-        from gateway.telemetry.ledger.postgres import PostgresStore
-
+        try:
+            from gateway.telemetry.ledger.postgres import PostgresStore
+        except ImportError as exc:  # the postgres extra is not installed: a config error, said plainly
+            raise ValueError(str(exc)) from None
         return PostgresStore(target, pool_size)
     from gateway.telemetry.ledger.sqlite import SqliteStore
 
