@@ -106,16 +106,62 @@ def variable_queries(dash: dict | None = None) -> dict[str, str]:
 
 
 def rules() -> list[dict]:
+    """Every rule of rules.yml, recording and alerting."""
     doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
+def recording_rules() -> list[dict]:
+    return [r for r in rules() if "record" in r]
+
+
+def alerting_rules() -> list[dict]:
+    return [r for r in rules() if "alert" in r]
+
+
+def _rule_where(rule: dict) -> str:
+    if "record" in rule:
+        return f"rule {rule['record']} {rule.get('labels') or ''}".strip()
+    return f"alert {rule['alert']}"
+
+
+def recording_rule_queries() -> list[Query]:
+    return [Query(_rule_where(r), r["expr"]) for r in recording_rules()]
+
+
 def rule_queries() -> list[Query]:
-    return [Query(f"rule {r['record']} {r.get('labels') or ''}".strip(), r["expr"]) for r in rules()]
+    """The expression of every rule, recording and alerting (for checks on the metric names)."""
+    return [Query(_rule_where(r), r["expr"]) for r in rules()]
 
 
 def recorded_names() -> set[str]:
-    return {r["record"] for r in rules()}
+    return {r["record"] for r in recording_rules()}
+
+
+def alert_names() -> set[str]:
+    return {r["alert"] for r in alerting_rules()}
+
+
+# An alert's expression is a query compared with a number at its end (`... > 0`); the query
+# alone is what the end-to-end test evaluates, and the threshold what the rule unit test moves
+# series around.
+_THRESHOLD = re.compile(
+    r"^(?P<query>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$", re.S
+)
+
+
+@dataclass(frozen=True)
+class AlertCondition:
+    alert: str
+    query: str  # the expression without its comparison
+    op: str
+    threshold: float
+
+
+def alert_condition(rule: dict) -> AlertCondition:
+    m = _THRESHOLD.match(rule["expr"].strip())
+    assert m, f"alert {rule['alert']}: expression {rule['expr']!r} is not `<query> <comparison> <number>`"
+    return AlertCondition(rule["alert"], m.group("query"), m.group("op"), float(m.group("threshold")))
 
 
 _LABEL_VALUES = re.compile(r"^label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)$")

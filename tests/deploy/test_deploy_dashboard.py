@@ -1,6 +1,7 @@
-"""The Grafana dashboard, the recording rules and the Prometheus config, without running them.
+"""The Grafana dashboard, the recording and alerting rules and the Prometheus config, without running them.
 
-(Running every query against a real Prometheus is ``test_deploy_prometheus_e2e.py``.)
+(Running every query against a real Prometheus is ``test_deploy_prometheus_e2e.py``; the alerts'
+thresholds and ``for`` are run here, on made-up series, by ``promtool test rules``.)
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -23,6 +25,9 @@ from tests.deploy.artefacts import (
     ROOT,
     RULES,
     VLLM_DOCUMENTED,
+    alert_condition,
+    alert_names,
+    alerting_rules,
     all_panels,
     dashboard,
     dashboard_queries,
@@ -30,6 +35,7 @@ from tests.deploy.artefacts import (
     need_tool,
     parse_label_values,
     recorded_names,
+    recording_rules,
     rule_queries,
     rules,
     substitute,
@@ -44,7 +50,10 @@ KNOWN_UNITS = {"short", "none", "joule", "watth", "kwatth", "watt", "massg", "ma
 def declared_sample_names() -> set[str]:
     """Every sample name the gateway's registry can export, from gateway/telemetry/metrics.py."""
     names = set()
-    for family in Metrics().registry.collect():
+    metrics = Metrics()
+    # The ledger's counts (gateway_ledger_*) are exported once the app hands its ledger over.
+    metrics.watch_ledger(SimpleNamespace(path="usage.db", written=0, dropped=0, write_errors=0, pending=0))
+    for family in metrics.registry.collect():
         if family.type == "counter":
             names |= {family.name + "_total", family.name + "_created"}
         elif family.type == "histogram":
@@ -204,7 +213,9 @@ def test_metric_name_extraction():
     }  # fmt: skip
 
 
-def test_recording_rules_and_prometheus_config_pass_promtool(tmp_path):
+def test_rules_and_prometheus_config_pass_promtool(tmp_path):
+    # `check rules` covers both kinds: recording rules' names and expressions, alerts' expressions,
+    # `for` and the templates of their labels and annotations.
     promtool = need_tool("promtool", "apt-get install prometheus")
     result = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -212,9 +223,17 @@ def test_recording_rules_and_prometheus_config_pass_promtool(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_rule_either_records_or_alerts():
+    for rule in rules():
+        assert ("record" in rule) != ("alert" in rule), rule
+        if "record" in rule:  # `for` and annotations mean nothing on a recording rule
+            assert not {"for", "annotations", "keep_firing_for"} & set(rule), rule["record"]
+    assert recording_rules() and alerting_rules()
+
+
 def test_recording_rule_names_follow_the_convention():
     # level:metric:operations, and every record the dashboard reads exists.
-    for rule in rules():
+    for rule in recording_rules():
         level, metric, ops = rule["record"].split(":")
         assert level and metric.startswith("gateway_") and ops, rule["record"]
     used = set().union(*(metric_names(substitute(q.expr)) for q in dashboard_queries()))
@@ -224,7 +243,109 @@ def test_recording_rule_names_follow_the_convention():
 def test_prometheusrule_holds_the_same_rules_as_rules_yml():
     manifest = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
     assert manifest["kind"] == "PrometheusRule"
-    assert manifest["spec"] == yaml.safe_load(RULES.read_text())
+    assert manifest["spec"] == yaml.safe_load(RULES.read_text())  # recording rules and alerts alike
+    carried = {r["alert"] for g in manifest["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert carried == alert_names()
+
+
+# --------------------------------------------------------------------------- alerts
+
+# The alerts on the usage ledger that docs/production.md ("When PostgreSQL is unreachable") names.
+LEDGER_ALERTS = {"NudgeLedgerRowsDropped", "NudgeLedgerWriteErrors", "NudgeLedgerBacklog"}
+SEVERITIES = {"warning", "critical"}
+
+
+def _section(doc: str, heading: str) -> str:
+    start = doc.index(heading)
+    end = doc.find("\n#", start + len(heading))
+    return doc[start:] if end < 0 else doc[start:end]
+
+
+def test_every_alert_says_how_long_how_bad_and_what_to_do():
+    assert alert_names() >= LEDGER_ALERTS
+    doc = DOC.read_text(encoding="utf-8")
+    unreachable = _section(doc, "### When PostgreSQL is unreachable")
+    for rule in alerting_rules():
+        name = rule["alert"]
+        assert re.fullmatch(r"Nudge[A-Z][A-Za-z0-9]+", name), name
+        assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{name}: `for` missing or odd"
+        assert rule.get("labels", {}).get("severity") in SEVERITIES, f"{name}: labels.severity"
+        annotations = rule.get("annotations", {})
+        for key in ("summary", "description"):
+            assert str(annotations.get(key, "")).strip(), f"{name}: annotations.{key} missing"
+        assert "docs/production.md" in annotations["description"], f"{name}: the description points nowhere"
+        # `<query> <comparison> <number>`: the e2e test runs the query alone against a real Prometheus.
+        alert_condition(rule)
+        if name in LEDGER_ALERTS:
+            assert f"`{name}`" in unreachable, f"docs/production.md, When PostgreSQL is unreachable, omits {name}"
+    assert len(alert_names()) == len(alerting_rules()), "two alerts share a name"
+
+
+# What each ledger alert does on made-up series, one value a minute from 0m for a few replicas
+# (instances), and the alert's state for each replica at some minutes (none listed: no alert).
+# It pins the behaviour docs/production.md describes: what fires, after how long, and what
+# does not (a single write error, a short burst of pending rows, a backlog under the threshold).
+_N = 40
+LEDGER_ALERT_CASES = {
+    "NudgeLedgerRowsDropped": (
+        "gateway_ledger_rows_dropped_total",
+        {"lost": [0] * 10 + [3] * (_N - 10), "fine": [0] * _N},
+        {5: {}, 10: {"lost": "firing"}, 15: {"lost": "firing"}, 25: {}},  # at once, for 10 minutes
+    ),
+    "NudgeLedgerWriteErrors": (
+        "gateway_ledger_write_errors_total",
+        {
+            "down": [0] * 6 + [30 * i for i in range(1, 25)] + [720] * (_N - 30),  # fails from 6m to 29m
+            "blip": [0] * 6 + [1] * (_N - 6),  # one failed attempt at 6m
+            "fine": [0] * _N,
+        },
+        {
+            5: {},
+            7: {"down": "pending", "blip": "pending"},  # the blip is pending for a moment, never fires
+            9: {"down": "pending"},
+            12: {"down": "firing"},  # 5 minutes after the first failure
+            29: {"down": "firing"},
+            35: {},  # writes have succeeded again for 5 minutes
+        },
+    ),
+    "NudgeLedgerBacklog": (
+        "gateway_ledger_rows_pending",
+        {
+            "outage": [0] * 6 + [20000] * 24 + [0] * (_N - 30),  # above 10000 from 6m to 29m
+            "burst": [0] * 6 + [50000] * 3 + [0] * (_N - 9),  # above for 3 minutes only
+            "busy": [5000] * _N,  # below the threshold
+        },
+        {
+            5: {},
+            7: {"outage": "pending", "burst": "pending"},
+            10: {"outage": "pending"},  # the burst is over: it never fires
+            12: {"outage": "firing"},  # 5 minutes above the threshold
+            35: {},
+        },
+    ),
+}
+
+
+def test_the_ledger_alerts_fire_when_they_should(tmp_path):
+    promtool = need_tool("promtool", "apt-get install prometheus")
+    severity = {r["alert"]: r["labels"]["severity"] for r in alerting_rules()}
+    assert set(LEDGER_ALERT_CASES) == LEDGER_ALERTS
+    tests = []
+    for alert, (metric, series, expected) in LEDGER_ALERT_CASES.items():
+        assert all(len(v) == _N for v in series.values()), alert
+        input_series = [{"series": f'{metric}{{instance="{inst}:9091", job="gateway"}}',
+                         "values": " ".join(map(str, values))} for inst, values in series.items()]  # fmt: skip
+        checks = []
+        for minute, states in expected.items():
+            samples = [{"labels": f'ALERTS{{alertname="{alert}", alertstate="{state}", instance="{inst}:9091", '
+                                  f'job="gateway", severity="{severity[alert]}"}}', "value": 1}
+                       for inst, state in states.items()]  # fmt: skip
+            checks.append({"expr": f'ALERTS{{alertname="{alert}"}}', "eval_time": f"{minute}m", "exp_samples": samples})
+        tests.append({"name": alert, "interval": "1m", "input_series": input_series, "promql_expr_test": checks})
+    test_file = tmp_path / "ledger-alerts.test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_docs_describe_every_panel_with_its_queries():

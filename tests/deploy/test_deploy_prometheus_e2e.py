@@ -1,4 +1,4 @@
-"""Every query of the dashboard and every recording rule returns data from a real Prometheus.
+"""Every query of the dashboard, every recording rule and every alert's query returns data from a real Prometheus.
 
 Two simulated vLLM servers, the gateway in front of them (configured like the Compose
 "sim" profile: deploy/compose/config/gateway-sim.yaml and its policy), and Debian's
@@ -10,7 +10,8 @@ expression is run through Prometheus' HTTP API and must return at least one fini
 with the template variables set to All and, for each variable, to each of its real values
 (at least one of which must return data: a filter on a label the metric lacks would match
 nothing). No expression may name a metric that the gateway's /metrics page, or the
-simulator's vLLM and DCGM pages (with documented names only), do not carry.
+simulator's vLLM and DCGM pages (with documented names only), do not carry. The alerts are
+loaded too: each one's query without its threshold must return data, and none may fire.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from tests.deploy.artefacts import (
     PROMETHEUS_YML,
     RULES,
     VLLM_DOCUMENTED,
+    alert_condition,
+    alert_names,
+    alerting_rules,
     dashboard_queries,
     exposition_names,
     finite_values,
@@ -41,9 +45,10 @@ from tests.deploy.artefacts import (
     need_tool,
     parse_label_values,
     recorded_names,
+    recording_rule_queries,
+    recording_rules,
     regex_literal,
     rule_queries,
-    rules,
     substitute,
     variable_queries,
 )
@@ -266,21 +271,41 @@ def test_every_target_is_scraped_and_every_rule_group_is_healthy(stack):
     wait_until(lambda: all(t["health"] == "up" for t in prometheus.api("targets")["activeTargets"]), 15, 0.5,
                "every target up")  # fmt: skip
     groups = prometheus.api("rules")["groups"]
-    loaded = {r["name"] for g in groups for r in g["rules"]}
-    assert loaded == recorded_names()
+    loaded = {(r["type"], r["name"]) for g in groups for r in g["rules"]}
+    assert loaded == {("recording", n) for n in recorded_names()} | {("alerting", n) for n in alert_names()}
     wait_until(lambda: all(r["health"] == "ok" for g in prometheus.api("rules")["groups"] for r in g["rules"]), 15,
                0.5, "healthy rules")  # fmt: skip
 
 
 def test_every_recording_rule_returns_data(stack):
     prometheus = stack["prometheus"]
-    queries = [(q.where, q.expr) for q in rule_queries()]
+    queries = [(q.where, q.expr) for q in recording_rule_queries()]
     # The recorded series themselves, with each rule's own labels (e.g. quantile, kind).
-    for rule in rules():
+    for rule in recording_rules():
         matchers = ", ".join(f'{k}="{v}"' for k, v in (rule.get("labels") or {}).items())
         queries.append((f"recorded {rule['record']} {{{matchers}}}", f"{rule['record']}{{{matchers}}}"))
     failures = settle(prometheus, queries)
     assert not failures, "no data from:\n" + "\n".join(f"{w}: {e}" for w, e in failures.items())
+
+
+def test_every_alert_reads_real_series_and_none_fires(stack):
+    # An alert over a misspelled metric, a label the series lack or a wrong function is never
+    # true, and says nothing: it looks exactly like a healthy ledger. So each alert's query is
+    # run without its comparison (`increase(gateway_ledger_rows_dropped_total[10m])`, not
+    # `... > 0`) and must return a finite value: it reads series the gateway exports, through
+    # what the rule does to them. Their values here are those of a healthy ledger (0 rows
+    # dropped, 0 write errors, a few rows pending), which must not fire or even be pending; when
+    # each alert does fire (thresholds, `for`) is tested on made-up series by promtool in
+    # test_deploy_dashboard.py, since nothing here takes the database away.
+    prometheus = stack["prometheus"]
+    conditions = [alert_condition(rule) for rule in alerting_rules()]
+    failures = settle(prometheus, [(f"alert {c.alert} without `{c.op} {c.threshold:g}`", c.query) for c in conditions])
+    assert not failures, "no data from:\n" + "\n".join(f"{w}: {e}" for w, e in failures.items())
+    alerts = {r["name"]: r for g in prometheus.api("rules")["groups"] for r in g["rules"] if r["type"] == "alerting"}
+    assert set(alerts) == alert_names()
+    for name, rule in alerts.items():
+        assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
+        assert rule["state"] == "inactive" and not rule["alerts"], f"{name} is {rule['state']}: {rule['alerts']}"
 
 
 def test_every_dashboard_query_returns_data(stack):
