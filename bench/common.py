@@ -89,6 +89,50 @@ def wrk(url: str, lua: Path, seconds: float, connections: int = 16, core: str = 
             "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}  # fmt: skip
 
 
+def compare_arms(configs: dict[str, dict], body: dict, rounds: int, duration: float, tmp: Path,
+                 tree: Path | None = None) -> dict:  # fmt: skip
+    """One gateway per config ("arm"), each pinned to core 1 and frozen (SIGSTOP) while another is
+    measured; closed-loop ``wrk`` POSTs ``body`` to /v1/chat/completions from core 0. Rounds rotate
+    the order. The first arm is the baseline: medians per arm and ratios of the others to it."""
+    import statistics
+
+    import yaml
+
+    lua = wrk_script(tmp / "arms.lua", body)
+    procs: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
+    results: list[dict] = []
+    root = tree or Path(__file__).resolve().parents[1]
+    try:
+        for arm, config in configs.items():
+            path = tmp / f"gateway-{arm}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            procs[arm], urls[arm] = start_gateway(path, tmp / f"gateway-{arm}.log", root)
+        for arm in urls:  # warm-up, then frozen until its turn
+            wrk(f"{urls[arm]}/v1/chat/completions", lua, 2)
+            procs[arm].send_signal(signal.SIGSTOP)
+        names = list(urls)
+        for i in range(rounds):
+            result = {}
+            for arm in names[i % len(names) :] + names[: i % len(names)]:
+                procs[arm].send_signal(signal.SIGCONT)
+                time.sleep(0.2)
+                result[arm] = wrk(f"{urls[arm]}/v1/chat/completions", lua, duration)
+                procs[arm].send_signal(signal.SIGSTOP)
+                time.sleep(0.5)  # what the stopped arm left behind (ledger rows, spans) settles
+            results.append(result)
+            print(f"round {i + 1}: " + ", ".join(f"{a} {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms"
+                                                 for a, r in result.items()), flush=True)  # fmt: skip
+    finally:
+        stop_all(procs.values())
+    keys = ("rps", "p50_ms", "p99_ms")
+    median = {arm: {k: round(statistics.median(r[arm][k] for r in results), 3) for k in keys} for arm in configs}
+    base = next(iter(configs))
+    ratio = {arm: {k: round(median[arm][k] / median[base][k], 3) for k in keys} for arm in configs if arm != base}
+    errors = {arm: sum(r[arm]["errors"] for r in results) for arm in configs}
+    return {"rounds": results, "median": median, "over_" + base: ratio, "errors": errors}
+
+
 def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md") -> None:
     """Replace the text of ``doc`` (the README unless named) between ``<!-- NAME:begin -->`` and
     ``<!-- NAME:end -->`` with ``text`` wrapped at 100 columns (nothing happens where the markers

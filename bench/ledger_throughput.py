@@ -27,8 +27,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import readme_block, start_gateway, stop_all, wrk, wrk_script  # noqa: E402
+from bench.common import compare_arms, readme_block  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("NUDGE_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -120,50 +118,20 @@ def rows_per_second(store: str, replicas: int, requests: int, tmp: Path) -> dict
 
 
 def request_cost(rounds: int, duration: float, tmp: Path) -> dict:
-    import yaml
-
     from gateway.sim.process import start_sim
 
-    lua = wrk_script(tmp / "unary.lua", CHAT)
     sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", "instant", "--no-coalesce"])
     pg_url, pg_name = _pg_database()
-    arms = {"off": {"features": {"ledger": False}}, "sqlite": {"ledger": {"path": str(tmp / "usage.db")}},
-            "postgres": {"ledger": {"url": pg_url}}}  # fmt: skip
-    procs: dict[str, subprocess.Popen] = {}
-    urls: dict[str, str] = {}
-    results: list[dict] = []
     try:
         subprocess.run(["taskset", "-cp", "0", str(sim.proc.pid)], capture_output=True)
         backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
-        for arm, section in arms.items():
-            cfg = tmp / f"gateway-{arm}.yaml"
-            cfg.write_text(yaml.safe_dump({"backends": [backend], **section}))
-            procs[arm], urls[arm] = start_gateway(cfg, tmp / f"gateway-{arm}.log", ROOT)
-        for arm in urls:  # warm-up, then frozen until its turn
-            wrk(f"{urls[arm]}/v1/chat/completions", lua, 2)
-            procs[arm].send_signal(signal.SIGSTOP)
-        for i in range(rounds):
-            order = list(urls)[i % 3 :] + list(urls)[: i % 3]
-            result = {}
-            for arm in order:
-                procs[arm].send_signal(signal.SIGCONT)
-                time.sleep(0.2)
-                result[arm] = wrk(f"{urls[arm]}/v1/chat/completions", lua, duration)
-                procs[arm].send_signal(signal.SIGSTOP)
-                time.sleep(0.5)  # the stopped arm's ledger rows wait; let the database settle
-            results.append(result)
-            print(f"round {i + 1}: " + ", ".join(f"{a} {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms"
-                                                 for a, r in result.items()), flush=True)  # fmt: skip
+        arms = {"off": {"features": {"ledger": False}}, "sqlite": {"ledger": {"path": str(tmp / "usage.db")}},
+                "postgres": {"ledger": {"url": pg_url}}}  # fmt: skip
+        return compare_arms({arm: {"backends": [backend], **section} for arm, section in arms.items()}, CHAT,
+                            rounds, duration, tmp)  # fmt: skip
     finally:
-        stop_all(procs.values())
         sim.stop()
         _pg_drop(pg_name)
-    median = {arm: {k: round(statistics.median(r[arm][k] for r in results), 3) for k in ("rps", "p50_ms", "p99_ms")}
-              for arm in arms}  # fmt: skip
-    ratio = {arm: {k: round(median[arm][k] / median["off"][k], 3) for k in ("rps", "p50_ms", "p99_ms")}
-             for arm in ("sqlite", "postgres")}  # fmt: skip
-    errors = {arm: sum(r[arm]["errors"] for r in results) for arm in arms}
-    return {"rounds": results, "median": median, "over_off": ratio, "errors": errors}
 
 
 def write_docs(r: dict) -> None:
