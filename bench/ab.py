@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import readme_block, start_gateway, stop_all, wrk, wrk_script  # noqa: E402
+from bench.common import checkout, readme_block, start_gateway, stop_all, wrk, wrk_script  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LOADS = {
@@ -129,13 +129,9 @@ def main() -> int:
         print(f"{load:6s}  old {med['old']['rps']:7.0f} req/s p50 {med['old']['p50_ms']:.2f} ms p99 "
               f"{med['old']['p99_ms']:.2f} ms | new {med['new']['rps']:7.0f} req/s p50 {med['new']['p50_ms']:.2f} ms "
               f"p99 {med['new']['p99_ms']:.2f} ms | new/old throughput {ratio['rps']:.3f}")  # fmt: skip
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    # "+changes": the gateway's code measured differs from the commit (results files do not count)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "gateway", "pyproject.toml"],
-                           cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
     out = {"command": f"python bench/ab.py {args.rev} --rounds {args.rounds} --duration {args.duration:g}",
            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "old": commit[:12],
-           "new": head.strip() + ("+changes" if dirty else ""), "rounds": rounds, "summary": summary}  # fmt: skip
+           "new": checkout(), "rounds": rounds, "summary": summary}  # fmt: skip
     path = ROOT / "bench" / "results" / f"ab-{commit[:12]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import readme_block, start_gateway, stop_all  # noqa: E402
+from bench.common import checkout, readme_block, start_gateway, stop_all  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 RESULTS = ROOT / "bench" / "results" / "batch-energy.json"
@@ -156,10 +155,9 @@ def main() -> int:
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="batch-energy-"))
     arms = [run_arm(kind, args, tmp) for kind in ("sequential", "all_at_once", "interactive")]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     out = {"command": f"python bench/batch_energy.py --requests {args.requests} --tokens {args.tokens} "
                       f"--rate {args.rate:g} --speed {args.speed:g}",
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "commit": head.strip(),
+           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "commit": checkout(),
            "requests": args.requests, "tokens": args.tokens, "rate": args.rate, "arms": arms}  # fmt: skip
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")

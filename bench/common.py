@@ -133,6 +133,16 @@ def compare_arms(configs: dict[str, dict], body: dict, rounds: int, duration: fl
     return {"rounds": results, "median": median, "over_" + base: ratio, "errors": errors}
 
 
+def checkout() -> str:
+    """The commit measured: HEAD's short id, "+changes" when the gateway's code differs from it
+    (results files and benchmarks do not count)."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "gateway", "pyproject.toml"],
+                           cwd=root, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return head.strip() + ("+changes" if dirty else "")
+
+
 def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md") -> None:
     """Replace the text of ``doc`` (the README unless named) between ``<!-- NAME:begin -->`` and
     ``<!-- NAME:end -->`` with ``text`` wrapped at 100 columns (nothing happens where the markers
