@@ -31,10 +31,12 @@ from gateway.telemetry.recorder import Recorder
 if TYPE_CHECKING:  # imported when policy (YAML, the policy schema) or tracing (OpenTelemetry) is on
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from gateway.api.batchrun import BatchRunner
     from gateway.config import TracingConfig
     from gateway.policy.budgets import BudgetStore
     from gateway.policy.engine import PolicyEngine
     from gateway.policy.store import PolicyStore
+    from gateway.telemetry.ledger.jobs import JobStore
     from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger("gateway")
@@ -145,8 +147,14 @@ class Gateway:
             self._build_policy()
 
         self._social: asyncio.Task[None] | None = None
+        self.jobs: JobStore | None = None
         self.paths = self._paths()
         self.http = application(self.paths, config.server.cors_allow_origins)
+        self.batches: BatchRunner | None = None
+        if self.jobs is not None and self.ledger is not None:  # the Batch API's runner: lines go through self.http
+            from gateway.api.batchrun import BatchRunner
+
+            self.batches = BatchRunner(self.jobs, self.http, self.pool, config.batch, self.ledger.replica)
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store
@@ -182,9 +190,19 @@ class Gateway:
             "/metrics": {"GET": health.metrics},
         }
         if self.ledger is not None:
+            from gateway.api.batches import BatchEndpoints
             from gateway.api.usage import UsageEndpoint
+            from gateway.telemetry.ledger.jobs import JobStore
 
             paths["/v1/usage"] = {"GET": UsageEndpoint(self.ledger, self.keys)}
+            self.jobs = JobStore(self.ledger.store)
+            batch = BatchEndpoints(self.jobs, self.keys, self.config.batch, self.body_budget, self.config.server)
+            paths["/v1/files"] = {"POST": batch.upload, "GET": batch.list_files}
+            paths["/v1/files/{file_id}"] = {"GET": batch.get_file, "DELETE": batch.delete_file}
+            paths["/v1/files/{file_id}/content"] = {"GET": batch.file_content}
+            paths["/v1/batches"] = {"POST": batch.create, "GET": batch.list_batches}
+            paths["/v1/batches/{batch_id}"] = {"GET": batch.get}
+            paths["/v1/batches/{batch_id}/cancel"] = {"POST": batch.cancel}
         return paths
 
     # ------------------------------------------------------------------ lifecycle
@@ -197,6 +215,8 @@ class Gateway:
             await self.policy_store.start()
         if self.energy is not None:
             self.energy.start()
+        if self.batches is not None:
+            await self.batches.start()
         if self.policy is not None and self.ledger is not None and self.ledger.shared:
             # several replicas, one ledger: social proof compares a key with its whole team
             self._social = asyncio.create_task(self.policy.social.keep_shared(self.ledger), name="social-proof")
@@ -212,6 +232,8 @@ class Gateway:
         )
 
     async def shutdown(self) -> None:
+        if self.batches is not None:  # first: its requests go through everything below
+            await self.batches.stop()
         if self._social is not None:
             self._social.cancel()
             with contextlib.suppress(asyncio.CancelledError):

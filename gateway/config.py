@@ -236,6 +236,32 @@ class LedgerConfig(Strict):
         return value
 
 
+class BatchConfig(Strict):
+    """OpenAI's Batch API (``/v1/files``, ``/v1/batches``): deferrable work run in the valleys.
+
+    Files and batches live in the ledger's database (so every replica serves every file and any
+    replica resumes a batch whose runner went away); the API is on whenever the ledger is.
+    """
+
+    max_file_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="the largest file a client may upload"
+    )
+    max_lines: int = Field(50_000, gt=0, description="requests one batch may hold (OpenAI's limit)")
+    max_inflight: int = Field(
+        16,
+        gt=0,
+        description="batch requests one replica runs at once, at most: each backend also gets one only while "
+        "it has no request waiting and its KV cache is below kv_cache_limit (interactive requests go first)",
+    )
+    kv_cache_limit: float = Field(0.8, gt=0, le=1, description="no batch request while a backend's KV cache is fuller")
+    max_running_batches: int = Field(4, gt=0, description="batches one replica works on at once (each holds its input)")
+    lease_s: float = Field(
+        30.0, gt=1, description="a replica that stops renewing its claim on a batch for this long loses it"
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="how often a replica looks for batches to run")
+    file_ttl_days: float = Field(30.0, gt=0, description="files expire (and are deleted) this long after upload")
+
+
 class TracingConfig(Strict):
     """OpenTelemetry traces (the otel extra); off unless an OTLP endpoint is given."""
 
@@ -300,6 +326,7 @@ class Config(Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     keys: KeysConfig = Field(default_factory=KeysConfig)
     policy: PolicyRef = Field(default_factory=PolicyRef)
     budgets: BudgetStoreConfig = Field(default_factory=BudgetStoreConfig)

@@ -31,6 +31,11 @@ class ClientLeft(Exception):
     """The client went away before its request was complete: nobody to answer."""
 
 
+# The scope key under which a request the gateway makes of itself (a Batch API line, api/batchrun.py)
+# carries its caller's identity. Only the gateway builds such scopes: a client cannot set it.
+BATCH_IDENTITY = "gateway.identity"
+
+
 class Request:
     __slots__ = ("scope", "receive", "send", "_headers", "started", "body_read")
 

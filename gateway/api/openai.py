@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.api.dialect import Dialect
-from gateway.api.http import JSON, ClientLeft, Request, encode_headers
+from gateway.api.http import BATCH_IDENTITY, JSON, ClientLeft, Request, encode_headers
 from gateway.api.messages import MessagesAnswer
 from gateway.api.parts import Parts
 from gateway.api.responses import ResponsesAnswer
@@ -184,7 +184,9 @@ class OpenAIEndpoints:
             # Who is calling, from the headers alone: a stranger's body is never read, and a
             # refusal here leaves no trace but a counter (no context, no ledger row).
             try:
-                ident = gw.keys.caller(request.headers)
+                # a batch request (api/batchrun.py) carries its key's identity in the scope, which
+                # only the gateway itself builds; everyone else is known by the key they send
+                ident = request.scope.get(BATCH_IDENTITY) or gw.keys.caller(request.headers)
             except GatewayError:
                 gw.metrics.refused.labels(endpoint, "unauthenticated").inc()
                 raise

@@ -38,6 +38,7 @@ class Backend:
     vllm_version: str | None = None
     waiting: int = 0
     running: int = 0
+    kv_usage: float = 0.0  # share of the KV cache in use (vllm:kv_cache_usage_perc), 0-1
     inflight: int = 0  # requests this gateway has open on it now
     last_error: str | None = None
     checked_at: float = 0.0
@@ -131,6 +132,12 @@ class BackendPool:
             found.sort(key=lambda b: (b.waiting + b.inflight, b.running))
         return found
 
+    def has_room(self, kv_limit: float) -> bool:
+        """Every healthy backend has nothing waiting and its KV cache below ``kv_limit``, as last
+        read: deferrable work may go (interactive requests never wait behind it)."""
+        healthy = [b for b in self.backends if b.healthy]
+        return bool(healthy) and all(b.waiting == 0 and b.kv_usage < kv_limit for b in healthy)
+
     def any_healthy(self) -> bool:
         return any(b.healthy for b in self.backends)
 
@@ -220,8 +227,13 @@ class BackendPool:
                 text = (await r.read()).decode("utf-8", "replace")
         except (TimeoutError, aiohttp.ClientError, OSError):
             return
-        values = _parse_gauges(text, ("vllm:num_requests_waiting", "vllm:num_requests_running"))
+        values = _parse_gauges(
+            text,
+            ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+             "vllm:gpu_cache_usage_perc"),  # the KV cache's name before vLLM 0.10
+        )  # fmt: skip
         backend.waiting = int(values.get("vllm:num_requests_waiting", 0))
         backend.running = int(values.get("vllm:num_requests_running", 0))
+        backend.kv_usage = values.get("vllm:kv_cache_usage_perc", values.get("vllm:gpu_cache_usage_perc", 0.0))
         if self.metrics is not None:
             self.metrics.backend_waiting.labels(backend.name).set(backend.waiting)

@@ -58,6 +58,7 @@ class Store(Protocol):
     shared: bool  # other processes' rows are here too
     retryable: tuple[type[Exception], ...]  # the database is away or busy: try again later
     errors: tuple[type[Exception], ...]  # any error of the database (a row it refuses, say)
+    same_as: str  # equality that holds for two NULLs too ("IS" in SQLite)
 
     def migrate(self) -> None: ...
     def insert(self, values: list[list[Any]]) -> None: ...

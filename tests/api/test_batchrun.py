@@ -1,0 +1,128 @@
+"""The batch runner against a stand-in app and backend pool: interactive traffic goes first (no
+batch request while a backend has one waiting or a full KV cache), at most ``max_inflight`` at
+once, a request the gateway fails on is recorded as that line's error; and the store's claims
+(on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from gateway.api.batchrun import BatchRunner
+from gateway.config import BatchConfig
+from gateway.proxy.backends import Backend
+from gateway.telemetry.ledger import Ledger
+from gateway.telemetry.ledger.jobs import JobStore
+
+
+class Pool:
+    """``BackendPool.has_room`` over stand-in backends."""
+
+    def __init__(self) -> None:
+        from gateway.config import BackendConfig
+
+        self.backends = [Backend(BackendConfig(name=n, url=f"http://{n}")) for n in ("b", "c")]
+        for b in self.backends:
+            b.healthy = True
+
+    def has_room(self, kv_limit: float) -> bool:
+        from gateway.proxy.backends import BackendPool
+
+        return BackendPool.has_room(self, kv_limit)  # type: ignore[arg-type]
+
+
+class App:
+    """Answers every request after ``delay``, counting how many run at once; fails line 3."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.running = self.most = self.calls = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = orjson.loads((await receive())["body"])
+        self.calls += 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            if body["messages"][0]["content"] == "3":
+                raise RuntimeError("boom")
+            payload = orjson.dumps({"object": "chat.completion", "echo": body["messages"][0]["content"]})
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"x-request-id", f"r{self.calls}".encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            self.running -= 1
+
+
+def make_batch(jobs: JobStore, n: int) -> str:
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "auto", "messages": [{"role": "user", "content": str(i)}]}}
+             for i in range(n)]  # fmt: skip
+    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    now = time.time()
+    jobs.put_file({"id": "file-1", "purpose": "batch", "filename": "in.jsonl", "bytes": len(data), "created_at": now,
+                   "owner": None, "team": "t", "kind": "upload"}, data)  # fmt: skip
+    jobs.put_batch({"id": "batch_1", "created_at": now, "status": "in_progress", "endpoint": "/v1/chat/completions",
+                    "input_file_id": "file-1", "completion_window": "24h", "expires_at": now + 86400, "total": n,
+                    "team": "t", "in_progress_at": now})  # fmt: skip
+    return "batch_1"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def jobs(request, tmp_path):
+    where = str(tmp_path / "usage.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    ledger = Ledger(where)
+    yield JobStore(ledger.store)
+    ledger.close()
+
+
+def test_batch_requests_wait_while_a_backend_has_interactive_work_waiting(jobs):
+    async def scenario():
+        pool, app = Pool(), App()
+        pool.backends[1].waiting = 2  # interactive requests queued on one backend
+        runner = BatchRunner(jobs, app, pool, BatchConfig(max_inflight=4, poll_interval_s=0.05), "r1")  # type: ignore[arg-type]
+        batch_id = make_batch(jobs, 12)
+        await runner.start()
+        await asyncio.sleep(0.5)
+        assert app.calls == 0  # nothing sent while the queue is not empty
+        pool.backends[1].waiting = 0
+        pool.backends[0].kv_usage = 0.95  # a KV cache nearly full holds batch work back too
+        await asyncio.sleep(0.3)
+        assert app.calls == 0
+        pool.backends[0].kv_usage = 0.1
+        for _ in range(200):
+            if jobs.batch(batch_id)["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        await runner.stop()
+        return app, batch_id
+
+    app, batch_id = asyncio.run(scenario())
+    assert app.calls == 12 and app.most == 4  # never more than max_inflight at once
+    batch = jobs.batch(batch_id)
+    assert batch["status"] == "completed" and batch["lease_owner"] is None
+    assert jobs.counts(batch_id) == (11, 1)  # line 3: the gateway failed on it, recorded as its error
+    failed = [orjson.loads(line) for line in jobs.result_lines(batch_id, ok=False)]
+    assert [(f["custom_id"], f["error"]["code"]) for f in failed] == [("c3", "internal_error")]
+    answers = [orjson.loads(line) for line in jobs.result_lines(batch_id, ok=True)]
+    assert [a["custom_id"] for a in answers] == [f"c{i}" for i in range(12) if i != 3]  # in input order
+    assert answers[0]["response"]["body"]["echo"] == "0"
+
+
+def test_a_claim_is_one_replicas_until_it_lapses_and_a_line_is_recorded_once(jobs):
+    batch_id = make_batch(jobs, 2)
+    now = time.time()
+    assert jobs.claim("a", now, 10.0, 4) == [batch_id]
+    assert jobs.claim("b", now + 1, 10.0, 4) == []  # a holds it
+    assert jobs.claim("a", now + 1, 10.0, 4) == [batch_id]  # its own, again
+    assert jobs.renew(batch_id, "a", now + 5, 10.0)
+    assert jobs.claim("b", now + 14, 10.0, 4) == []  # renewed until now + 15
+    assert jobs.claim("b", now + 16, 10.0, 4) == [batch_id]  # lapsed: b takes it over
+    assert not jobs.renew(batch_id, "a", now + 16, 10.0)  # and a learns it lost it
+    assert jobs.add_result(batch_id, 0, "c0", 200, "r1", {"ok": 1}, None)
+    assert not jobs.add_result(batch_id, 0, "c0", 200, "r2", {"ok": 2}, None)  # ran twice: recorded once
+    assert jobs.done_lines(batch_id) == {0}
