@@ -1,6 +1,6 @@
-"""The batching lever on the simulator: the same N requests sent one at a time, all at once (what a
-scheduler filling a server's spare batch slots would do), and interactively at a realistic arrival
-rate, in one run; joules per generated token for each.
+"""The batching lever on the simulator: the same N requests sent one at a time, through the Batch
+API, all at once (the ideal), and interactively at a realistic arrival rate, in one run; joules
+per generated token for each; and what a running batch costs interactive requests.
 
     python bench/batch_energy.py [--requests 64] [--tokens 256] [--rate 0.5] [--speed 1]
 
@@ -18,9 +18,14 @@ number. Two figures per arm:
   booked as idle, not charged to anyone.
 
 "Interactive" sends the N requests as a Poisson process of ``--rate`` requests per simulated
-second. Nothing here goes through the Batch API (not built yet): "all at once" is the
-counterfactual that API's scheduler aims for. Writes ``bench/results/batch-energy.json`` and the
-README's computed line (``--readme`` rewrites only that).
+second; "batch_api" uploads them as a batch input file and polls the batch until it completes
+(the runner sends them as the backend has room: ``batch.max_inflight`` at a time); "all at
+once" is the ideal a scheduler could aim for.
+
+Then the cost to interactive traffic: streamed requests arriving as a Poisson process, timed to
+their first content token, on a fresh simulator alone and while a batch runs (``--ttft-*``; a
+sped-up clock here, which timings do not mind). Writes ``bench/results/batch-energy.json`` and
+the README's computed line (``--readme`` rewrites only that).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -44,6 +50,7 @@ from bench.common import checkout, readme_block, start_gateway, stop_all  # noqa
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 RESULTS = ROOT / "bench" / "results" / "batch-energy.json"
+SHIPPED_INFLIGHT = 16  # BatchConfig.max_inflight's default (checked in main)
 PROMPT = "Summarise the main causes of the French Revolution and their consequences for Europe."
 
 
@@ -66,12 +73,40 @@ def final_energy(url: str, n: int, timeout_s: float = 60.0) -> float:
         time.sleep(0.5)
 
 
-async def _send(client: httpx.AsyncClient, url: str, tokens: int) -> dict:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
+def _body(tokens: int, prompt: str = PROMPT) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "min_tokens": tokens}  # fmt: skip
-    r = await client.post(f"{url}/v1/chat/completions", json=body)
+
+
+async def _send(client: httpx.AsyncClient, url: str, tokens: int) -> dict:
+    r = await client.post(f"{url}/v1/chat/completions", json=_body(tokens))
     r.raise_for_status()
     return r.json()["usage"]
+
+
+async def _submit_batch(client: httpx.AsyncClient, url: str, bodies: list[dict]) -> str:
+    """Upload ``bodies`` as a batch input file and create the batch; its id."""
+    lines = [{"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+             for i, body in enumerate(bodies)]  # fmt: skip
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    r = await client.post(f"{url}/v1/files", files={"file": ("bench.jsonl", data)}, data={"purpose": "batch"})
+    r.raise_for_status()
+    r = await client.post(f"{url}/v1/batches", json={"input_file_id": r.json()["id"],
+                                                      "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+    r.raise_for_status()
+    return r.json()["id"]
+
+
+async def _through_batch_api(client: httpx.AsyncClient, url: str, bodies: list[dict]) -> list[dict]:
+    """The requests as one batch, polled until it completes; the answers' usage."""
+    batch_id = await _submit_batch(client, url, bodies)
+    while (batch := (await client.get(f"{url}/v1/batches/{batch_id}")).json())["status"] not in (
+            "completed", "failed", "cancelled", "expired"):  # fmt: skip
+        await asyncio.sleep(0.2)
+    if batch["status"] != "completed" or batch["request_counts"]["failed"]:
+        raise RuntimeError(f"the benchmark's batch ended {batch['status']}: {batch['request_counts']}")
+    content = (await client.get(f"{url}/v1/files/{batch['output_file_id']}/content")).content
+    return [json.loads(line)["response"]["body"]["usage"] for line in content.splitlines()]
 
 
 async def _arm(kind: str, url: str, n: int, tokens: int, rate: float, speed: float, seed: int) -> list[dict]:
@@ -80,6 +115,8 @@ async def _arm(kind: str, url: str, n: int, tokens: int, rate: float, speed: flo
             return [await _send(client, url, tokens) for _ in range(n)]
         if kind == "all_at_once":
             return list(await asyncio.gather(*(_send(client, url, tokens) for _ in range(n))))
+        if kind == "batch_api":
+            return await _through_batch_api(client, url, [_body(tokens) for _ in range(n)])
         rng = random.Random(seed)
         tasks = []
         for _ in range(n):
@@ -88,7 +125,7 @@ async def _arm(kind: str, url: str, n: int, tokens: int, rate: float, speed: flo
         return list(await asyncio.gather(*tasks))
 
 
-def run_arm(kind: str, args: argparse.Namespace, tmp: Path) -> dict:
+def run_arm(kind: str, args: argparse.Namespace, tmp: Path, inflight: int | None = None) -> dict:
     import yaml
 
     from gateway.sim.process import start_sim
@@ -98,7 +135,9 @@ def run_arm(kind: str, args: argparse.Namespace, tmp: Path) -> dict:
     try:
         backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
         config = tmp / f"gateway-{kind}.yaml"
-        config.write_text(yaml.safe_dump({"backends": [backend], "ledger": {"path": str(tmp / f"{kind}.db")}}))
+        section = {"batch": {"max_inflight": inflight}} if inflight else {}
+        config.write_text(yaml.safe_dump({"backends": [backend], "ledger": {"path": str(tmp / f"{kind}{inflight}.db")},
+                                          **section}))  # fmt: skip
         gw, url = start_gateway(config, tmp / f"gateway-{kind}.log", ROOT, core="0-1")
         time.sleep(1.0)
         before, t0 = dcgm_joules(sim.url), time.monotonic()
@@ -111,31 +150,126 @@ def run_arm(kind: str, args: argparse.Namespace, tmp: Path) -> dict:
             stop_all([gw])
         sim.stop()
     tokens = sum(u["completion_tokens"] for u in usages)
-    out = {"arm": kind, "requests": len(usages), "completion_tokens": tokens, "wall_s": round(wall, 2),
-           "simulated_s": round(wall * args.speed, 1), "gpu_joules": round(gpu, 1),
-           "gpu_j_per_token": round(gpu / tokens, 4), "attributed_joules": round(attributed, 1),
+    out = {"arm": kind, "max_inflight": inflight or SHIPPED_INFLIGHT, "requests": len(usages),
+           "completion_tokens": tokens, "wall_s": round(wall, 2), "simulated_s": round(wall * args.speed, 1),
+           "gpu_joules": round(gpu, 1), "gpu_j_per_token": round(gpu / tokens, 4),
+           "attributed_joules": round(attributed, 1),
            "attributed_j_per_token": round(attributed / tokens, 4)}  # fmt: skip
-    print(f"{kind:12s}: {tokens:,} tokens in {out['simulated_s']} simulated s; GPU {out['gpu_j_per_token']} J/token, "
-          f"attributed {out['attributed_j_per_token']} J/token", flush=True)  # fmt: skip
+    setting = f" ({out['max_inflight']} in flight)" if kind == "batch_api" else ""
+    print(f"{kind + setting:27s}: {tokens:,} tokens in {out['simulated_s']} simulated s; "
+          f"GPU {out['gpu_j_per_token']} J/token, attributed {out['attributed_j_per_token']} J/token",
+          flush=True)  # fmt: skip
+    return out
+
+
+async def _ttfts(url: str, n: int, rate: float, speed: float, seed: int) -> list[float]:
+    """Streamed interactive requests arriving as a Poisson process; each one's time to its first
+    content token, in simulated seconds (wall time x speed)."""
+    rng = random.Random(seed)
+
+    async def one(client: httpx.AsyncClient) -> float:
+        t0 = time.monotonic()
+        body = {**_body(64, "Say something short."), "stream": True}
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if (choices[0].get("delta") or {}).get("content"):
+                    return (time.monotonic() - t0) * speed
+        raise RuntimeError("a stream ended without content")
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        tasks = []
+        for _ in range(n):
+            tasks.append(asyncio.create_task(one(client)))
+            await asyncio.sleep(rng.expovariate(rate) / speed)
+        return list(await asyncio.gather(*tasks))
+
+
+def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...]) -> dict:
+    """Interactive time to first token alone and with a batch running at each ``batch.max_inflight``
+    of ``settings``, each on a fresh simulator."""
+    import statistics
+
+    import yaml
+
+    from gateway.sim.process import start_sim
+
+    out: dict = {"speed": args.ttft_speed, "requests": args.ttft_requests, "rate": args.ttft_rate,
+                 "batch_lines": args.ttft_batch}  # fmt: skip
+    for arm in ("alone", *(f"with_batch_{n}" for n in settings)):
+        inflight = int(arm.rsplit("_", 1)[1]) if arm != "alone" else None
+        sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(args.ttft_speed), "--seed", "7"])
+        gw = None
+        try:
+            backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
+            config = tmp / f"gateway-ttft-{arm}.yaml"
+            section = {"batch": {"max_inflight": inflight}} if inflight else {}
+            config.write_text(yaml.safe_dump({"backends": [backend], "ledger": {"path": str(tmp / f"ttft-{arm}.db")},
+                                              **section}))  # fmt: skip
+            gw, url = start_gateway(config, tmp / f"gateway-ttft-{arm}.log", ROOT, core="0-1")
+            time.sleep(1.0)
+            batch_id = None
+            if inflight is not None:
+                async def submit() -> str:
+                    async with httpx.AsyncClient(timeout=60) as client:
+                        return await _submit_batch(client, url, [_body(args.tokens) for _ in range(args.ttft_batch)])
+
+                batch_id = asyncio.run(submit())
+                deadline = time.monotonic() + 30
+                while httpx.get(f"{url}/v1/batches/{batch_id}").json()["request_counts"]["completed"] == 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the batch did not start")
+                    time.sleep(0.1)
+            ttfts = asyncio.run(_ttfts(url, args.ttft_requests, args.ttft_rate, args.ttft_speed, seed=5))
+            if batch_id is not None:
+                batch = httpx.get(f"{url}/v1/batches/{batch_id}").json()
+                out[f"completed_meanwhile_{inflight}"] = batch["request_counts"]["completed"]
+                if batch["status"] != "in_progress":  # then some requests were timed without it
+                    raise RuntimeError(f"the batch ended before the last interactive request: raise --ttft-batch "
+                                       f"({batch['request_counts']})")  # fmt: skip
+        finally:
+            if gw is not None:
+                stop_all([gw])
+            sim.stop()
+        ttfts.sort()
+        out[arm] = {"p50_s": round(statistics.median(ttfts), 4),
+                    "p95_s": round(ttfts[max(0, math.ceil(0.95 * len(ttfts)) - 1)], 4)}  # fmt: skip
+        print(f"interactive TTFT {arm:10s}: p50 {out[arm]['p50_s'] * 1000:.1f} ms, "
+              f"p95 {out[arm]['p95_s'] * 1000:.1f} ms (simulated)", flush=True)  # fmt: skip
+    for n in settings:
+        out[f"with_batch_{n}"]["p95_ratio"] = round(out[f"with_batch_{n}"]["p95_s"] / out["alone"]["p95_s"], 3)
     return out
 
 
 def write_readme(r: dict) -> None:
-    arms = {a["arm"]: a for a in r["arms"]}
-    seq, batch, live = arms["sequential"], arms["all_at_once"], arms["interactive"]
+    by = {(a["arm"], a["max_inflight"]): a for a in r["arms"]}
+    seq, ideal, live = by[("sequential", SHIPPED_INFLIGHT)], by[("all_at_once", SHIPPED_INFLIGHT)], by[
+        ("interactive", SHIPPED_INFLIGHT)]  # fmt: skip
+    t = r["ttft"]
+    rows = []
+    for n in r["inflight"]:
+        api = by[("batch_api", n)]
+        shipped = " (shipped)" if n == SHIPPED_INFLIGHT else ""
+        j, timed = api["gpu_j_per_token"], t[f"with_batch_{n}"]
+        rows.append(
+            f"| {n}{shipped} | {j:.3f} | {j / seq['gpu_j_per_token']:.2f}x | {j / live['gpu_j_per_token']:.2f}x | "
+            f"{timed['p95_s'] * 1000:.1f} ms | {timed['p95_ratio']:.2f}x |"
+        )
     readme_block("batch-energy", (
-        f"The batching lever, measured on the simulator (`{r['command']}`, `bench/results/batch-energy.json`, "
-        f"{r['when'][:10]}; Llama-3.1-8B on one simulated H200, {r['requests']} requests of {r['tokens']} tokens "
-        f"each, through the gateway): sent all at once they cost {batch['gpu_j_per_token']:.3f} J per generated "
-        f"token of GPU energy, against {seq['gpu_j_per_token']:.3f} sent one at a time "
-        f"({batch['gpu_j_per_token'] / seq['gpu_j_per_token']:.2f}x) and {live['gpu_j_per_token']:.3f} arriving "
-        f"interactively at {r['rate']:g} per second ({batch['gpu_j_per_token'] / live['gpu_j_per_token']:.2f}x, "
-        f"idle time included). What the gateway attributed to the answers: {batch['attributed_j_per_token']:.3f}, "
-        f"{seq['attributed_j_per_token']:.3f} and {live['attributed_j_per_token']:.3f} J/token. One at a time is "
-        "outside what the simulator was calibrated on (ML.ENERGY measured running batches of 8 and more), so that "
-        "end of the ratio is the power model's extrapolation. No Batch API yet: 'all at once' is what a scheduler "
-        "filling spare batch slots would aim for."
+        f"Measured on the simulator (`{r['command']}`, `bench/results/batch-energy.json`, {r['when'][:10]}; "
+        f"Llama-3.1-8B on one simulated H200 in real time, {r['requests']} requests of {r['tokens']} tokens each): "
+        f"sent one at a time they cost {seq['gpu_j_per_token']:.3f} J of GPU energy per generated token, arriving "
+        f"interactively at {r['rate']:g} per second {live['gpu_j_per_token']:.3f} (idle time included), all at once "
+        f"(the ideal) {ideal['gpu_j_per_token']:.3f}. Through the Batch API, by how many batch requests a replica "
+        f"runs at once (`batch.max_inflight`), and what a batch running meanwhile did to interactive streams' time to "
+        f"first token ({t['requests']} arriving at {t['rate']:g} per second; "
+        f"{t['alone']['p95_s'] * 1000:.1f} ms at the 95th percentile with no batch):"
     ))  # fmt: skip
+    readme_block("batch-energy-table", "\n".join([
+        "| `max_inflight` | J/token | vs one at a time | vs interactive | TTFT p95 with a batch | vs no batch |",
+        "|---|---|---|---|---|---|", *rows]), wrap=False)  # fmt: skip
 
 
 def main() -> int:
@@ -148,17 +282,30 @@ def main() -> int:
     # clock (checked by hand; in real time it gets all of it). The GPU figures hold at any speed;
     # the attributed ones need real time.
     ap.add_argument("--speed", type=float, default=1.0)
+    ap.add_argument("--ttft-requests", type=int, default=120, help="interactive requests timed, alone and with a batch")
+    ap.add_argument("--ttft-rate", type=float, default=2.0, help="their arrivals per simulated second")
+    ap.add_argument("--ttft-batch", type=int, default=2000, help="lines of the batch running meanwhile")
+    ap.add_argument("--ttft-speed", type=float, default=1.0, help="the simulator clock for the TTFT runs")
+    ap.add_argument("--inflight", default="2,4,16", help="batch.max_inflight settings compared (16 is the shipped)")
     ap.add_argument("--readme", action="store_true", help="only rewrite the README's line from the results file")
     args = ap.parse_args()
     if args.readme:
         write_readme(json.loads(RESULTS.read_text()))
         return 0
+    from gateway.config import BatchConfig
+
+    assert BatchConfig().max_inflight == SHIPPED_INFLIGHT, "update SHIPPED_INFLIGHT"
     tmp = Path(tempfile.mkdtemp(prefix="batch-energy-"))
+    settings = tuple(int(n) for n in args.inflight.split(","))
     arms = [run_arm(kind, args, tmp) for kind in ("sequential", "all_at_once", "interactive")]
+    arms += [run_arm("batch_api", args, tmp, n) for n in settings]
     out = {"command": f"python bench/batch_energy.py --requests {args.requests} --tokens {args.tokens} "
-                      f"--rate {args.rate:g} --speed {args.speed:g}",
+                      f"--rate {args.rate:g} --speed {args.speed:g} --ttft-requests {args.ttft_requests} "
+                      f"--ttft-rate {args.ttft_rate:g} --ttft-batch {args.ttft_batch} --ttft-speed {args.ttft_speed:g} "
+                      f"--inflight {args.inflight}",
            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "commit": checkout(),
-           "requests": args.requests, "tokens": args.tokens, "rate": args.rate, "arms": arms}  # fmt: skip
+           "requests": args.requests, "tokens": args.tokens, "rate": args.rate, "arms": arms,
+           "inflight": list(settings), "ttft": ttft_runs(args, tmp, settings)}  # fmt: skip
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     write_readme(out)

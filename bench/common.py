@@ -143,7 +143,7 @@ def checkout() -> str:
     return head.strip() + ("+changes" if dirty else "")
 
 
-def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md") -> None:
+def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md", wrap: bool = True) -> None:
     """Replace the text of ``doc`` (the README unless named) between ``<!-- NAME:begin -->`` and
     ``<!-- NAME:end -->`` with ``text`` wrapped at 100 columns (nothing happens where the markers
     are missing)."""
@@ -152,5 +152,5 @@ def readme_block(name: str, text: str, root: Path | None = None, doc: str = "REA
     body = readme.read_text()
     if begin in body and end in body:
         head, rest = body.split(begin, 1)
-        wrapped = "\n".join(textwrap.wrap(text, 100))
+        wrapped = "\n".join(textwrap.wrap(text, 100)) if wrap else text
         readme.write_text(f"{head}{begin}\n{wrapped}\n{end}{rest.split(end, 1)[1]}")

@@ -232,8 +232,9 @@ class BatchEndpoints:
             ident, everyone = self._who(request)
             query = request.query()
             purpose = query["purpose"][0] if query.get("purpose") else None
+            after = query["after"][0] if query.get("after") else None
             limit = _limit(query, 10000)
-            rows = await self._db(self.jobs.files, ident.key_hash, everyone, purpose, limit + 1)
+            rows = await self._db(self.jobs.files, ident.key_hash, everyone, purpose, after, limit + 1)
             data = [file_object(r) for r in rows[:limit]]
             return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}  # fmt: skip

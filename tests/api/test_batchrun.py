@@ -126,3 +126,17 @@ def test_a_claim_is_one_replicas_until_it_lapses_and_a_line_is_recorded_once(job
     assert jobs.add_result(batch_id, 0, "c0", 200, "r1", {"ok": 1}, None)
     assert not jobs.add_result(batch_id, 0, "c0", 200, "r2", {"ok": 2}, None)  # ran twice: recorded once
     assert jobs.done_lines(batch_id) == {0}
+
+
+def test_prune_deletes_ended_batches_with_their_answers_and_keeps_running_ones(jobs):
+    batch_id = make_batch(jobs, 2)
+    jobs.add_result(batch_id, 0, "c0", 200, "r1", {"ok": 1}, None)
+    later = time.time() + 10
+    assert jobs.prune(later) == 0  # still in progress: kept
+    jobs.update_batch(batch_id, {"status": "completed", "completed_at": time.time()})
+    jobs.put_file({"id": "file-out", "purpose": "batch_output", "filename": "o.jsonl", "bytes": 1,
+                   "created_at": time.time(), "batch_id": batch_id, "kind": "batch_output"}, None)  # fmt: skip
+    assert jobs.prune(time.time() - 3600) == 0  # created after the cutoff: kept
+    assert jobs.prune(later) == 1
+    assert jobs.batch(batch_id) is None and jobs.done_lines(batch_id) == set() and jobs.file("file-out") is None
+    assert jobs.file("file-1") is not None  # the upload expires on its own schedule

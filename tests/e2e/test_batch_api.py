@@ -78,6 +78,8 @@ def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw):
         "completion_tokens"] for l_ in lines)  # fmt: skip
     assert extra["energy"]["joules"] > 0
     assert c.batches.list().data[0].id == batch.id
+    paged = [f.id for f in c.files.list(limit=1, purpose="batch")]  # the SDK pages with 'after'
+    assert upload.id in paged and len(paged) == len(set(paged))
 
 
 def test_an_invalid_input_file_fails_the_batch_with_its_errors(gw):

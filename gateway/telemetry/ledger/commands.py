@@ -3,8 +3,9 @@
     nudge-gateway ledger prune --config gateway.yaml --older-than 90d [--dry-run]
 
 deletes the rows of requests that arrived before then (a slice at a time, so replicas writing
-meanwhile wait on no long lock). Run it daily (deploy/k8s has a CronJob) to keep the ledger
-to a retention period.
+meanwhile wait on no long lock), and the Batch API's batches that ended and were created before
+then, with their answers and output files (uploads expire on their own: ``batch.file_ttl_days``).
+Run it daily (deploy/k8s has a CronJob) to keep the ledger to a retention period.
 """
 
 from __future__ import annotations
@@ -76,8 +77,12 @@ def prune(args: argparse.Namespace) -> int:
             n = sum(r["requests"] for r in ledger.totals(until=before, by="model"))
             print(f"{n:,} row(s) older than {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(before))}")
         else:
+            from gateway.telemetry.ledger.jobs import JobStore
+
             n = ledger.prune(before)
-            print(f"deleted {n:,} row(s) older than {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(before))}")
+            batches = JobStore(ledger.store).prune(before)
+            print(f"deleted {n:,} row(s) older than {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(before))}"
+                  f" and {batches:,} ended batch(es) with their answers")  # fmt: skip
     except LedgerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ BATCH_COLUMNS = (
 )  # fmt: skip
 FILE_COLUMNS = ("id", "purpose", "filename", "bytes", "created_at", "expires_at", "owner", "team", "batch_id", "kind")
 RUNNABLE = ("in_progress", "cancelling", "finalizing")  # a runner has work to do on these
+ENDED = ("completed", "failed", "expired", "cancelled")
 
 
 class JobStore:
@@ -69,8 +70,10 @@ class JobStore:
         found = self._fetch(f"SELECT data FROM files WHERE id = {self.p}", [file_id])
         return bytes(found[0]["data"]) if found and found[0]["data"] is not None else None
 
-    def files(self, owner: str | None, everyone: bool, purpose: str | None, limit: int) -> list[dict[str, Any]]:
-        """Newest first; ``everyone``: whatever the owner (an admin key, or no keys configured)."""
+    def files(self, owner: str | None, everyone: bool, purpose: str | None, after: str | None,
+              limit: int) -> list[dict[str, Any]]:  # fmt: skip
+        """Newest first, from after the file ``after``; ``everyone``: whatever the owner (an admin
+        key, or no keys configured)."""
         clauses, args = [], []
         if not everyone:
             clauses.append(f"owner {self.store.same_as} {self.p}")
@@ -78,6 +81,9 @@ class JobStore:
         if purpose is not None:
             clauses.append(f"purpose = {self.p}")
             args.append(purpose)
+        if after is not None:
+            clauses.append(f"(created_at, id) < (SELECT created_at, id FROM files WHERE id = {self.p})")
+            args.append(after)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return self._fetch(
             f"SELECT {', '.join(FILE_COLUMNS)} FROM files{where} ORDER BY created_at DESC, id DESC LIMIT {self.p}",
@@ -165,6 +171,16 @@ class JobStore:
             f"UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE id = {self.p} AND lease_owner = {self.p}",
             [batch_id, replica],
         )
+
+    def prune(self, before: float) -> int:
+        """Delete the batches that ended and were created before ``before``, with their answers and
+        output files; how many batches."""
+        p = self.p
+        ended = f"SELECT id FROM batches WHERE status IN ({', '.join([p] * len(ENDED))}) AND created_at < {p}"
+        args = [*ENDED, before]
+        self._execute(f"DELETE FROM batch_results WHERE batch_id IN ({ended})", args)
+        self._execute(f"DELETE FROM files WHERE batch_id IN ({ended})", args)
+        return self._execute(f"DELETE FROM batches WHERE id IN ({ended})", args)
 
     # ------------------------------------------------------------------ results
 
