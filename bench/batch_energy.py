@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -125,30 +126,38 @@ async def _arm(kind: str, url: str, n: int, tokens: int, rate: float, speed: flo
         return list(await asyncio.gather(*tasks))
 
 
-def run_arm(kind: str, args: argparse.Namespace, tmp: Path, inflight: int | None = None) -> dict:
+@contextlib.contextmanager
+def served(name: str, speed: float, inflight: int | None, tmp: Path):
+    """A fresh simulator (Llama-3.1-8B, one H200) and a gateway in front of it, with
+    ``batch.max_inflight`` when given: (the simulator's URL, the gateway's)."""
     import yaml
 
     from gateway.sim.process import start_sim
 
-    sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(args.speed), "--seed", "7"])
+    sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(speed), "--seed", "7"])
     gw = None
     try:
         backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
-        config = tmp / f"gateway-{kind}.yaml"
-        section = {"batch": {"max_inflight": inflight}} if inflight else {}
-        config.write_text(yaml.safe_dump({"backends": [backend], "ledger": {"path": str(tmp / f"{kind}{inflight}.db")},
-                                          **section}))  # fmt: skip
-        gw, url = start_gateway(config, tmp / f"gateway-{kind}.log", ROOT, core="0-1")
+        config = {"backends": [backend], "ledger": {"path": str(tmp / f"{name}.db")}}
+        if inflight:
+            config["batch"] = {"max_inflight": inflight}
+        (tmp / f"gateway-{name}.yaml").write_text(yaml.safe_dump(config))
+        gw, url = start_gateway(tmp / f"gateway-{name}.yaml", tmp / f"gateway-{name}.log", ROOT, core="0-1")
         time.sleep(1.0)
-        before, t0 = dcgm_joules(sim.url), time.monotonic()
-        usages = asyncio.run(_arm(kind, url, args.requests, args.tokens, args.rate, args.speed, seed=11))
-        gpu = dcgm_joules(sim.url) - before  # the simulator books a step's energy when it starts: complete
-        wall = time.monotonic() - t0
-        attributed = final_energy(url, len(usages))
+        yield sim.url, url
     finally:
         if gw is not None:
             stop_all([gw])
         sim.stop()
+
+
+def run_arm(kind: str, args: argparse.Namespace, tmp: Path, inflight: int | None = None) -> dict:
+    with served(f"{kind}{inflight or ''}", args.speed, inflight, tmp) as (sim_url, url):
+        before, t0 = dcgm_joules(sim_url), time.monotonic()
+        usages = asyncio.run(_arm(kind, url, args.requests, args.tokens, args.rate, args.speed, seed=11))
+        gpu = dcgm_joules(sim_url) - before  # the simulator books a step's energy when it starts: complete
+        wall = time.monotonic() - t0
+        attributed = final_energy(url, len(usages))
     tokens = sum(u["completion_tokens"] for u in usages)
     out = {"arm": kind, "max_inflight": inflight or SHIPPED_INFLIGHT, "requests": len(usages),
            "completion_tokens": tokens, "wall_s": round(wall, 2), "simulated_s": round(wall * args.speed, 1),
@@ -192,24 +201,11 @@ def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...]) ->
     of ``settings``, each on a fresh simulator."""
     import statistics
 
-    import yaml
-
-    from gateway.sim.process import start_sim
-
     out: dict = {"speed": args.ttft_speed, "requests": args.ttft_requests, "rate": args.ttft_rate,
                  "batch_lines": args.ttft_batch}  # fmt: skip
     for arm in ("alone", *(f"with_batch_{n}" for n in settings)):
         inflight = int(arm.rsplit("_", 1)[1]) if arm != "alone" else None
-        sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(args.ttft_speed), "--seed", "7"])
-        gw = None
-        try:
-            backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
-            config = tmp / f"gateway-ttft-{arm}.yaml"
-            section = {"batch": {"max_inflight": inflight}} if inflight else {}
-            config.write_text(yaml.safe_dump({"backends": [backend], "ledger": {"path": str(tmp / f"ttft-{arm}.db")},
-                                              **section}))  # fmt: skip
-            gw, url = start_gateway(config, tmp / f"gateway-ttft-{arm}.log", ROOT, core="0-1")
-            time.sleep(1.0)
+        with served(f"ttft-{arm}", args.ttft_speed, inflight, tmp) as (_, url):
             batch_id = None
             if inflight is not None:
                 async def submit() -> str:
@@ -229,10 +225,6 @@ def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...]) ->
                 if batch["status"] != "in_progress":  # then some requests were timed without it
                     raise RuntimeError(f"the batch ended before the last interactive request: raise --ttft-batch "
                                        f"({batch['request_counts']})")  # fmt: skip
-        finally:
-            if gw is not None:
-                stop_all([gw])
-            sim.stop()
         ttfts.sort()
         out[arm] = {"p50_s": round(statistics.median(ttfts), 4),
                     "p95_s": round(ttfts[max(0, math.ceil(0.95 * len(ttfts)) - 1)], 4)}  # fmt: skip

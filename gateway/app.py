@@ -154,7 +154,7 @@ class Gateway:
         if self.jobs is not None and self.ledger is not None:  # the Batch API's runner: lines go through self.http
             from gateway.api.batchrun import BatchRunner
 
-            self.batches = BatchRunner(self.jobs, self.http, self.pool, config.batch, self.ledger.replica)
+            self.batches = BatchRunner(self.jobs, self.http, self.pool, config.batch, self.ledger.replica, self.keys)
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store

@@ -11,9 +11,11 @@ reports a file that fails validation): every line a JSON object with a unique ``
 ``method: POST``, the batch's ``url`` and an object ``body``; at most ``batch.max_lines`` lines.
 ``completion_window`` is ``24h``, as OpenAI's.
 
-Who sees what: with no API keys configured everything is open; once keys exist a key sees its own
-files and batches, an ``admin`` key everyone's. A batch's requests run as the key that created
-it (its team, its policy section, its budgets).
+Who sees what: with no API keys configured everything is open; once keys exist the Batch API
+needs a key (even where generation does not: anonymous callers would share one owner), a key
+sees its own files and batches, an ``admin`` key everyone's. A batch's requests run as the key
+that created it, as the key is configured when each batch is run (its team, policy section and
+budgets; a key removed from the config stops its batches).
 """
 
 from __future__ import annotations
@@ -162,6 +164,9 @@ class BatchEndpoints:
     def _who(self, request: Request) -> tuple[Identity, bool]:
         """The caller, and whether it sees everyone's objects."""
         ident = self.keys.authenticate(request.headers)
+        if len(self.keys) and ident.key_hash is None:
+            raise GatewayError(401, "The Batch API needs an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                               code="invalid_api_key", type="invalid_request_error")  # fmt: skip
         return ident, ident.admin or not len(self.keys)
 
     async def _db(self, call, *args):
@@ -179,21 +184,22 @@ class BatchEndpoints:
             return
         await request.json(status, body)
 
-    async def _own_file(self, request: Request) -> dict[str, Any]:
+    async def _owned(self, request: Request, kind: str) -> dict[str, Any]:
+        """The file or batch the path names, if the caller may see it; else 404 (as if missing)."""
         ident, everyone = self._who(request)
-        row = await self._db(self.jobs.file, request.path_params["file_id"])
+        key = "file_id" if kind == "File" else "batch_id"
+        wanted = request.path_params[key]
+        row = await self._db(self.jobs.file if kind == "File" else self.jobs.batch, wanted)
         if row is None or not (everyone or row["owner"] == ident.key_hash):
-            raise GatewayError(404, f"No such File object: {request.path_params['file_id'][:64]}",
-                               code="file_not_found", param="id")  # fmt: skip
+            raise GatewayError(404, f"No such {kind} object: {wanted[:64]}", code=f"{kind.lower()}_not_found",
+                               param="id")  # fmt: skip
         return row
 
+    async def _own_file(self, request: Request) -> dict[str, Any]:
+        return await self._owned(request, "File")
+
     async def _own_batch(self, request: Request) -> dict[str, Any]:
-        ident, everyone = self._who(request)
-        row = await self._db(self.jobs.batch, request.path_params["batch_id"])
-        if row is None or not (everyone or row["owner"] == ident.key_hash):
-            raise GatewayError(404, f"No such Batch object: {request.path_params['batch_id'][:64]}",
-                               code="batch_not_found", param="id")  # fmt: skip
-        return row
+        return await self._owned(request, "Batch")
 
     async def _batch_object(self, row: dict[str, Any]) -> dict[str, Any]:
         counts = await self._db(self.jobs.counts, row["id"])
@@ -207,7 +213,7 @@ class BatchEndpoints:
             ident, _ = self._who(request)
             raw = await request.body(self.config.max_file_bytes + 64 * 1024, self.server.body_timeout_s,
                                      self.body_budget)  # fmt: skip
-            fields, upload = _multipart(request, raw)
+            fields, upload = await asyncio.to_thread(_multipart, request, raw)  # megabytes: off the loop
             purpose = fields.get("purpose")
             if purpose != "batch":
                 raise bad_request("This gateway stores files for the Batch API only: purpose must be 'batch'.",
@@ -250,6 +256,9 @@ class BatchEndpoints:
     async def delete_file(self, request: Request) -> None:
         async def handle():
             row = await self._own_file(request)
+            if await self._db(self.jobs.file_in_use, row["id"]):
+                raise GatewayError(409, "A batch that has not ended reads this file; cancel it first.",
+                                   code="file_in_use", param="id")  # fmt: skip
             deleted = await self._db(self.jobs.delete_file, row["id"])
             return 200, {"id": row["id"], "object": "file", "deleted": deleted}
 
@@ -302,7 +311,7 @@ class BatchEndpoints:
             if file["purpose"] != "batch":
                 raise bad_request("The input file's purpose must be 'batch'.", param="input_file_id")
             data = await self._db(self.jobs.file_data, file_id)
-            lines, errors = check_lines(data or b"", endpoint, self.config.max_lines)
+            lines, errors = await asyncio.to_thread(check_lines, data or b"", endpoint, self.config.max_lines)
             now = time.time()
             row: dict[str, Any] = {
                 "id": new_id("batch_"), "created_at": now, "endpoint": endpoint, "input_file_id": file_id,

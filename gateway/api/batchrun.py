@@ -34,10 +34,9 @@ from typing import Any
 
 import orjson
 
-from gateway.api.batches import new_id
 from gateway.api.http import BATCH_IDENTITY, ASGIApp
 from gateway.config import BatchConfig
-from gateway.policy.keys import Identity
+from gateway.policy.keys import Identity, KeyRing
 from gateway.proxy.backends import BackendPool
 from gateway.telemetry.ledger import LedgerUnavailable
 from gateway.telemetry.ledger.jobs import JobStore
@@ -46,11 +45,16 @@ log = logging.getLogger("gateway.batch")
 
 _GATE_POLL_S = 0.05  # how often a waiting dispatch looks at the backends' room again
 _STATUS_EVERY_S = 1.0  # how often a running batch reads its status (a cancel) back
+_ATTEMPTS = 3  # tries of a line the backends or the gateway could not serve just then
+_RETRY = {429, 502, 503, 504}
 
 
 class BatchRunner:
-    def __init__(self, jobs: JobStore, app: ASGIApp, pool: BackendPool, config: BatchConfig, replica: str) -> None:
+    def __init__(
+        self, jobs: JobStore, app: ASGIApp, pool: BackendPool, config: BatchConfig, replica: str, keys: KeyRing
+    ) -> None:
         self.jobs = jobs
+        self.keys = keys
         self.app = app
         self.pool = pool
         self.config = config
@@ -92,9 +96,10 @@ class BatchRunner:
 
     async def _claim_once(self) -> None:
         now = time.time()
-        if now - self._last_expiry > 3600.0:
+        if now - self._last_expiry > 3600.0:  # uploads past their expiry; batches ended that long ago
             self._last_expiry = now
             await asyncio.to_thread(self.jobs.expire_files, now)
+            await asyncio.to_thread(self.jobs.prune, now - self.config.file_ttl_days * 86400.0)
         for batch_id, task in list(self.workers.items()):
             if task.done():
                 del self.workers[batch_id]
@@ -126,36 +131,30 @@ class BatchRunner:
         if batch is None or batch["status"] not in ("in_progress", "cancelling", "finalizing"):
             return
         data = await asyncio.to_thread(jobs.file_data, batch["input_file_id"])
-        lines = [orjson.loads(raw) for raw in (data or b"").splitlines() if raw.strip()]
+        lines = await asyncio.to_thread(_parse, data or b"")  # megabytes: off the loop
         done = await asyncio.to_thread(jobs.done_lines, batch_id)
         pending = [i for i in range(len(lines)) if i not in done]
-        ident = Identity(key_hash=batch["owner"], key_name=batch["key_name"], team=batch["team"] or "default",
-                         section=batch["section"])  # fmt: skip
+        ident = self._identity(batch)
         lost = asyncio.Event()
         renew = asyncio.create_task(self._keep_claim(batch_id, lost))
         running: set[asyncio.Task[None]] = set()
-        stop_reason = None
+        watch = _Watch(jobs, batch)
+        stop_reason = None if ident is not None else "key_revoked"
         try:
-            status, checked = batch["status"], 0.0
             for index in pending:
-                if time.monotonic() - checked > _STATUS_EVERY_S:
-                    checked = time.monotonic()
-                    current = await asyncio.to_thread(jobs.batch, batch_id)
-                    status = current["status"] if current is not None else "cancelling"
-                if lost.is_set():
-                    return  # another replica holds it now
-                if status == "cancelling":
-                    stop_reason = "cancelled"
+                if ident is None:
                     break
-                if time.time() > batch["expires_at"]:
-                    stop_reason = "expired"
+                stop_reason = await watch.stop_reason()
+                if stop_reason is not None or lost.is_set():
                     break
-                await self._wait_for_room()
+                if not await self._wait_for_room(watch, lost):
+                    stop_reason = await watch.stop_reason()
+                    break
                 task = asyncio.create_task(self._send(batch, ident, index, lines[index]))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:
-                await asyncio.gather(*running, return_exceptions=True)
+                await asyncio.wait(running)
             if lost.is_set():
                 return
             await self._finish(batch, lines, stop_reason)
@@ -165,6 +164,14 @@ class BatchRunner:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
+
+    def _identity(self, batch: dict[str, Any]) -> Identity | None:
+        """Who the batch's requests run as: its key as configured now (None: the key was removed);
+        anonymous only where no keys are configured."""
+        if batch["owner"] is None:
+            return Identity(key_hash=None, key_name=batch["key_name"], team=batch["team"] or "default",
+                            section=batch["section"])  # fmt: skip
+        return self.keys.by_hash(batch["owner"])
 
     async def _keep_claim(self, batch_id: str, lost: asyncio.Event) -> None:
         while True:
@@ -179,30 +186,52 @@ class BatchRunner:
                 lost.set()
                 return
 
-    async def _wait_for_room(self) -> None:
-        """A slot of ``max_inflight`` and room on the backends (interactive requests go first)."""
+    async def _wait_for_room(self, watch: _Watch, lost: asyncio.Event) -> bool:
+        """A slot of ``max_inflight`` and room on the backends (interactive requests go first);
+        False, with no slot, if the batch must stop meanwhile (cancelled, expired, taken over)."""
         await self.slots.acquire()
         try:
             while not self.pool.has_room(self.config.kv_cache_limit):
+                if lost.is_set() or await watch.stop_reason() is not None:
+                    self.slots.release()
+                    return False
                 await asyncio.sleep(_GATE_POLL_S)
         except BaseException:  # cancelled while waiting: the slot goes back
             self.slots.release()
             raise
+        return True
 
     async def _send(self, batch: dict[str, Any], ident: Identity, index: int, line: dict[str, Any]) -> None:
         self.inflight += 1
         error: dict[str, str] | None = None
+        status: int | None = None
+        request_id = body = None
         try:
-            status, request_id, body = await self.call(ident, line["url"], line["body"])
-        except Exception as exc:  # noqa: BLE001 - recorded as the line's error, never lost
-            log.exception("batch %s line %d failed in the gateway", batch["id"], index)
-            status, request_id, body = None, None, None
-            error = {"code": "internal_error", "message": f"The gateway failed on this request: {type(exc).__name__}"}
+            for attempt in range(_ATTEMPTS):  # a busy or briefly unreachable backend is retried, not failed
+                try:
+                    status, request_id, body = await self.call(ident, line["url"], line["body"])
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - recorded as the line's error, never lost
+                    log.exception("batch %s line %d failed in the gateway", batch["id"], index)
+                    status = request_id = body = None
+                    error = {"code": "internal_error",
+                             "message": f"The gateway failed on this request: {type(exc).__name__}"}  # fmt: skip
+                if status not in _RETRY and error is None or attempt == _ATTEMPTS - 1:
+                    break
+                await asyncio.sleep(2.0**attempt)
         finally:
             self.inflight -= 1
             self.slots.release()
-        await asyncio.to_thread(self.jobs.add_result, batch["id"], index, line["custom_id"], status, request_id,
-                                body, error)  # fmt: skip
+        delay = 0.5
+        while True:  # the answer must land: a store that is away is waited for, never skipped
+            try:
+                await asyncio.to_thread(self.jobs.add_result, batch["id"], index, line["custom_id"], status,
+                                        request_id, body, error)  # fmt: skip
+                return
+            except LedgerUnavailable as exc:
+                log.warning("batch %s line %d: cannot record its answer yet (%s)", batch["id"], index, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def call(self, ident: Identity, path: str, body: dict[str, Any]) -> tuple[int, str | None, Any]:
         """One request through the gateway's own app, as ``ident``: (status, request id, JSON body)."""
@@ -245,33 +274,76 @@ class BatchRunner:
     async def _finish(self, batch: dict[str, Any], lines: list[dict[str, Any]], stop_reason: str | None) -> None:
         """Every line answered, or the batch stopped: the unsent lines as errors, the files, the end state."""
         jobs, batch_id = self.jobs, batch["id"]
+        done = await asyncio.to_thread(jobs.done_lines, batch_id)
+        if stop_reason is None and len(done) < len(lines):  # an answer went missing: resume, never finish short
+            await asyncio.to_thread(jobs.release, batch_id, self.replica)
+            return
         if stop_reason is not None:
-            done = await asyncio.to_thread(jobs.done_lines, batch_id)
-            code = f"batch_{stop_reason}"
-            message = "The batch was cancelled before this request was sent." if stop_reason == "cancelled" else (
-                "The batch's completion window ended before this request was sent.")  # fmt: skip
+            code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(stop_reason, stop_reason)
+            message = _STOPPED[stop_reason]
             for index, line in enumerate(lines):
                 if index not in done:
                     await asyncio.to_thread(jobs.add_result, batch_id, index, line["custom_id"], None, None, None,
                                             {"code": code, "message": message})  # fmt: skip
         now = time.time()
-        await asyncio.to_thread(jobs.update_batch, batch_id, {"status": "finalizing", "finalizing_at": now},
-                                ("in_progress", "finalizing"))  # fmt: skip
+        if not await asyncio.to_thread(jobs.update_batch, batch_id, {"status": "finalizing", "finalizing_at": now},
+                                       ("in_progress", "cancelling", "finalizing"), self.replica):  # fmt: skip
+            return  # another replica holds it now, or it ended meanwhile
         completed, failed = await asyncio.to_thread(jobs.counts, batch_id)
         fields: dict[str, Any] = {}
         for kind, count, column in (("batch_output", completed, "output_file_id"),
                                     ("batch_error", failed, "error_file_id")):  # fmt: skip
-            if count == 0 or batch.get(column):
+            if count == 0:
                 continue
             size = len(await asyncio.to_thread(jobs.result_file, batch_id, kind == "batch_output"))
-            file_id = new_id("file-")
+            # one id per batch and kind: a runner that resumes a finalizing batch makes the same file
+            file_id = f"file-{batch_id.removeprefix('batch_')}-{kind.split('_')[1]}"
             await asyncio.to_thread(jobs.put_file, {
                 "id": file_id, "purpose": "batch_output", "filename": f"{batch_id}_{kind.split('_')[1]}.jsonl",
-                "bytes": size, "created_at": now, "expires_at": None, "owner": batch["owner"], "team": batch["team"],
-                "batch_id": batch_id, "kind": kind,
+                "bytes": size, "created_at": now, "expires_at": now + self.config.file_ttl_days * 86400.0,
+                "owner": batch["owner"], "team": batch["team"], "batch_id": batch_id, "kind": kind,
             }, None)  # fmt: skip
             fields[column] = file_id
-        end = {"cancelled": "cancelled", "expired": "expired"}.get(stop_reason or "", "completed")
+        end = {"cancelled": "cancelled", "expired": "expired", "key_revoked": "failed"}.get(stop_reason or "",
+                                                                                             "completed")  # fmt: skip
         fields.update({"status": end, f"{end}_at": now, "lease_owner": None, "lease_until": None})
-        await asyncio.to_thread(jobs.update_batch, batch_id, fields)
+        if stop_reason == "key_revoked":
+            fields["errors"] = {"object": "list", "data": [{"code": "key_revoked", "message": _STOPPED[stop_reason],
+                                                            "param": None, "line": None}]}  # fmt: skip
+        await asyncio.to_thread(jobs.update_batch, batch_id, fields, ("finalizing",), self.replica)
         log.info("batch %s %s: %d completed, %d failed", batch_id, end, completed, failed)
+
+
+class _Watch:
+    """A running batch's reasons to stop, its status read back at most every ``_STATUS_EVERY_S``."""
+
+    def __init__(self, jobs: JobStore, batch: dict[str, Any]) -> None:
+        self.jobs = jobs
+        self.batch = batch
+        self.status = batch["status"]
+        self.checked = 0.0
+
+    async def stop_reason(self) -> str | None:
+        if time.monotonic() - self.checked > _STATUS_EVERY_S:
+            self.checked = time.monotonic()
+            try:
+                current = await asyncio.to_thread(self.jobs.batch, self.batch["id"])
+            except LedgerUnavailable:
+                current = {"status": self.status}  # keep the last known: the store comes back
+            self.status = current["status"] if current is not None else "cancelling"
+        if self.status == "cancelling":
+            return "cancelled"
+        if time.time() > self.batch["expires_at"]:
+            return "expired"
+        return None
+
+
+def _parse(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(raw) for raw in data.splitlines() if raw.strip()]
+
+
+_STOPPED = {
+    "cancelled": "The batch was cancelled before this request was sent.",
+    "expired": "The batch's completion window ended before this request was sent.",
+    "key_revoked": "The API key that created the batch is no longer configured; its requests were not sent.",
+}

@@ -76,6 +76,10 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def by_hash(self, key_hash: str) -> Identity | None:
+        """The configured key with this hash now (None: removed from the config)."""
+        return self._by_hash.get(key_hash)
+
     def identities(self) -> list[Identity]:
         return list(self._by_hash.values())
 

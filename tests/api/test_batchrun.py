@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from gateway.api.batchrun import BatchRunner
-from gateway.config import BatchConfig
+from gateway.config import BatchConfig, KeysConfig
+from gateway.policy.keys import KeyRing, hash_key
 from gateway.proxy.backends import Backend
 from gateway.telemetry.ledger import Ledger
 from gateway.telemetry.ledger.jobs import JobStore
@@ -58,17 +59,20 @@ class App:
             self.running -= 1
 
 
-def make_batch(jobs: JobStore, n: int) -> str:
+NO_KEYS = KeyRing(KeysConfig())
+
+
+def make_batch(jobs: JobStore, n: int, owner: str | None = None) -> str:
     lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": "auto", "messages": [{"role": "user", "content": str(i)}]}}
              for i in range(n)]  # fmt: skip
     data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     now = time.time()
     jobs.put_file({"id": "file-1", "purpose": "batch", "filename": "in.jsonl", "bytes": len(data), "created_at": now,
-                   "owner": None, "team": "t", "kind": "upload"}, data)  # fmt: skip
+                   "owner": owner, "team": "t", "kind": "upload"}, data)  # fmt: skip
     jobs.put_batch({"id": "batch_1", "created_at": now, "status": "in_progress", "endpoint": "/v1/chat/completions",
                     "input_file_id": "file-1", "completion_window": "24h", "expires_at": now + 86400, "total": n,
-                    "team": "t", "in_progress_at": now})  # fmt: skip
+                    "team": "t", "in_progress_at": now, "owner": owner})  # fmt: skip
     return "batch_1"
 
 
@@ -84,7 +88,7 @@ def test_batch_requests_wait_while_a_backend_has_interactive_work_waiting(jobs):
     async def scenario():
         pool, app = Pool(), App()
         pool.backends[1].waiting = 2  # interactive requests queued on one backend
-        runner = BatchRunner(jobs, app, pool, BatchConfig(max_inflight=4, poll_interval_s=0.05), "r1")  # type: ignore[arg-type]
+        runner = BatchRunner(jobs, app, pool, BatchConfig(max_inflight=4, poll_interval_s=0.05), "r1", NO_KEYS)  # type: ignore[arg-type]
         batch_id = make_batch(jobs, 12)
         await runner.start()
         await asyncio.sleep(0.5)
@@ -102,7 +106,7 @@ def test_batch_requests_wait_while_a_backend_has_interactive_work_waiting(jobs):
         return app, batch_id
 
     app, batch_id = asyncio.run(scenario())
-    assert app.calls == 12 and app.most == 4  # never more than max_inflight at once
+    assert app.calls == 14 and app.most == 4  # line 3 tried three times; never more than max_inflight at once
     batch = jobs.batch(batch_id)
     assert batch["status"] == "completed" and batch["lease_owner"] is None
     assert jobs.counts(batch_id) == (11, 1)  # line 3: the gateway failed on it, recorded as its error
@@ -140,3 +144,65 @@ def test_prune_deletes_ended_batches_with_their_answers_and_keeps_running_ones(j
     assert jobs.prune(later) == 1
     assert jobs.batch(batch_id) is None and jobs.done_lines(batch_id) == set() and jobs.file("file-out") is None
     assert jobs.file("file-1") is not None  # the upload expires on its own schedule
+
+
+async def _until_ended(jobs: JobStore, batch_id: str, seconds: float = 10.0) -> dict:
+    for _ in range(int(seconds / 0.05)):
+        batch = jobs.batch(batch_id)
+        if batch["status"] in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch still {jobs.batch(batch_id)['status']}")
+
+
+def test_an_answer_the_store_cannot_take_at_once_is_kept_and_the_batch_never_ends_short(jobs):
+    from gateway.telemetry.ledger import LedgerUnavailable
+
+    add = jobs.add_result
+    failures = {5: 2}  # line 5's answer: the store is away twice
+
+    def flaky(batch_id, line, *rest):
+        if failures.get(line):
+            failures[line] -= 1
+            raise LedgerUnavailable("the store blinked")
+        return add(batch_id, line, *rest)
+
+    jobs.add_result = flaky  # type: ignore[method-assign]
+
+    async def scenario():
+        runner = BatchRunner(jobs, App(), Pool(), BatchConfig(poll_interval_s=0.05), "r1", NO_KEYS)  # type: ignore[arg-type]
+        batch_id = make_batch(jobs, 8)
+        await runner.start()
+        batch = await _until_ended(jobs, batch_id)
+        await runner.stop()
+        return batch
+
+    batch = asyncio.run(scenario())
+    assert batch["status"] == "completed" and jobs.counts(batch["id"]) == (7, 1)  # all 8 answered (line 3 fails)
+    assert 5 in jobs.done_lines(batch["id"])
+
+
+def test_a_batch_of_a_removed_key_fails_without_sending_and_a_cancel_stops_a_batch_waiting_for_room(jobs):
+    async def scenario():
+        app, pool = App(), Pool()
+        keys = KeyRing(KeysConfig(keys=[{"name": "alice", "team": "t", "hash": hash_key("sk-alice")}]))
+        runner = BatchRunner(jobs, app, pool, BatchConfig(poll_interval_s=0.05), "r1", keys)  # type: ignore[arg-type]
+        batch_id = make_batch(jobs, 3, owner=hash_key("sk-removed"))
+        await runner.start()
+        revoked = await _until_ended(jobs, batch_id)
+        assert app.calls == 0
+        # a batch of a configured key, with the backends busy: a cancel ends it all the same
+        for table in ("batches", "files", "batch_results"):  # the next batch reuses the ids
+            jobs.store.execute(f"DELETE FROM {table}", [])
+        pool.backends[0].waiting = 5
+        waiting = make_batch(jobs, 3, owner=hash_key("sk-alice"))
+        await asyncio.sleep(0.3)
+        jobs.update_batch(waiting, {"status": "cancelling", "cancelling_at": time.time()})
+        cancelled = await _until_ended(jobs, waiting)
+        await runner.stop()
+        return revoked, cancelled, app
+
+    revoked, cancelled, app = asyncio.run(scenario())
+    assert revoked["status"] == "failed" and revoked["errors"]["data"][0]["code"] == "key_revoked"
+    assert cancelled["status"] == "cancelled" and app.calls == 0
+    assert jobs.counts(cancelled["id"]) == (0, 3)

@@ -135,3 +135,32 @@ def test_a_finished_batch_cannot_be_cancelled(gw):
     assert batch.status == "completed"
     with pytest.raises(openai.ConflictError):
         c.batches.cancel(batch.id)
+
+
+def test_a_file_a_running_batch_reads_cannot_be_deleted(gw):
+    c = client(gw)
+    lines = [chat_line(i, max_tokens=256, min_tokens=256) for i in range(40)]
+    upload = c.files.create(file=("busy.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = c.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.ConflictError):
+        c.files.delete(upload.id)
+    c.batches.cancel(batch.id)
+    assert finished(c, batch.id).status == "cancelled"
+    assert c.files.delete(upload.id).deleted
+
+
+def test_anonymous_callers_get_no_batch_api_once_keys_exist_even_where_generation_is_open():
+    from gateway.api.batches import BatchEndpoints
+    from gateway.api.http import Request
+    from gateway.config import KeysConfig
+    from gateway.errors import GatewayError
+    from gateway.policy.keys import KeyRing
+
+    keys = KeyRing(KeysConfig(required=False, keys=[{"name": "alice", "hash": hash_key(ALICE)}]))
+    endpoints = BatchEndpoints(None, keys, None, None, None)  # type: ignore[arg-type]
+    anonymous = Request({"type": "http", "headers": []}, None, None)  # type: ignore[arg-type]
+    with pytest.raises(GatewayError) as refused:
+        endpoints._who(anonymous)
+    assert refused.value.status == 401  # else every anonymous caller would share one owner's files
+    alice = Request({"type": "http", "headers": [(b"authorization", f"Bearer {ALICE}".encode())]}, None, None)  # type: ignore[arg-type]
+    assert endpoints._who(alice)[0].key_name == "alice"

@@ -56,9 +56,12 @@ class JobStore:
     # ------------------------------------------------------------------ files
 
     def put_file(self, file: dict[str, Any], data: bytes | None) -> None:
+        """Store a file; a file id stored already is left as it is (a batch's output file, made
+        again by a runner that resumed its finalizing)."""
         columns = [*FILE_COLUMNS, "data"]
         self._execute(
-            f"INSERT INTO files ({', '.join(columns)}) VALUES ({', '.join([self.p] * len(columns))})",
+            f"INSERT INTO files ({', '.join(columns)}) VALUES ({', '.join([self.p] * len(columns))}) "
+            "ON CONFLICT (id) DO NOTHING",
             [*(file.get(c) for c in FILE_COLUMNS), data],
         )
 
@@ -89,6 +92,14 @@ class JobStore:
             f"SELECT {', '.join(FILE_COLUMNS)} FROM files{where} ORDER BY created_at DESC, id DESC LIMIT {self.p}",
             [*args, limit],
         )
+
+    def file_in_use(self, file_id: str) -> bool:
+        """Whether a batch that has not ended reads this file."""
+        p = self.p
+        return bool(self._fetch(
+            f"SELECT id FROM batches WHERE input_file_id = {p} AND status NOT IN ({', '.join([p] * len(ENDED))}) "
+            f"LIMIT 1", [file_id, *ENDED],
+        ))  # fmt: skip
 
     def delete_file(self, file_id: str) -> bool:
         return self._execute(f"DELETE FROM files WHERE id = {self.p}", [file_id]) > 0
@@ -129,12 +140,17 @@ class JobStore:
         )
         return [_loaded(r) for r in found]
 
-    def update_batch(self, batch_id: str, fields: dict[str, Any], status_in: tuple[str, ...] = ()) -> bool:
-        """Set ``fields``; only while the status is one of ``status_in`` when given. Whether it did."""
+    def update_batch(self, batch_id: str, fields: dict[str, Any], status_in: tuple[str, ...] = (),
+                     holder: str | None = None) -> bool:  # fmt: skip
+        """Set ``fields``; only while the status is one of ``status_in`` and the claim is
+        ``holder``'s, when given. Whether it did."""
         sets = ", ".join(f"{c} = {self.p}" for c in fields)
         args: list[Any] = [_stored(c, v) for c, v in fields.items()]
         where = f"id = {self.p}"
         args.append(batch_id)
+        if holder is not None:
+            where += f" AND lease_owner = {self.p}"
+            args.append(holder)
         if status_in:
             where += f" AND status IN ({', '.join([self.p] * len(status_in))})"
             args += list(status_in)
