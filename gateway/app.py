@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from gateway.api.flex import FlexGate
 from gateway.api.health import HealthEndpoints
 from gateway.api.http import BodyBudget, Handler, Receive, Scope, Send, application
 from gateway.api.openai import OpenAIEndpoints
@@ -174,6 +175,7 @@ class Gateway:
             config=self.config, keys=self.keys, body_budget=self.body_budget, policy=self.policy,
             router=self.router, catalog=self.catalog, pool=self.pool, proxy=self.proxy, energy=self.energy,
             recorder=self.recorder, metrics=self.metrics, tracing=self.tracing,
+            flex=FlexGate(self.pool, self.config.batch),
         )  # fmt: skip
         api = OpenAIEndpoints(parts)
         health = HealthEndpoints(parts)

@@ -260,6 +260,10 @@ class BatchConfig(Strict):
     )
     poll_interval_s: float = Field(1.0, gt=0, description="how often a replica looks for batches to run")
     file_ttl_days: float = Field(30.0, gt=0, description="files expire (and are deleted) this long after upload")
+    max_flex_waiting: int = Field(
+        256, ge=0, description="requests with service_tier 'flex' that may wait for room at once; more get 429"
+    )
+    flex_max_wait_s: float = Field(600.0, gt=0, description="the longest a flex request waits for room; then 429")
 
 
 class TracingConfig(Strict):

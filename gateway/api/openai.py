@@ -289,6 +289,8 @@ class OpenAIEndpoints:
         if policy is not None and ctx.trace is not None:
             ctx.trace.step("admit")
         plan = await policy.admit(ctx, ident) if policy is not None else None
+        if ctx.body.pop("service_tier", None) == "flex":  # deferrable: wait for the valleys (api/flex.py)
+            await gw.flex.wait()
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
         unshaped = _Unshaped.of(ctx)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # policy, energy and tracing are imported only when they are switched on
+    from gateway.api.flex import FlexGate
     from gateway.api.http import BodyBudget
     from gateway.config import Config
     from gateway.energy.service import EnergyService
@@ -39,3 +40,4 @@ class Parts:
     recorder: Recorder
     metrics: Metrics
     tracing: Tracing | None  # None: tracing is off (OpenTelemetry is never imported)
+    flex: FlexGate  # where service_tier "flex" requests wait for room
