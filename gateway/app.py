@@ -148,6 +148,9 @@ class Gateway:
             self._build_policy()
 
         self._social: asyncio.Task[None] | None = None
+        self.flex = FlexGate(self.pool, config.batch)
+        flex = self.flex
+        self.metrics.flex_waiting.set_function(lambda: flex.waiting)
         self.jobs: JobStore | None = None
         self.paths = self._paths()
         self.http = application(self.paths, config.server.cors_allow_origins)
@@ -155,7 +158,10 @@ class Gateway:
         if self.jobs is not None and self.ledger is not None:  # the Batch API's runner: lines go through self.http
             from gateway.api.batchrun import BatchRunner
 
-            self.batches = BatchRunner(self.jobs, self.http, self.pool, config.batch, self.ledger.replica, self.keys)
+            self.batches = runner = BatchRunner(
+                self.jobs, self.http, self.pool, config.batch, self.ledger.replica, self.keys
+            )
+            self.metrics.batch_inflight.set_function(lambda: runner.inflight)
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store
@@ -175,7 +181,7 @@ class Gateway:
             config=self.config, keys=self.keys, body_budget=self.body_budget, policy=self.policy,
             router=self.router, catalog=self.catalog, pool=self.pool, proxy=self.proxy, energy=self.energy,
             recorder=self.recorder, metrics=self.metrics, tracing=self.tracing,
-            flex=FlexGate(self.pool, self.config.batch),
+            flex=self.flex,
         )  # fmt: skip
         api = OpenAIEndpoints(parts)
         health = HealthEndpoints(parts)

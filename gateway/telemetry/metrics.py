@@ -171,6 +171,12 @@ class Metrics:
         self.reasoning = Counter(
             "gateway_reasoning_requests", "Requests by whether reasoning ran", ["model_name", "reasoning"], registry=r
         )
+        self.batch_inflight = Gauge(
+            "gateway_batch_requests_inflight", "Batch API requests this replica is running now", registry=r
+        )
+        self.flex_waiting = Gauge(
+            "gateway_flex_waiting", "Requests with service_tier flex waiting for room on the backends", registry=r
+        )
         self.budget_deferred = Gauge(
             "gateway_budget_store_deferred_writes",
             "Budget charges waiting for the budget store to be reachable again (replayed in order when it is)",

@@ -58,3 +58,5 @@ def test_a_flex_request_with_room_is_answered_at_once(sims, tmp_path):
                        json={"model": MEDIUM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
                              "service_tier": "flex"})  # fmt: skip
         assert r.status_code == 200 and r.json()["usage"]["energy"]["joules"] >= 0
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert "gateway_flex_waiting 0.0" in metrics and "gateway_batch_requests_inflight 0.0" in metrics
