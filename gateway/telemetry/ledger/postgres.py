@@ -51,29 +51,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX requests_team ON requests (team, ts)",
         "CREATE INDEX requests_model ON requests (routed_model, ts)",
     ],
-    [  # version 2: the Batch API's files and batches (ledger/jobs.py), as SQLite's version 4
-        """CREATE TABLE files (
-            id TEXT PRIMARY KEY, purpose TEXT NOT NULL, filename TEXT, bytes BIGINT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, owner TEXT, team TEXT, batch_id TEXT,
-            kind TEXT NOT NULL, data BYTEA
-        )""",
-        "CREATE INDEX files_owner ON files (owner, created_at)",
-        """CREATE TABLE batches (
-            id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, endpoint TEXT NOT NULL,
-            input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
-            in_progress_at DOUBLE PRECISION, finalizing_at DOUBLE PRECISION, completed_at DOUBLE PRECISION,
-            failed_at DOUBLE PRECISION, expired_at DOUBLE PRECISION, cancelling_at DOUBLE PRECISION,
-            cancelled_at DOUBLE PRECISION, output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL,
-            errors TEXT, metadata TEXT, owner TEXT, key_name TEXT, team TEXT, section TEXT, lease_owner TEXT,
-            lease_until DOUBLE PRECISION
-        )""",
-        "CREATE INDEX batches_owner ON batches (owner, created_at)",
-        "CREATE INDEX batches_status ON batches (status)",
-        """CREATE TABLE batch_results (
-            batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, status_code INTEGER,
-            request_id TEXT, body TEXT, error TEXT, PRIMARY KEY (batch_id, line)
-        )""",
-    ],
+    sql.batch_tables(real="DOUBLE PRECISION", blob="BYTEA", big="BIGINT"),  # version 2: as SQLite's version 4
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock's key: any constant the database's other users do not take ("nudge").

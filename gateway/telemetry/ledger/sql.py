@@ -8,6 +8,33 @@ from typing import Any
 from gateway.telemetry.ledger.rows import COLUMNS, GROUPS
 
 
+def batch_tables(real: str, blob: str, big: str) -> list[str]:
+    """The Batch API's tables (``jobs.py``) in a dialect: its names for a double, a byte string and
+    a 64-bit integer (SQLite's version 4, PostgreSQL's version 2)."""
+    times = ", ".join(f"{c} {real}" for c in (
+        "in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at"))
+    return [
+        f"""CREATE TABLE files (
+            id TEXT PRIMARY KEY, purpose TEXT NOT NULL, filename TEXT, bytes {big} NOT NULL,
+            created_at {real} NOT NULL, expires_at {real}, owner TEXT, team TEXT, batch_id TEXT, kind TEXT NOT NULL,
+            data {blob}
+        )""",
+        "CREATE INDEX files_owner ON files (owner, created_at)",
+        f"""CREATE TABLE batches (
+            id TEXT PRIMARY KEY, created_at {real} NOT NULL, status TEXT NOT NULL, endpoint TEXT NOT NULL,
+            input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, expires_at {real} NOT NULL, {times},
+            output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, errors TEXT, metadata TEXT, owner TEXT,
+            key_name TEXT, team TEXT, section TEXT, lease_owner TEXT, lease_until {real}
+        )""",
+        "CREATE INDEX batches_owner ON batches (owner, created_at)",
+        "CREATE INDEX batches_status ON batches (status)",
+        """CREATE TABLE batch_results (
+            batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, status_code INTEGER,
+            request_id TEXT, body TEXT, error TEXT, PRIMARY KEY (batch_id, line)
+        )""",
+    ]  # fmt: skip
+
+
 def upsert(p: str) -> str:
     """Insert a row; a request id written twice keeps the last row, except that a provisional
     row never replaces a final one (the two are written from different threads, and with

@@ -38,28 +38,7 @@ MIGRATIONS: list[list[str]] = [
     [  # version 3: which gateway process wrote the row
         "ALTER TABLE requests ADD COLUMN replica TEXT",
     ],
-    [  # version 4: the Batch API's files and batches (ledger/jobs.py)
-        """CREATE TABLE files (
-            id TEXT PRIMARY KEY, purpose TEXT NOT NULL, filename TEXT, bytes INTEGER NOT NULL,
-            created_at REAL NOT NULL, expires_at REAL, owner TEXT, team TEXT, batch_id TEXT, kind TEXT NOT NULL,
-            data BLOB
-        )""",
-        "CREATE INDEX files_owner ON files (owner, created_at)",
-        """CREATE TABLE batches (
-            id TEXT PRIMARY KEY, created_at REAL NOT NULL, status TEXT NOT NULL, endpoint TEXT NOT NULL,
-            input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, expires_at REAL NOT NULL,
-            in_progress_at REAL, finalizing_at REAL, completed_at REAL, failed_at REAL, expired_at REAL,
-            cancelling_at REAL, cancelled_at REAL, output_file_id TEXT, error_file_id TEXT,
-            total INTEGER NOT NULL, errors TEXT, metadata TEXT, owner TEXT, key_name TEXT, team TEXT, section TEXT,
-            lease_owner TEXT, lease_until REAL
-        )""",
-        "CREATE INDEX batches_owner ON batches (owner, created_at)",
-        "CREATE INDEX batches_status ON batches (status)",
-        """CREATE TABLE batch_results (
-            batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, status_code INTEGER,
-            request_id TEXT, body TEXT, error TEXT, PRIMARY KEY (batch_id, line)
-        )""",
-    ],
+    sql.batch_tables(real="REAL", blob="BLOB", big="INTEGER"),  # version 4: the Batch API's (ledger/jobs.py)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _memory_ids = itertools.count()
