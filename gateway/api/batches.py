@@ -29,7 +29,8 @@ from typing import Any
 
 import orjson
 
-from gateway.api.http import Request
+from gateway.api.http import BodyBudget, Request
+from gateway.config import BatchConfig, ServerConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.policy.keys import Identity, KeyRing
 from gateway.telemetry.ledger import LedgerUnavailable
@@ -152,12 +153,14 @@ def _multipart(request: Request, raw: bytes) -> tuple[dict[str, str], tuple[str,
 class BatchEndpoints:
     """The route handlers of ``/v1/files`` and ``/v1/batches``."""
 
-    def __init__(self, jobs: JobStore, keys: KeyRing, config: Any, body_budget: Any, server: Any) -> None:
+    def __init__(
+        self, jobs: JobStore, keys: KeyRing, config: BatchConfig, body_budget: BodyBudget, server: ServerConfig
+    ) -> None:
         self.jobs = jobs
         self.keys = keys
-        self.config = config  # BatchConfig
+        self.config = config
         self.body_budget = body_budget
-        self.server = server  # ServerConfig (body deadline)
+        self.server = server  # the body limits and deadline
 
     # ------------------------------------------------------------------ shared
 
