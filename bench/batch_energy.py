@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import checkout, readme_block, start_gateway, stop_all  # noqa: E402
+from bench.common import readme_block, start_gateway, stop_all, write_results  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 RESULTS = ROOT / "bench" / "results" / "batch-energy.json"
@@ -291,16 +290,12 @@ def main() -> int:
     settings = tuple(int(n) for n in args.inflight.split(","))
     arms = [run_arm(kind, args, tmp) for kind in ("sequential", "all_at_once", "interactive")]
     arms += [run_arm("batch_api", args, tmp, n) for n in settings]
-    out = {"command": f"python bench/batch_energy.py --requests {args.requests} --tokens {args.tokens} "
-                      f"--rate {args.rate:g} --speed {args.speed:g} --ttft-requests {args.ttft_requests} "
-                      f"--ttft-rate {args.ttft_rate:g} --ttft-batch {args.ttft_batch} --ttft-speed {args.ttft_speed:g} "
-                      f"--inflight {args.inflight}",
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "commit": checkout(),
-           "requests": args.requests, "tokens": args.tokens, "rate": args.rate, "arms": arms,
-           "inflight": list(settings), "ttft": ttft_runs(args, tmp, settings)}  # fmt: skip
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    write_readme(out)
+    ttft = ttft_runs(args, tmp, settings)
+    command = (f"python bench/batch_energy.py --requests {args.requests} --tokens {args.tokens} --rate {args.rate:g} "
+               f"--speed {args.speed:g} --ttft-requests {args.ttft_requests} --ttft-rate {args.ttft_rate:g} "
+               f"--ttft-batch {args.ttft_batch} --ttft-speed {args.ttft_speed:g} --inflight {args.inflight}")
+    write_readme(write_results(RESULTS, command, requests=args.requests, tokens=args.tokens, rate=args.rate, arms=arms,
+                               inflight=list(settings), ttft=ttft))  # fmt: skip
     return 0
 
 

@@ -143,6 +143,17 @@ def checkout() -> str:
     return head.strip() + ("+changes" if dirty else "")
 
 
+def write_results(path: Path, command: str, **fields) -> dict:
+    """Write a benchmark's results file: the command, when, how many cores and which commit, then
+    ``fields``; the whole record."""
+    out = {"command": command, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
+           "commit": checkout(), **fields}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])}")
+    return out
+
+
 def readme_block(name: str, text: str, root: Path | None = None, doc: str = "README.md", wrap: bool = True) -> None:
     """Replace the text of ``doc`` (the README unless named) between ``<!-- NAME:begin -->`` and
     ``<!-- NAME:end -->`` with ``text`` wrapped at 100 columns (nothing happens where the markers

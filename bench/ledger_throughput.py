@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import checkout, compare_arms, readme_block  # noqa: E402
+from bench.common import compare_arms, readme_block, write_results  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("NUDGE_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/postgres")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -244,16 +244,13 @@ def main() -> int:
     cost = request_cost(args.rounds, args.duration, tmp)
     for arm, r in cost["median"].items():
         print(f"ledger {arm:8s}: {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
-    out = {"command": f"python bench/ledger_throughput.py --rows {args.rows} --rounds {args.rounds} "
-                      f"--duration {args.duration:g}",
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
-           "commit": checkout(), "rows": rows, "requests": cost,
-           "bytes_per_row": bytes_per_row(tmp), "insert_methods": insert_methods()}  # fmt: skip
-    for method, m in out["insert_methods"].items():
+    methods = insert_methods()
+    for method, m in methods.items():
         print(f"{method:12s}: {m['cpu_us_per_row']} µs CPU, {m['wall_us_per_row']} µs wall per row")
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    write_docs(out)
+    command = (f"python bench/ledger_throughput.py --rows {args.rows} --rounds {args.rounds} "
+               f"--duration {args.duration:g}")
+    write_docs(write_results(RESULTS, command, rows=rows, requests=cost, bytes_per_row=bytes_per_row(tmp),
+                             insert_methods=methods))  # fmt: skip
     return 0
 
 

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import checkout, compare_arms, readme_block  # noqa: E402
+from bench.common import compare_arms, readme_block, write_results  # noqa: E402
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Name one prime number."}], "max_tokens": 8}
@@ -100,13 +99,8 @@ def main() -> int:
     for arm, r in cost["median"].items():
         print(f"tracing {arm:8s}: {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
     print(f"the collector received {_Collector.exports} exports, {_Collector.spans_bytes:,} bytes")
-    out = {"command": f"python bench/tracing_cost.py --rounds {args.rounds} --duration {args.duration:g}",
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
-           "commit": checkout(), "exports": _Collector.exports,
-           "export_bytes": _Collector.spans_bytes, **cost}  # fmt: skip
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
-    write_docs(out)
+    command = f"python bench/tracing_cost.py --rounds {args.rounds} --duration {args.duration:g}"
+    write_docs(write_results(RESULTS, command, exports=_Collector.exports, export_bytes=_Collector.spans_bytes, **cost))
     return 0
 
 
