@@ -47,6 +47,7 @@ def request_id() -> str:
 
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
+DEFERRED_TIERS = frozenset({"flex", "batch"})  # service tiers that wait for room (policy/deferral.py)
 
 
 @dataclass(slots=True)
@@ -105,6 +106,9 @@ class RequestContext:
     outcome: str = "pending"  # ok | upstream_error | client_disconnect | refused
     error_code: str | None = None
     trace: RequestTrace | None = None  # the request's spans; None: tracing is off
+    # what the client asked for ("auto" when it named none; "batch" for a Batch API line), then,
+    # once admitted, the tier it is served on: "default" | "flex" | "batch" (the policy may defer)
+    service_tier: str = "auto"
 
     # --- policy
     policy_version: str | None = None

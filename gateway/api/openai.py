@@ -29,6 +29,7 @@ from gateway.api.responses import ResponsesAnswer
 from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
+from gateway.policy.deferral import served_tier
 from gateway.policy.keys import Identity
 from gateway.proxy.forward import StreamEnd, Upstream, relay
 
@@ -220,6 +221,7 @@ class OpenAIEndpoints:
                 key_name=ident.key_name,
                 team=ident.team,
                 trace=trace,
+                service_tier="batch" if BATCH_IDENTITY in request.scope else body.get("service_tier") or "auto",
             )
             if trace is not None:
                 trace.started(ctx)
@@ -289,8 +291,11 @@ class OpenAIEndpoints:
         if policy is not None and ctx.trace is not None:
             ctx.trace.step("admit")
         plan = await policy.admit(ctx, ident) if policy is not None else None
-        if ctx.body.pop("service_tier", None) == "flex":  # deferrable: wait for the valleys (api/flex.py)
-            await gw.flex.wait()
+        ctx.service_tier = plan.service_tier if plan is not None else served_tier(ctx.service_tier, ctx.endpoint)
+        if ctx.service_tier != "default":
+            gw.metrics.deferred.labels(ctx.service_tier).inc()
+            if ctx.service_tier == "flex":  # deferrable: wait for the valleys (api/flex.py)
+                await gw.flex.wait()
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
         unshaped = _Unshaped.of(ctx)
@@ -379,6 +384,7 @@ class OpenAIEndpoints:
     def _upstream_body(self, ctx: RequestContext) -> dict[str, Any]:
         body = ctx.body
         body["model"] = ctx.model
+        body.pop("service_tier", None)  # the gateway's to act on (api/flex.py), not vLLM's
         if ctx.endpoint == "embeddings":
             return body
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:

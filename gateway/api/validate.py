@@ -14,6 +14,9 @@ import orjson
 
 from gateway.errors import bad_request
 
+# OpenAI's ServiceTier: "flex" waits for room (api/flex.py); "auto" takes the policy's default;
+# the others are served as "default" (a local GPU has no faster lane to sell).
+SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_DEPTH = 64  # nesting of objects and arrays; orjson cannot write back past 254, tool schemas need ~10
 
 
@@ -57,6 +60,9 @@ def _check_common(body: dict[str, Any]) -> None:
             raise bad_request("Stream options can only be defined when `stream=True`.", param="stream_options")
         if not isinstance(options, dict):
             raise bad_request("'stream_options' must be an object.", param="stream_options")
+    tier = body.get("service_tier")
+    if tier is not None and tier not in SERVICE_TIERS:
+        raise bad_request(f"'service_tier' must be one of {', '.join(sorted(SERVICE_TIERS))}.", param="service_tier")
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

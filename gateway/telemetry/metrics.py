@@ -224,11 +224,19 @@ class Metrics:
         self.cost = Counter(
             "gateway_cost_usd", "Money the requests cost, by model and team", ["model_name", "team"], registry=r
         )
+        self.deferred = Counter(
+            "gateway_deferred_requests_total",
+            "Requests served on a deferred tier: flex (service_tier, or the policy's default) and batch "
+            "(Batch API lines)",
+            ["tier"],
+            registry=r,
+        )
         self.energy_saved = Counter(
             "gateway_energy_saved_joules",
             "Estimated counterfactual energy saved: by routing (the same tokens on the model asked for, or the top "
             "tier for auto) and by reasoning off (the reasoning tokens such requests generate on this deployment, "
-            "learned from those that reasoned, capped by max_tokens)",
+            "learned from those that reasoned, capped by max_tokens) and by batching (flex and Batch API requests: "
+            "their tokens priced at the batch interactive requests run in, less at the batch they ran in)",
             ["model_name", "lever"],
             registry=r,
         )

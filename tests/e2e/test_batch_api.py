@@ -78,6 +78,10 @@ def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw):
     totalled = wait_until(lambda: (b := c.batches.retrieve(batch.id)).usage is not None
                           and b.usage.output_tokens == generated and b, 10, what="the batch's usage")  # fmt: skip
     assert (totalled.model_extra or {})["energy"]["joules"] > 0
+    # in the ledger, each line's request is on the batch tier
+    usage = httpx.get(f"{gw.url}/v1/usage", params={"limit": 200}, headers={"authorization": f"Bearer {ALICE}"})
+    tiers = {row["id"]: row["service_tier"] for row in usage.json()["data"]}
+    assert {tiers[line["response"]["request_id"]] for line in lines} == {"batch"}
     assert c.batches.list().data[0].id == batch.id
     paged = [f.id for f in c.files.list(limit=1, purpose="batch")]  # the SDK pages with 'after'
     assert upload.id in paged and len(paged) == len(set(paged))

@@ -52,6 +52,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX requests_model ON requests (routed_model, ts)",
     ],
     sql.batch_tables(real="DOUBLE PRECISION", blob="BYTEA", big="BIGINT"),  # version 2: as SQLite's version 4
+    ["ALTER TABLE requests ADD COLUMN service_tier TEXT"],  # version 3: as SQLite's version 5
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock's key: any constant the database's other users do not take ("nudge").

@@ -15,11 +15,15 @@ COLUMNS = (
     "request_id", "ts", "key_name", "team", "endpoint", "requested_model", "routed_model", "backend",
     "status", "outcome", "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "reasoning",
     "energy_j", "energy_source", "co2e_g", "usd", "latency_s", "ttft_s", "nudges", "route_reason",
-    "adequacy", "policy_version", "energy_final", "replica",
+    "adequacy", "policy_version", "energy_final", "replica", "service_tier",
 )  # fmt: skip
 
 CLIENT_TEXT_MAX = 256  # characters kept of a string the client chose (the model it asked for)
-GROUPS = {"model": "routed_model", "key": "key_name", "team": "team", "backend": "backend", "replica": "replica"}
+GROUPS = {
+    "model": "routed_model", "key": "key_name", "team": "team", "backend": "backend", "replica": "replica",
+    "tier": "service_tier",
+}  # fmt: skip
+_TIERS = frozenset({"default", "flex", "batch"})
 
 _NUDGES = COLUMNS.index("nudges")
 _TS = COLUMNS.index("ts")
@@ -67,6 +71,8 @@ def row_from_context(ctx: RequestContext, final: bool = True) -> dict[str, Any]:
         "adequacy": ctx.adequacy,
         "policy_version": ctx.policy_version,
         "energy_final": int(final),
+        # the tier it was served on; a request refused before admission was never deferred
+        "service_tier": ctx.service_tier if ctx.service_tier in _TIERS else "default",
     }
 
 

@@ -39,6 +39,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE requests ADD COLUMN replica TEXT",
     ],
     sql.batch_tables(real="REAL", blob="BLOB", big="INTEGER"),  # version 4: the Batch API's (ledger/jobs.py)
+    [  # version 5: the tier a request was served on (default, flex, batch)
+        "ALTER TABLE requests ADD COLUMN service_tier TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _memory_ids = itertools.count()
