@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.policy import deferral
 from gateway.policy.budgets import BudgetState, StoreUnavailable
 from gateway.policy.keys import Identity
 from gateway.policy.messages import render
@@ -54,6 +55,7 @@ async def admit(eng: PolicyEngine, ctx: RequestContext, ident: Identity) -> Plan
     ctx.policy_plan = plan
     if ctx.endpoint != "embeddings":
         _decide_reasoning(eng, ctx, plan)
+    deferral.admit(eng, ctx, plan)  # before budgets: a deferred request's reservation is discounted
     if p.budgets:
         await _admit_budgets(eng, ctx, plan)
     plan.avoid_always_thinking = not plan.reasoning and p.reasoning.always_thinking == "reroute"
@@ -192,7 +194,7 @@ def _check_sections(eng: PolicyEngine, version: str) -> None:
 def _estimate(unit: str, ctx: RequestContext, plan: Plan) -> float:
     """An upper bound of what this request can use, where one is known before it runs."""
     if unit == "requests":
-        return 1.0
+        return plan.budget_factor
     if unit != "tokens":
         return 0.0  # Wh and money: the store uses the largest recent request instead
     body = ctx.body
@@ -207,7 +209,7 @@ def _estimate(unit: str, ctx: RequestContext, plan: Plan) -> float:
     if len(known) == len(maxima):  # every tier caps max_tokens: none can go past the largest cap
         bound = min(bound, max(known))
     n = body.get("n")
-    return float(bound * (n if isinstance(n, int) else 1) + _prompt_chars(body) + 32)
+    return float(bound * (n if isinstance(n, int) else 1) + _prompt_chars(body) + 32) * plan.budget_factor
 
 
 def _prompt_chars(body: dict[str, Any]) -> int:

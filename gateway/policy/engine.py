@@ -31,6 +31,7 @@ from gateway.policy import admit as _admit
 from gateway.policy import feedback as _feedback
 from gateway.policy import shape as _shape
 from gateway.policy.budgets import BudgetStore
+from gateway.policy.deferral import DeferrableLoad
 from gateway.policy.keys import Identity, KeyRing
 from gateway.policy.messages import render
 from gateway.policy.plan import Plan, RouteFacts
@@ -57,6 +58,7 @@ class PolicyEngine:
         self.metrics = metrics
         self.cloud = cloud_prices or CloudPrices()
         self.social = SocialWindow()
+        self.deferrable = DeferrableLoad()  # keys sending offline-looking work (deferral.py)
         self._counters: dict[tuple[str, str], Any] = {}
         self.sections_checked: str | None = None  # the policy version whose sections admit checked the keys against
 

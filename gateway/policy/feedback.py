@@ -93,7 +93,7 @@ async def _settle(
 ) -> None:
     for hold in plan.holds:
         b = hold.budget
-        amount = amounts[b.unit]
+        amount = amounts[b.unit] * plan.budget_factor  # deferred work may count less (deferral.py)
         try:
             if hold.reservation is not None:
                 reservation, hold.reservation = hold.reservation, None

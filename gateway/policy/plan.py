@@ -92,6 +92,8 @@ class Plan:
     avoid_always_thinking: bool = True  # router: prefer a non-reasoning model of similar size
     show_cost: bool = True  # policy cost.show: whether the caller sees money
     holds: list[BudgetHold] = field(default_factory=list)
+    service_tier: str = "default"  # default | flex | batch (deferral.py)
+    budget_factor: float = 1.0  # share of the request's usage that budgets count (deferral's discount)
     route: RouteFacts | None = None  # set by shape()
     settled: bool = False
 

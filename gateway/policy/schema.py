@@ -215,6 +215,31 @@ class SocialProofPolicy(Strict):
     ratio_above: float = Field(1.5, gt=1, description="warn when the key's mean is this many times the team median")
 
 
+# ---------------------------------------------------------------- deferral
+
+
+class DeferralPolicy(Strict):
+    """Work that is not urgent runs when the GPUs have room, in fuller batches: service_tier "flex"
+    (waits for room, api/flex.py) and the Batch API. Fuller batches cost less energy per token."""
+
+    default_tier: Literal["default", "flex"] = Field(
+        "default",
+        description="tier of chat and completions requests that name none (or 'auto'): flex defers them; "
+        "a request still opts out with service_tier 'default'",
+    )
+    budget_discount: float = Field(
+        0.0, ge=0, lt=1, description="share of flex and batch usage not counted against budgets (0.5: half counts)"
+    )
+    suggest: bool = Field(True, description="suggest flex or the Batch API to keys that send offline-looking work")
+    suggest_after: int = Field(
+        20, ge=1, description="suggest once a key sent this many such requests within suggest_window_s"
+    )
+    suggest_window_s: float = Field(600.0, gt=0, description="seconds over which such requests are counted")
+    suggest_max_tokens: int = Field(
+        1024, ge=1, description="such a request does not stream and asks for at least this many max_tokens"
+    )
+
+
 # ---------------------------------------------------------------- messages
 
 # Placeholders each message may use. Values arrive pre-rounded as text, so a placeholder
@@ -237,6 +262,7 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "budget_hard": frozenset(_BUDGET),
     "budget_refused": frozenset(_BUDGET),
     "social": frozenset({"key_wh", "team_median_wh", "ratio", "team"}),
+    "deferrable": frozenset({"count", "window", "max_tokens"}),
 }
 
 
@@ -265,6 +291,7 @@ _WHEN = {
     "budget_hard": "a budget's hard limit downgraded the request or turned reasoning off",
     "budget_refused": "a budget's hard limit refused the request (the 429's message)",
     "social": "the key's energy per request is well above its team's median (social_proof)",
+    "deferrable": "a key keeps sending work that looks offline (deferral.suggest)",
 }
 
 
@@ -316,6 +343,11 @@ class Messages(Strict):
         "Your requests use {key_wh} Wh on average, {ratio}x the median of team {team} ({team_median_wh} Wh).",
         "Smaller models, shorter answers and reasoning off cut this most.",
     )
+    deferrable: Template = _t(
+        "{count} requests from this key in the last {window} asked for {max_tokens}+ tokens without streaming.",
+        "If they can wait, send them with service_tier 'flex' or through the Batch API (/v1/batches): "
+        "they run when the GPUs have room, in fuller batches, at less energy per token.",
+    )
 
     @field_validator("*")
     @classmethod
@@ -355,6 +387,7 @@ class Policy(Strict):
     )
     caps: CapsPolicy = Field(default_factory=CapsPolicy)
     social_proof: SocialProofPolicy = Field(default_factory=SocialProofPolicy)
+    deferral: DeferralPolicy = Field(default_factory=DeferralPolicy)
     messages: Messages = Field(default_factory=Messages)
     explain: bool = Field(
         True, description="add explanation headers (x-gateway-reasoning, x-gateway-caps, x-gateway-nudge)"

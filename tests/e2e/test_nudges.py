@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 import uuid
@@ -236,3 +237,23 @@ def test_reasoning_off_credit_is_small_for_small_talk_and_learns_from_opted_in_r
         assert 0 < small_talk < hard_before < hard_after
         assert credit(hard, max_tokens=70) == 0  # a cut-off answer left no room for reasoning
         assert joules(gw) > 0  # and the tokens are priced into the energy-saved lever
+
+
+def test_a_team_defaulting_to_flex_runs_its_requests_deferred_and_the_ledger_says_so(sims, tmp_path):
+    keys = {"required": True, "keys": [{"name": "ann", "team": "lab", "hash": hash_key("ann-key"), "admin": True},
+                                       {"name": "ops", "team": "ops", "hash": hash_key("ops-key")}]}  # fmt: skip
+    path = policy_file(tmp_path, {}, {"ops": {"deferral": {"default_tier": "flex"}}})
+    config = base_config(tmp_path, [backend_entry("small", sims[SMALL])], keys=keys, policy={"path": str(path)})
+    ops, ann = {"authorization": "Bearer ops-key"}, {"authorization": "Bearer ann-key"}
+    with GatewayProcess(write_config(tmp_path, config)) as gw:
+        deferred = chat(gw, model=SMALL, headers=ops)  # the team's default: flex (room now: served at once)
+        opted_out = chat(gw, model=SMALL, headers=ops, service_tier="default")
+        other = chat(gw, model=SMALL, headers=ann)
+        assert [r.status_code for r in (deferred, opted_out, other)] == [200, 200, 200]
+        bad = chat(gw, model=SMALL, headers=ann, service_tier="turbo")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "service_tier"
+        metrics = httpx.get(f"{gw.url}/metrics", headers=ann).text
+        assert 'gateway_deferred_requests_total{tier="flex"} 1.0' in metrics
+    with sqlite3.connect(tmp_path / "usage.db") as conn:
+        tiers = dict(conn.execute("SELECT request_id, service_tier FROM requests"))
+    assert [tiers[r.headers["x-request-id"]] for r in (deferred, opted_out, other)] == ["flex", "default", "default"]
