@@ -349,6 +349,28 @@ ROWS: list[Row] = [
                 field_config={"min": 0, "max": 1},
             ),
             Panel(
+                "timeseries", "Energy saved by batching (estimated)",
+                "Deferred work (service_tier flex, the Batch API) runs when the GPUs have room, in fuller "
+                "batches. Estimated as average power (W = Wh saved per hour), 5-minute windows: each deferred "
+                "request's tokens priced by the token-cost model at the batch interactive requests run in on "
+                "its backend, less at the batch it ran in, times the backend's measured/modelled ratio.",
+                "watt",
+                [Target(f"sum(model_name_lever:gateway_energy_saved_joules:rate5m{{lever=\"batching\", {M}}})",
+                        "saved by batching")],
+                width=12,
+            ),
+            Panel(
+                "timeseries", "Deferred requests",
+                "Requests per second served on the flex tier and as Batch API lines (their tier in the "
+                "ledger too: nudge-gateway report --by tier), with the flex requests waiting for room and "
+                "the batch lines running now.",
+                "short",
+                [Target("sum by (tier) (rate(gateway_deferred_requests_total[5m]))", "{{tier}} req/s"),
+                 Target("sum(gateway_flex_waiting)", "flex waiting"),
+                 Target("sum(gateway_batch_requests_inflight)", "batch running")],
+                width=12,
+            ),
+            Panel(
                 "piechart", "Requests by tier",
                 "Routed requests per model tier (small, large, ...) in the time range: how much traffic "
                 "right-sizing keeps on small models.",

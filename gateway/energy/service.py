@@ -26,7 +26,7 @@ from collections.abc import Callable
 from functools import partial
 
 from gateway.config import BackendConfig
-from gateway.context import EnergyReport, RequestContext
+from gateway.context import DEFERRED_TIERS, EnergyReport, RequestContext
 from gateway.energy.attribution.book import Book
 from gateway.energy.attribution.records import Interval, Track
 from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
@@ -249,11 +249,12 @@ class EnergyService:
         else:  # finalised before the sampler could: keep the provisional value, labelled as such
             report = self._provisional(entry)
         ctx.energy = report
+        batched = _batched(ctx, tracks, entry.books)
         # The entry and its tracks point at each other (track.owner); unlink them so the
         # request's objects are freed by reference counting when the book lets go of the
         # tracks, not by a full garbage collection (tens of ms under load; bench/NOTES.md).
         entry.tracks, entry.books = [], []
-        self._saved(ctx, report)
+        self._saved(ctx, report, batched)
         self._observe(ctx, report)  # last: once a request's energy is counted, its savings are too
         try:
             self.on_final(ctx)
@@ -273,7 +274,9 @@ class EnergyService:
         if report.usd:
             m.c_cost(model, ctx.team).inc(report.usd)
 
-    def _saved(self, ctx: RequestContext, report: EnergyReport) -> None:
+    def _saved(
+        self, ctx: RequestContext, report: EnergyReport, batched: tuple[str, float, float] | None = None
+    ) -> None:
         """Counterfactual energy saved, by lever (estimates of what did not happen).
 
         routing: the same tokens priced on the model the request would have run on without
@@ -284,6 +287,10 @@ class EnergyService:
         (``ctx.reasoning_avoided``): the reasoning tokens such a request generates on this
         deployment (learned from the ones that did reason, ``counterfactual.py``), never more
         than its max_tokens left room for, priced on the model that answered.
+        batching: a deferred request (flex, batch; ``batched``: its backend, the mean batch it ran
+        in, the batch interactive requests run in there, ``Book.interactive_batch``): the same
+        tokens priced by the token-cost model at the interactive batch, less at its own, times
+        the backend's measured/modelled ratio; 0 when it ran in no fuller a batch.
         """
         usage = ctx.usage if isinstance(ctx.usage, dict) else None
         if usage is None or not ctx.model:
@@ -298,6 +305,11 @@ class EnergyService:
             saved = self.counterfactual_joules(other, prompt, completion) - report.joules if other != ctx.model else 0.0
             # routed up (a saturated tier spilled over) saves nothing
             self.metrics.energy_saved.labels(ctx.model, "routing").inc(max(saved, 0.0))
+        if batched is not None:
+            name, ran, interactive = batched
+            costs, k = self.costs(name, ctx.model), self.samplers[name].book.k
+            gain = costs.request(prompt, completion, interactive) - costs.request(prompt, completion, ran)
+            self.metrics.energy_saved.labels(ctx.model, "batching").inc(k * max(gain, 0.0))
         if ctx.reasoning_avoided:
             tokens = self.reasoning.credit(ctx.model, ctx.task_class, completion, ctx.max_tokens)
             extra = self.counterfactual_joules(ctx.model, 0, round(tokens)) if tokens > 0 else 0.0
@@ -327,6 +339,18 @@ class EnergyService:
                 gen, joules = gen + other.gen, joules + other.joules
         if joules > 0:
             m.tokens_per_joule.labels(model).set(gen / joules)
+
+
+def _batched(ctx: RequestContext, tracks: list[Track], books: list[Book]) -> tuple[str, float, float] | None:
+    """For a deferred request: (backend, the mean batch it ran in, the interactive batch there);
+    None for an interactive request, or before the backend saw any interactive traffic."""
+    if ctx.service_tier not in DEFERRED_TIERS or not tracks or ctx.backend is None:
+        return None
+    busy = sum(t.busy_s for t in tracks)
+    interactive = books[-1].interactive_batch
+    if busy <= 0 or interactive is None:
+        return None
+    return ctx.backend, sum(t.batch_s for t in tracks) / busy, interactive
 
 
 class _Window:

@@ -326,3 +326,50 @@ def test_reasoning_off_credit_is_the_learned_estimate_within_max_tokens(backend)
     assert PRIORS["hard"] < learned < 6000 and learned == pytest.approx((10 * PRIORS["hard"] + 40 * 6000) / 50)
     assert credited("h3", "hard") == pytest.approx(price(round(learned)))
     assert svc.reasoning.expected("Qwen/Qwen3-8B", "trivial") == PRIORS["trivial"]  # other classes keep theirs
+
+
+def test_energy_saved_by_batching_prices_a_deferred_requests_tokens_at_the_interactive_batch(backend):
+    cfg = BackendConfig(name="b", url=backend.url, meter=DcgmMeterConfig(type="dcgm", url=f"{backend.url}/dcgm/metrics", interval_s=0.02))
+    finals = Finals()
+    svc, metrics = service_for(cfg, finals, horizon_s=0.1)
+    svc.start()
+
+    def run(ctx, running, steps=12):
+        svc.begin(ctx)
+        time.sleep(0.05)  # the sampler takes the request in before the backend runs it
+        with backend.lock:
+            backend.prompt += 10
+            backend.running = running
+        for _ in range(steps):
+            with backend.lock:
+                backend.gen += 5 * running
+                backend.add_energy(10.0 + running)
+            time.sleep(0.03)
+        with backend.lock:
+            backend.running = 0
+            ctx.usage = {"prompt_tokens": 10, "completion_tokens": 60}
+            ctx.finished = time.monotonic()
+        svc.end(ctx)
+
+    try:
+        started(svc)
+        run(request("interactive", stream=False), running=2)  # interactive traffic runs 2 at a time
+        line = request("line", stream=False)
+        line.service_tier = "batch"
+        run(line, running=16)  # a Batch API line runs in a batch of 16
+        for _ in range(8):
+            with backend.lock:
+                backend.add_energy(5.0)
+            time.sleep(0.03)
+        wait_for(lambda: len(finals.ctxs) == 2, what="both final")
+    finally:
+        svc.stop()
+    book = svc.samplers["b"].book
+    assert book.interactive_batch == pytest.approx(2.0, rel=0.25)  # the batch line's intervals left out
+    costs = svc.costs("b")
+    at_interactive = costs.request(10, 60, book.interactive_batch)
+    saved = value(metrics, "gateway_energy_saved_joules_total", model_name="Qwen/Qwen3-8B", lever="batching")
+    # the line's tokens at the interactive batch, less at its own (~16): one request's credit, and
+    # the interactive request earns none
+    assert saved == pytest.approx(book.k * (at_interactive - costs.request(10, 60, 16.0)), rel=0.15)
+    assert saved > 0.5 * book.k * at_interactive

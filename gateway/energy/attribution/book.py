@@ -13,7 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from gateway.context import RequestContext
+from gateway.context import DEFERRED_TIERS, RequestContext
 from gateway.energy.attribution.books import Books
 from gateway.energy.attribution.records import Closed, Interval, OpenInterval, Tally, Track
 from gateway.energy.attribution.settle import Settler
@@ -23,6 +23,7 @@ from gateway.energy.coefficients import DEFAULT_BATCH, TokenCosts
 
 log = logging.getLogger("gateway.energy")
 
+INTERACTIVE_TAU_S = 300.0  # the interactive batch is averaged over about this long
 RING_MARGIN_S = 60.0  # closed intervals kept before the oldest request in flight (see _finalise)
 
 
@@ -48,6 +49,9 @@ class Book:
         self.closed_until = -math.inf
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
+        # Sequences x seconds and seconds of the busy intervals in which none of our deferred
+        # (flex, batch) requests ran, both fading over ~INTERACTIVE_TAU_S (interactive_batch).
+        self._interactive = (0.0, 0.0)
         self._ring: deque[Closed] = deque(maxlen=ring)  # closed intervals, for the claims of requests open
         self.timeline = Timeline()
         self.books = Books(self._ring)
@@ -81,6 +85,14 @@ class Book:
         work = costs.prefill(pending_p) + costs.decode(self.batch_now, prompt + gen) * pending_g
         estimated = track.est_joules > 0 or not self.measured_now
         return track.joules + track.est_joules + self.k * work, estimated
+
+    @property
+    def interactive_batch(self) -> float | None:
+        """The batch interactive requests run in here: the backend's mean batch over the busy
+        intervals without deferred requests of ours, over about the last INTERACTIVE_TAU_S of them
+        (None before any). What batching saves is priced against it (``EnergyService._saved``)."""
+        batch_s, busy_s = self._interactive
+        return batch_s / busy_s if busy_s > 0 else None
 
     # ------------------------------------------------------------------ the books
 
@@ -122,9 +134,15 @@ class Book:
         self.batch_now = iv.batch or self.batch_now
         batch = max(1.0, iv.batch)
         self.timeline.place_counted_prompts(iv, self.tracks, costs)
+        dt = iv.t1 - iv.t0
+        deferred = False
         for track in self.tracks:
             if track.drained or track.final:
                 continue
+            if iv.batch > 0 and dt > 0:
+                track.batch_s += iv.batch * dt
+                track.busy_s += dt
+            deferred = deferred or track.ctx.service_tier in DEFERRED_TIERS
             if track.stream:
                 self.timeline.note_stream(op, track, batch, costs)
             if track.ended:
@@ -133,6 +151,9 @@ class Book:
                 log.warning("request %s never ended; closing its energy account", track.ctx.request_id)
                 self.end(track, iv.t1, None)
                 track.drained = True
+        if iv.batch > 0 and dt > 0 and not deferred:  # a time-weighted mean that forgets over ~TAU
+            decay = math.exp(-dt / INTERACTIVE_TAU_S)
+            self._interactive = (self._interactive[0] * decay + iv.batch * dt, self._interactive[1] * decay + dt)
         for closing in self.timeline.closing(until=iv.t1 - self.horizon_s):
             self._close(closing)
         return self._finalise(force=False)

@@ -30,7 +30,7 @@ class Track:
     __slots__ = (
         "ctx", "owner", "stream", "skip_events", "sent", "finished", "ended", "drained", "final", "forced", "usage",
         "gen_seen", "prompt_placed", "placed_at", "placed", "joules", "est_joules", "gpu_s", "p_closed", "g_closed",
-        "shape", "pshape",
+        "shape", "pshape", "batch_s", "busy_s",
     )  # fmt: skip
 
     def __init__(self, ctx: RequestContext, sent: float, shape_limit: int | None = None) -> None:
@@ -59,6 +59,8 @@ class Track:
         self.shape: deque[tuple[Closed, float]] = deque(maxlen=shape_limit)
         self.pshape: deque[tuple[Closed, float]] = deque(maxlen=shape_limit)
         self.placed: list[tuple[OpenInterval, float]] = []  # streaming: where its prompt was placed
+        self.batch_s = 0.0  # sequences running on the backend, times seconds, while it ran
+        self.busy_s = 0.0  # ... and those seconds: batch_s / busy_s is the batch it ran in
 
     def prompt_tokens(self) -> int:
         usage = self.usage if self.usage is not None else self.ctx.usage
