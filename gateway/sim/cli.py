@@ -20,6 +20,7 @@ import sys
 
 import uvicorn
 
+from .power import QUANTIZATION_BITS
 from .server import Listener, SimApp, SimConfig
 
 
@@ -71,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPU model and per-request ground truth: additive (power.py) or roofline (roofline.py, a form the "
         "gateway's attribution does not share)",
     )
+    parser.add_argument(
+        "--quantization", "-q", choices=sorted(QUANTIZATION_BITS), default=None,
+        help="weight quantization, as vLLM's flag: the weights stream and occupy their own bytes "
+        "(default: bf16)",
+    )  # fmt: skip
     parser.add_argument("--task", choices=["generate", "embed"], default="generate")
     parser.add_argument("--served-model-name", nargs="+", default=None)
     parser.add_argument("--max-num-seqs", type=int, default=1024)
@@ -165,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         coalesce=not args.no_coalesce,
         dcgm_labels=labels,
         power_model=args.power_model,
+        quantization=args.quantization,
         max_logprobs=args.max_logprobs,
         enable_force_include_usage=args.enable_force_include_usage,
         enable_prompt_tokens_details=args.enable_prompt_tokens_details,

@@ -91,6 +91,14 @@ class StepModel(Protocol):
     ) -> tuple[float, float, list[float]]: ...
 
 
+# vLLM's --quantization methods the simulator takes: bits per stored weight (4-bit formats carry
+# a scale per group of 128 weights, ~0.25 bit each; FP4's per 16, 0.5)
+QUANTIZATION_BITS = {
+    "fp8": 8.0, "awq": 4.25, "awq_marlin": 4.25, "gptq": 4.25, "gptq_marlin": 4.25, "bitsandbytes": 4.25,
+    "mxfp4": 4.25, "modelopt_fp4": 4.5,
+}  # fmt: skip
+
+
 def kv_bytes_per_token(params_b: float) -> float:
     return KV_A * params_b**KV_B
 
@@ -98,13 +106,14 @@ def kv_bytes_per_token(params_b: float) -> float:
 class CostModel:
     """Prices a step for a model of ``params_b`` billion parameters on ``gpus`` GPUs (tensor parallel)."""
 
-    def __init__(self, params_b: float, gpus: int, gpu: GpuSpec) -> None:
+    def __init__(self, params_b: float, gpus: int, gpu: GpuSpec, weight_bits: float = 16.0) -> None:
         self.gpus = gpus
         self.gpu = gpu
         p = params_b / gpus
         kv = kv_bytes_per_token(params_b) / gpus
         self.kv_bytes_per_gpu = kv
-        self.t_fixed = T0 + T1 * gpu.mem_factor * p + (T_TP if gpus > 1 else 0.0)
+        # streaming the weights once a step, in their bytes (T1 was fitted on bf16)
+        self.t_fixed = T0 + T1 * gpu.mem_factor * p * (weight_bits / 16.0) + (T_TP if gpus > 1 else 0.0)
         self.t_tok = C_TOK * p
         self.t_ctx = C_KV * gpu.mem_factor * kv
         self.t_prefill_tok = 2.0 * p * 1e9 / F_PREFILL

@@ -117,13 +117,13 @@ class RooflineModel:
     """Prices a step for ``params_b`` billions on ``gpus`` GPUs of ``gpu`` (see the module docstring)."""
 
     def __init__(self, params_b: float, gpus: int, gpu: GpuSpec, model: str = "", seed: int = 0,
-                 noise: bool = True) -> None:
+                 noise: bool = True, weight_bits: float = 16.0) -> None:
         self.noise = noise
         self.gpus = gpus
         self.gpu = gpu
         self.arch = arch_for(model, params_b)
         p = params_b / gpus
-        self.weight_bytes = 2.0 * p * 1e9
+        self.weight_bytes = weight_bits / 8.0 * p * 1e9  # bf16: 2 bytes a weight
         self.flop_per_token = 2.0 * p * 1e9
         self.kv_bytes_per_gpu = (self.arch.kv_global + self.arch.kv_local) / gpus  # what a cached token occupies
         self.bw = BW_EFF / gpu.mem_factor  # an H200 streams faster: mem_factor = H100 / this GPU

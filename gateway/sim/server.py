@@ -26,7 +26,7 @@ from .faults import Faults, FaultSpecError, parse_fault
 from .generate import JSON_HEADERS, EngineDead, Generation
 from .metrics import CONTENT_TYPE, MetricsExporter
 from .params import ApiError, invalid, is_true
-from .power import GPUS, CostModel, DcgmCounters, StepModel
+from .power import GPUS, QUANTIZATION_BITS, CostModel, DcgmCounters, StepModel
 from .roofline import RooflineModel
 from .sse import DONE
 from .streaming import wait_disconnect
@@ -58,6 +58,7 @@ class SimConfig:
     coalesce: bool = True
     dcgm_labels: dict[str, str] = field(default_factory=dict)
     power_model: str = "additive"  # additive (power.CostModel) | roofline (roofline.RooflineModel)
+    quantization: str | None = None  # --quantization: weights in QUANTIZATION_BITS[...] bits, else bf16
     max_logprobs: int = 20  # --max-logprobs (-1: the vocabulary)
     enable_force_include_usage: bool = False
     enable_prompt_tokens_details: bool = False
@@ -69,15 +70,21 @@ class SimConfig:
             self.served_model_names = [self.model]
 
 
+def weight_bits(cfg: SimConfig) -> float:
+    return QUANTIZATION_BITS[cfg.quantization] if cfg.quantization else 16.0
+
+
 def kv_cache_capacity(cfg: SimConfig, cost: StepModel) -> int:
     """KV-cache tokens that fit beside the weights, as vLLM sizes its cache at start-up."""
     if cfg.kv_cache_tokens is not None:
         return cfg.kv_cache_tokens
     gpu = GPUS[cfg.gpu]
-    free = gpu.memory_bytes * cfg.gpu_memory_utilization - 2 * cfg.params_b * 1e9 / cfg.gpus - 2 * 2**30
+    weights = weight_bits(cfg) / 8.0 * cfg.params_b * 1e9 / cfg.gpus
+    free = gpu.memory_bytes * cfg.gpu_memory_utilization - weights - 2 * 2**30
     if free <= 0:
         raise ValueError(
-            f"No available memory for the cache blocks: {cfg.params_b:g}B parameters in bf16 do not fit on "
+            f"No available memory for the cache blocks: {cfg.params_b:g}B parameters in {cfg.quantization or 'bf16'} "
+            f"do not fit on "
             f"{cfg.gpus} × {gpu.model_name}. Use more GPUs (--gpus)."
         )
     capacity = int(free / cost.kv_bytes_per_gpu)
@@ -123,10 +130,13 @@ class SimApp:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.version = VllmVersion(cfg.vllm_version)
+        bits = weight_bits(cfg)
         if cfg.power_model == "roofline":
-            self.cost: StepModel = RooflineModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu], cfg.model, cfg.seed)
+            self.cost: StepModel = RooflineModel(
+                cfg.params_b, cfg.gpus, GPUS[cfg.gpu], cfg.model, cfg.seed, weight_bits=bits
+            )
         else:
-            self.cost = CostModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu])
+            self.cost = CostModel(cfg.params_b, cfg.gpus, GPUS[cfg.gpu], weight_bits=bits)
         self.engine = Engine(
             self.cost,
             max_model_len=cfg.max_model_len,
