@@ -16,6 +16,11 @@ Prefill: a power law through the H200 probe of FACTS.md (1.5B-32B; the 0.5B poin
 overhead, not compute), and ATTN = 4·layers·d_model / (2·N) averaged over the probe's shapes.
 
 ``--check`` compares with the constants in the code and exits 1 if one moved by more than 1 %.
+
+``--precision`` checks the weight-bits term (an FP8 deployment streams half the bytes) against
+ML.ENERGY's FP8 rows: each FP8 row against the bf16 rows of the same model, task, GPU and
+``max_num_seqs``, measured J/token ratio against the model's, grouped by whether the FP8 run
+used as many GPUs or fewer; writes ``bench/results/precision-check.json``.
 """
 
 from __future__ import annotations
@@ -82,11 +87,71 @@ def fit_decode(rows: list[dict], pre: float, pre_exp: float, kv_exp: float) -> t
     return coef, predicted / e - 1
 
 
+def precision_check(path: Path) -> dict:
+    """FP8 against bf16 on ML.ENERGY v3: measured and modelled J/token ratios, per model and GPU count."""
+    from gateway.energy.coefficients import TokenCosts
+
+    def modelled(r: dict, bits: float) -> float:
+        costs = TokenCosts(float(r["total_params_billions"]), int(r["num_gpus"]), r["gpu_model"].lower(), bits)
+        return costs.decode(float(r["avg_batch_size"]), PROMPT + float(r["avg_output_len"]) / 2)
+
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    runs: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        key = (r["task"], r["gpu_model"], r["model_id"].removesuffix("-FP8"), r["max_num_seqs"])
+        runs.setdefault(key, {}).setdefault(r["weight_precision"], []).append(r)
+    groups: dict[str, dict[str, list[float]]] = {}
+    for (_, _, model, _), by in runs.items():
+        for f8 in by.get("fp8", []):
+            for bf in by.get("bfloat16", []):
+                gpus = "as many GPUs" if f8["num_gpus"] == bf["num_gpus"] else "fewer GPUs"
+                g = groups.setdefault(f"{model.split('/')[-1]}, {gpus}", {"measured": [], "modelled": []})
+                g["measured"].append(float(f8["energy_per_token_joules"]) / float(bf["energy_per_token_joules"]))
+                g["modelled"].append(modelled(f8, 8.0) / modelled(bf, 16.0))
+    out = {}
+    for name, g in sorted(groups.items()):
+        m, p = np.array(g["measured"]), np.array(g["modelled"])
+        out[name] = {"pairs": len(m), "measured_median": round(float(np.median(m)), 2),
+                     "measured_range": [round(float(m.min()), 2), round(float(m.max()), 2)],
+                     "modelled_median": round(float(np.median(p)), 2)}  # fmt: skip
+        print(f"{name:48s} {len(m):3d} pairs: FP8/bf16 measured {out[name]['measured_median']:.2f} "
+              f"({m.min():.2f}-{m.max():.2f}), modelled {out[name]['modelled_median']:.2f}")  # fmt: skip
+    return out
+
+
+def write_precision_readme(record: dict) -> None:
+    """The README's sentence on what FP8 saves, from the results file."""
+    from bench.common import readme_block
+
+    groups = record["groups"]
+    parts = [f"{name} {g['measured_median']:.2f}x ({g['measured_range'][0]:.2f}-{g['measured_range'][1]:.2f})"
+             for name, g in groups.items()]  # fmt: skip
+    modelled = [g["modelled_median"] for g in groups.values()]
+    close = [name for name, g in groups.items() if abs(g["modelled_median"] / g["measured_median"] - 1) <= 0.15]
+    readme_block("precision-check", (
+        f"on ML.ENERGY v3's FP8 runs against the same model in bf16 (same task, GPU and batch limit; "
+        f"`{record['command']}`, `bench/results/precision-check.json`), FP8 cost per generated token, median "
+        f"(range): {'; '.join(parts)}. The weight-bytes model alone predicts {min(modelled):.2f}-{max(modelled):.2f}x "
+        f"for all of them: within 15% of the measured median for {len(close)} of the {len(groups)} groups "
+        f"({'; '.join(close) or 'none'}), optimistic for the others."
+    ))  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--check", action="store_true", help="fail if the code's constants differ from the fit")
+    ap.add_argument("--precision", action="store_true", help="check the weight-bits term on ML.ENERGY's FP8 rows")
     args = ap.parse_args()
+    if args.precision:
+        from bench.common import write_results
+
+        groups = precision_check(args.csv)
+        record = write_results(ROOT / "bench" / "results" / "precision-check.json",
+                               "python bench/derive_energy_coefficients.py --precision", groups=groups)  # fmt: skip
+        write_precision_readme(record)
+        return 0
 
     pre, pre_exp, attn = fit_prefill()
     kv_exp = fit_kv_exponent()

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from gateway.precision import Precision
 from gateway.yamlfile import YamlFileError, load_model, read_yaml
 
 
@@ -105,6 +106,12 @@ class ModelConfig(Strict):
     tier: str | None = Field(None, description="tier name; default: from size order")
     reasoning: Reasoning | None = Field(None, description="default: from family")
     max_model_len: int | None = Field(None, gt=0, description="default: from the backend's /v1/models")
+    precision: Precision | None = Field(
+        None,
+        description="weight precision (bf16, fp8, awq, gptq, int4, ...); default: from the name (-FP8, -AWQ, "
+        "-GPTQ, -W8A8, ...), else bf16. A quantized deployment of a model is as able as the original unless "
+        "ability says otherwise, and cheaper to run: the router prefers it within the tier",
+    )
 
 
 # ---------------------------------------------------------------- the rest

@@ -37,6 +37,16 @@ prompt token at batch 8 x 1024, mean context 512; the 0.5B point is overhead-bou
 out). ATTN is the attention FLOP per context token relative to the 2·N of the matmuls,
 4·layers·d_model / 2·N averaged over Qwen2.5-7B/14B/32B shapes.
 
+Quantized weights (``gateway/precision.py``) scale the weight-streaming term by their bits over
+16: an FP8 deployment streams half the bytes per step. Checked on ML.ENERGY v3's FP8 rows
+(``bench/derive_energy_coefficients.py --precision``, ``bench/results/precision-check.json``):
+it predicts FP8 against bf16 for Llama-3.1-405B (0.70 modelled, 0.64 measured median; FP8 on
+half the GPUs) and Qwen3-235B-Instruct on fewer GPUs (0.70, 0.73), but is optimistic for mixtures
+of experts on as many GPUs (Qwen3-235B 0.70-0.74 against 0.94-1.09; Qwen3-Coder-480B 0.79
+against 3.33). So the weight bits are only the prior: each backend's calibration
+(``estimators.Calibration``) moves its prices to what its meter measures, and the router compares
+deployments by the calibrated price (``EnergyService.expected_j_per_token``).
+
 So a prompt token costs 2-30 % of a generated one: ~7 % for an 8B model at batch 8, ~25 % at
 batch 128 (the step cost is shared by more sequences), which is why the ratio is computed per
 interval from the batch the backend reports rather than fixed.
@@ -73,13 +83,14 @@ class TokenCosts:
 
     __slots__ = ("params_b", "gpus", "gpu", "step_j", "tok_j", "ctx_j", "pre_j", "idle_w")
 
-    def __init__(self, params_b: float | None, gpus: int = 1, gpu: str = "h200") -> None:
+    def __init__(self, params_b: float | None, gpus: int = 1, gpu: str = "h200", weight_bits: float = 16.0) -> None:
         n = params_b if params_b and params_b > 0 else DEFAULT_PARAMS_B
         m = MEMORY_FACTOR.get(gpu.lower(), 1.0)
         self.params_b = n
         self.gpus = max(1, gpus)
         self.gpu = gpu
-        self.step_j = STEP0 + STEP_N * n * m + STEP_TP * (self.gpus - 1)
+        # the weights streamed once per step, in their stored bytes (fitted on bf16: 16 bits)
+        self.step_j = STEP0 + STEP_N * n * m * (weight_bits / 16.0) + STEP_TP * (self.gpus - 1)
         self.tok_j = TOK * n
         self.ctx_j = KV * n**KV_EXP * m
         self.pre_j = PRE * n**PRE_EXP / (1.0 + ATTN * 512)
