@@ -21,6 +21,7 @@ from gateway.api.openai import OpenAIEndpoints
 from gateway.api.parts import Parts
 from gateway.config import Config
 from gateway.context import RequestContext
+from gateway.energy.coefficients import DEFAULT_BATCH, TokenCosts
 from gateway.policy.keys import KeyRing
 from gateway.proxy.backends import BackendPool
 from gateway.proxy.forward import Proxy
@@ -102,7 +103,7 @@ class Gateway:
                 adequacy = AdequacyModel.load(config.resolve(path) if path else None)
             except (OSError, ValueError, KeyError) as exc:
                 raise ValueError(f"routing.model: cannot load {path}: {exc}") from exc
-        self.router = ModelRouter(self.catalog, self.pool, config.routing, adequacy)
+        self.router = ModelRouter(self.catalog, self.pool, config.routing, adequacy, token_price=self._price)
         budget = self.router.budget
         self.metrics.router_price.set_function(lambda: budget.price)
         self.metrics.router_quality.set_function(lambda: 1.0 - budget.recent_loss)
@@ -128,7 +129,10 @@ class Gateway:
         if features.energy:
             from gateway.energy.service import EnergyService
 
-            self.energy = EnergyService(config.backends, self.catalog.params_b, self.metrics, self.recorder.final)
+            self.energy = EnergyService(
+                config.backends, self.catalog.params_b, self.metrics, self.recorder.final,
+                weight_bits=self.catalog.weight_bits,
+            )  # fmt: skip
         self.proxy = Proxy(
             _session,
             server.connect_timeout_s,
@@ -162,6 +166,14 @@ class Gateway:
                 self.jobs, self.http, self.pool, config.batch, self.ledger.replica, self.keys
             )
             self.metrics.batch_inflight.set_function(lambda: runner.inflight)
+
+    def _price(self, model: str) -> float | None:
+        """Joules per generated token of ``model`` here, for the router: as measured when energy is on
+        (``EnergyService.expected_j_per_token``), else the token-cost model's prior."""
+        if self.energy is not None:
+            return self.energy.expected_j_per_token(model)
+        costs = TokenCosts(self.catalog.params_b(model), weight_bits=self.catalog.weight_bits(model))
+        return costs.decode(DEFAULT_BATCH)
 
     def _build_policy(self) -> None:
         from gateway.policy.budgets import make_budget_store

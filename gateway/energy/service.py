@@ -33,6 +33,7 @@ from gateway.energy.coefficients import BUSY_W, DEFAULT_BATCH, TokenCosts
 from gateway.energy.costs import energy_report
 from gateway.energy.counterfactual import ReasoningLengths
 from gateway.energy.meters import make_meter
+from gateway.energy.ratings import EnergyRatings
 from gateway.energy.sampler import BackendSampler
 from gateway.telemetry.metrics import Metrics
 
@@ -64,11 +65,14 @@ class EnergyService:
         metrics: Metrics,
         on_final: Callable[[RequestContext], None],
         *,
+        weight_bits: Callable[[str], float] | None = None,
         amortise_idle: bool = False,
         horizon_s: float = 2.0,
     ) -> None:
         self.backends = {b.name: b for b in backends}
         self.params_b = params_b
+        self.weight_bits = weight_bits or _bf16  # a model's weight precision, in bits (gateway/precision.py)
+        self.ratings = EnergyRatings()  # Wh per 1,000 answers of each model, and its stars
         self.metrics = metrics
         self.on_final = on_final
         self._lock = threading.Lock()
@@ -156,7 +160,8 @@ class EnergyService:
             if model in backend.models or model in sampler.models or self._last_model.get(name) == model:
                 book = sampler.book
                 return book.k * self.costs(name, model).request(prompt_tokens, completion_tokens, book.batch_now)
-        return TokenCosts(self.params_b(model)).request(prompt_tokens, completion_tokens, DEFAULT_BATCH)
+        costs = TokenCosts(self.params_b(model), weight_bits=self.weight_bits(model))
+        return costs.request(prompt_tokens, completion_tokens, DEFAULT_BATCH)
 
     def backend_power_watts(self, name: str) -> float | None:
         """The GPUs' power now, as measured (None with the estimate or no recent reading)."""
@@ -175,11 +180,27 @@ class EnergyService:
         if model is None:
             model = self._served_model(name)
         params = self.params_b(model) if model else None
-        key = (name, model, params)
+        bits = self._bits(model)
+        key = (name, model, params, bits)
         costs = self._costs.get(key)
         if costs is None:
-            costs = self._costs[key] = TokenCosts(params, backend.gpus, backend.gpu)
+            costs = self._costs[key] = TokenCosts(params, backend.gpus, backend.gpu, bits)
         return costs
+
+    def _bits(self, model: str | None) -> float:
+        return self.weight_bits(model) if model else 16.0
+
+    def expected_j_per_token(self, model: str) -> float | None:
+        """What a generated token of ``model`` costs here, as measured: the token-cost model's price
+        at the batch ML.ENERGY's smallest runs had, times the measured/modelled ratio of the
+        cheapest backend serving it (what the router compares deployments of equal ability by).
+        None when no backend is known to serve it."""
+        prices = [
+            sampler.book.k * self.costs(name, model).decode(DEFAULT_BATCH)
+            for name, sampler in self.samplers.items()
+            if model in self.backends[name].models or model in sampler.models or self._last_model.get(name) == model
+        ]
+        return min(prices) if prices else None
 
     def _served_model(self, name: str) -> str | None:
         sampler = self.samplers.get(name)
@@ -207,7 +228,9 @@ class EnergyService:
                 joules = book.k * costs.request(prompt, gen, book.batch_now)
                 estimated = not (book.measured_now and sampler.meter.measured)
             else:
-                joules = TokenCosts(self.params_b(ctx.model) if ctx.model else None).request(prompt, gen)
+                model = ctx.model or None
+                costs = TokenCosts(self.params_b(model) if model else None, weight_bits=self._bits(model))
+                joules = costs.request(prompt, gen)
                 estimated = True
         backend = self.backends.get(ctx.backend or "")
         if not gpu_s:
@@ -266,6 +289,8 @@ class EnergyService:
     def _observe(self, ctx: RequestContext, report: EnergyReport) -> None:
         m = self.metrics
         model = ctx.model or "-"
+        if ctx.outcome == "ok" and report.source == "measured" and ctx.model:
+            self.ratings.observe(ctx.model, report.joules)
         m.c_request_energy(model, ctx.backend or "-", ctx.key_name or "anonymous", report.source).observe(
             report.joules
         )
@@ -339,6 +364,10 @@ class EnergyService:
                 gen, joules = gen + other.gen, joules + other.joules
         if joules > 0:
             m.tokens_per_joule.labels(model).set(gen / joules)
+
+
+def _bf16(model: str) -> float:
+    return 16.0
 
 
 def _batched(ctx: RequestContext, tracks: list[Track], books: list[Book]) -> tuple[str, float, float] | None:

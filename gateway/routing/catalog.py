@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config import ModelConfig
+from gateway.precision import WEIGHT_BITS, precision_of
 from gateway.proxy.backends import BackendPool
 from gateway.routing.ability import ability_b, facts_from_name
 from gateway.routing.families import FAMILY_REASONING, guess_family
@@ -30,9 +31,11 @@ class ModelInfo:
     tier: str = ""
     rank: int = 0  # position of its tier, 0 = smallest
     backends: list[str] = field(default_factory=list)
+    precision: str = "bf16"  # weight precision (gateway/precision.py)
 
-    def card(self, created: int) -> dict:
-        """An OpenAI model card, enriched like vLLM's (max_model_len) plus our facts."""
+    def card(self, created: int, rating: dict | None = None) -> dict:
+        """An OpenAI model card, enriched like vLLM's (max_model_len) plus our facts; ``rating``: its
+        measured energy rating here (``energy/ratings.py``), None until it has one."""
         return {
             "id": self.name,
             "object": "model",
@@ -45,6 +48,8 @@ class ModelInfo:
             "family": self.family,
             "tier": self.tier,
             "reasoning": self.reasoning,
+            "precision": self.precision,
+            "energy_rating": rating,
             "backends": list(self.backends),
         }
 
@@ -100,6 +105,7 @@ class Catalog:
             tier=cfg.tier or "",
             active_b=active or params,
             ability_b=cfg.ability or ability_b(params, active, facts.generation),
+            precision=precision_of(name, cfg.precision, root),
         )
 
     def _assign_tiers(self, found: dict[str, ModelInfo]) -> None:
@@ -134,6 +140,12 @@ class Catalog:
     def params_b(self, name: str) -> float | None:
         info = self.models.get(name)
         return info.params_b if info else None
+
+    def weight_bits(self, name: str) -> float:
+        """Bits per weight of ``name`` as deployed (a model not served here: from its name)."""
+        info = self.models.get(name)
+        cfg = self.config.get(name)
+        return WEIGHT_BITS[info.precision if info else precision_of(name, cfg.precision if cfg else None)]
 
     def largest(self) -> ModelInfo | None:
         if not self.models:

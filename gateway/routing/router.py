@@ -14,6 +14,7 @@ The router only decides; it sends nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -65,12 +66,20 @@ def estimate_prompt_tokens(text: str) -> int:
 
 class Router:
     def __init__(
-        self, catalog: Catalog, pool: BackendPool, config: RoutingConfig, adequacy: AdequacyModel | None = None
+        self,
+        catalog: Catalog,
+        pool: BackendPool,
+        config: RoutingConfig,
+        adequacy: AdequacyModel | None = None,
+        token_price: Callable[[str], float | None] | None = None,
     ):
         self.catalog = catalog
         self.pool = pool
         self.config = config
         self.adequacy = adequacy
+        # Joules per generated token of a model here, as measured (EnergyService.expected_j_per_token):
+        # of two equally able models in a tier (a model and its FP8 deployment), the cheaper goes first.
+        self.token_price = token_price
         rule = config.rule or (adequacy.default_rule if adequacy is not None else "adequacy")
         self.energy_rule = rule == "energy"
         # The price of quality: fixed by a configured threshold, else held by the quality budget
@@ -197,7 +206,7 @@ class Router:
                 else:
                     model, p, reason = near, probs.get(near.tier), self._nearest_reason(name, near)
             else:
-                model = _prefer_reasoning_fit(in_tier, reasoning)
+                model = self._pick(in_tier, reasoning)
                 p, reason = probs.get(model.tier), f"tier {name} asked for"
             counterfactual = model
         else:
@@ -278,7 +287,7 @@ class Router:
             return abs(d), -d
 
         best = min(distance(m) for m in candidates)
-        return _prefer_reasoning_fit([m for m in candidates if distance(m) == best], reasoning)
+        return self._pick([m for m in candidates if distance(m) == best], reasoning)
 
     def _nearest_reason(self, tier: str, chosen: ModelInfo) -> str:
         way = self.config.tier_fallback
@@ -348,7 +357,7 @@ class Router:
             if i != top and self.config.spill == "up" and all(self._saturated(m) for m in healthy):
                 spilled = True
                 continue
-            model = _prefer_reasoning_fit(healthy, reasoning)
+            model = self._pick(healthy, reasoning)
             if i == len(tiers) - 1 or rs.losses[i] <= 0.0:
                 below = rs.adequacy[allowed[-2]] if len(allowed) > 1 else 1.0
                 reason = (
@@ -375,6 +384,20 @@ class Router:
         model = max(fits, key=lambda m: (m.rank, m.ability_b or 0))
         return model, rs.adequacy[tiers.index(model.tier)], "no healthy backend"
 
+    def _pick(self, models: list[ModelInfo], reasoning: bool) -> ModelInfo:
+        """Within a tier: the reasoning fit (``_reasoning_fits``), then of its most able models
+        the cheapest per token as measured here (a quantized deployment of the same model, unless
+        the config gives it less ability); ties keep the catalog's order."""
+        if len(models) == 1:
+            return models[0]
+        fit = _reasoning_fits(models, reasoning)
+        if self.token_price is None or len(fit) == 1:
+            return fit[0]
+        top = max(m.ability_b or 0.0 for m in fit)
+        able = [m for m in fit if (m.ability_b or 0.0) >= top * 0.999]
+        prices = {m.name: self.token_price(m.name) for m in able}
+        return min(able, key=lambda m: (prices[m.name] is None, prices[m.name] or 0.0))
+
     def _saturated(self, model: ModelInfo) -> bool:
         return all(b.waiting >= self.config.saturated_waiting for b in self.pool.serving(model.name))
 
@@ -388,15 +411,13 @@ def _fits(model: ModelInfo, prompt_tokens: int, need: int) -> bool:
     return prompt_tokens < model.max_model_len * _CONTEXT_MARGIN and need <= model.max_model_len
 
 
-def _prefer_reasoning_fit(models: list[ModelInfo], reasoning: bool) -> ModelInfo:
+def _reasoning_fits(models: list[ModelInfo], reasoning: bool) -> list[ModelInfo]:
     """Within a tier: without reasoning avoid always-thinking models; with it prefer thinkers."""
-    if len(models) == 1:
-        return models[0]
     if reasoning:
         thinkers = [m for m in models if m.reasoning != "none"]
-        return (thinkers or models)[0]
+        return thinkers or models
     quiet = [m for m in models if m.reasoning != "always"]
-    return (quiet or models)[0]
+    return quiet or models
 
 
 def _unknown(name: str) -> GatewayError:
