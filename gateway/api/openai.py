@@ -162,7 +162,10 @@ class OpenAIEndpoints:
 
     def _cards(self) -> list[dict[str, Any]]:
         now = int(time.time())
-        data = [m.card(now) for m in sorted(self.parts.catalog.models.values(), key=lambda m: (m.rank, m.name))]
+        energy = self.parts.energy
+        rated = energy.ratings.ratings() if energy is not None else {}
+        models = sorted(self.parts.catalog.models.values(), key=lambda m: (m.rank, m.name))
+        data = [m.card(now, rated.get(m.name)) for m in models]
         for alias, target in self.parts.config.routing.aliases.items():
             data.append(
                 {"id": alias, "object": "model", "created": now, "owned_by": "nudge-gateway", "alias_of": target}

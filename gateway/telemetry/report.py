@@ -5,7 +5,9 @@
 
 The table has one line per group: requests, tokens, energy (Wh), Wh per 1,000 requests (the AI
 Energy Score's unit), CO2e and cost, and the share of requests whose energy is estimated rather
-than measured. ``--png`` draws energy per model and per key (matplotlib, imported only then).
+than measured. By model, also each model's weight precision (the config's, else its name's) and
+its energy stars among the models of the period (``telemetry/rating.py``). ``--png`` draws energy
+per model and per key (matplotlib, imported only then).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import sys
 from typing import Any
 
+from gateway.precision import precision_of
 from gateway.telemetry.ledger import GROUPS, LedgerUnavailable, parse_when
 from gateway.telemetry.ledger.commands import add_target_arguments, open_reachable, target
+from gateway.telemetry.rating import MIN_ANSWERS, stars
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +34,15 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def table(rows: list[dict[str, Any]], by: str) -> str:
-    """The terminal table, with a total line."""
+def table(rows: list[dict[str, Any]], by: str, precisions: dict[str, str] | None = None) -> str:
+    """The terminal table, with a total line; by model, with precision and stars (``precisions``:
+    the config's word for a model, where it has one)."""
     header = [by, "requests", "tokens", "Wh", "Wh/1k req", "CO2e g", "$", "estimated"]
+    per_model = by == "model"
+    if per_model:
+        header += ["precision", "stars"]
+        rated = {r["model"]: r["energy_j"] / 3.6 / r["requests"] for r in rows
+                 if r["model"] is not None and r["requests"] >= MIN_ANSWERS}  # fmt: skip
     lines = []
     total: dict[str, float] = {"requests": 0, "tokens": 0, "energy_j": 0.0, "co2e_g": 0.0, "estimated": 0}
     usd: float | None = None
@@ -49,6 +59,11 @@ def table(rows: list[dict[str, Any]], by: str) -> str:
             _fmt(r["usd"], 4),
             f"{(r['estimated'] or 0) / r['requests']:.0%}" if r["requests"] else "-",
         ])  # fmt: skip
+        if per_model:
+            name = r["model"]
+            star = stars(rated[name], list(rated.values())) if name in rated else None
+            lines[-1] += [precision_of(name, (precisions or {}).get(name)) if name else "-",
+                          "*" * star if star else "-"]  # fmt: skip
         total["requests"] += r["requests"]
         total["tokens"] += tokens
         total["energy_j"] += r["energy_j"]
@@ -62,6 +77,8 @@ def table(rows: list[dict[str, Any]], by: str) -> str:
         "total", f"{n:,}", f"{total['tokens']:,}", _fmt(wh, 3), _fmt(wh * 1000.0 / n if n else None, 2),
         _fmt(total["co2e_g"], 2), _fmt(usd, 4), f"{total['estimated'] / n:.0%}" if n else "-",
     ]  # fmt: skip
+    if per_model:
+        footer += ["", ""]
     widths = [max(len(row[i]) for row in [header, *lines, footer]) for i in range(len(header))]
 
     def render(row: list[str]) -> str:
@@ -69,6 +86,14 @@ def table(rows: list[dict[str, Any]], by: str) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([render(header), rule, *map(render, lines), rule, render(footer)])
+
+
+def _configured_precisions(args: argparse.Namespace) -> dict[str, str]:
+    if not args.config or args.by != "model":
+        return {}
+    from gateway.config import load_config
+
+    return {name: m.precision for name, m in load_config(args.config).models.items() if m.precision}
 
 
 def chart(by_model: list[dict[str, Any]], by_key: list[dict[str, Any]], path: str) -> None:
@@ -116,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no requests in the ledger for this period")
     else:
-        print(table(rows, args.by))
+        print(table(rows, args.by, _configured_precisions(args)))
         if any(r["estimated"] for r in rows):
             print("\n'estimated': share of requests whose energy is estimated from tokens (no meter), not measured.")
     if args.png:

@@ -123,10 +123,11 @@ def test_report_prints_a_table_with_wh_per_thousand_requests(ledger, capsys):
     code, out, _ = run_report(capsys, "--ledger", ledger.path, "--by", "model")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["model", "requests", "tokens", "Wh", "Wh/1k", "req", "CO2e", "g", "$", "estimated"]
+    assert lines[0].split() == ["model", "requests", "tokens", "Wh", "Wh/1k", "req", "CO2e", "g", "$", "estimated",
+                                "precision", "stars"]  # fmt: skip
     big = next(line for line in lines if line.startswith("qwen3-32b")).split()
-    # 15 requests x 360 J = 1.5 Wh; per 1,000 requests 100 Wh
-    assert big[1:5] == ["15", "2,250", "1.500", "100.00"]
+    # 15 requests x 360 J = 1.5 Wh; per 1,000 requests 100 Wh; too few requests to be rated
+    assert big[1:5] == ["15", "2,250", "1.500", "100.00"] and big[-2:] == ["bf16", "-"]
     assert lines[-1].split()[:4] == ["total", "30", "4,500", "1.650"]
 
 
@@ -176,3 +177,23 @@ def test_report_and_prune_find_the_ledger_from_the_config(ledger, capsys, tmp_pa
     assert main(["ledger", "prune", "--config", str(config), "--older-than", "soon"]) == 2
     assert main(["ledger", "prune", "--config", str(config), "--older-than", "2027-02-01"]) == 2
     assert "in the future" in capsys.readouterr().err
+
+
+def test_report_by_model_rates_models_with_stars_and_names_their_precision(tmp_path, capsys):
+    led = Ledger(str(tmp_path / "usage.db"), flush_interval_s=0.01)
+    joules = {"Qwen/Qwen3-32B": 360.0, "Qwen/Qwen3-32B-FP8": 250.0, "llama-8b-local": 72.0, "rare": 1.0}
+    for i in range(80):
+        model = list(joules)[i % 4]
+        if model != "rare" or i < 8:  # 2 requests: not rated
+            led.write(row(i, routed_model=model, energy_j=joules[model]))
+    led.close()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"backends": [{"name": "b", "url": "http://127.0.0.1:1"}],
+                                      "ledger": {"path": str(tmp_path / "usage.db")},
+                                      "models": {"llama-8b-local": {"precision": "awq"}}}))  # fmt: skip
+    code, out, _ = run_report(capsys, "--config", str(config), "--by", "model")
+    assert code == 0
+    cells = {line.split()[0]: line.split()[-2:] for line in out.splitlines()[2:-2]}
+    # Wh per 1,000 answers 100, 69.4 and 20: the range in five sections of 16 Wh, the lowest earning five stars
+    assert cells == {"Qwen/Qwen3-32B": ["bf16", "*"], "Qwen/Qwen3-32B-FP8": ["fp8", "**"],
+                     "llama-8b-local": ["awq", "*****"], "rare": ["bf16", "-"]}  # fmt: skip
