@@ -163,5 +163,5 @@ def readme_block(name: str, text: str, root: Path | None = None, doc: str = "REA
     body = readme.read_text()
     if begin in body and end in body:
         head, rest = body.split(begin, 1)
-        wrapped = "\n".join(textwrap.wrap(text, 100)) if wrap else text
+        wrapped = "\n".join(textwrap.wrap(text, 100, break_on_hyphens=False)) if wrap else text
         readme.write_text(f"{head}{begin}\n{wrapped}\n{end}{rest.split(end, 1)[1]}")
