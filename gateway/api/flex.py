@@ -47,7 +47,7 @@ class FlexGate:
 
 def _unavailable(why: str) -> GatewayError:
     return GatewayError(
-        429, f"Flex processing is unavailable right now ({why}); retry later, or send the request without "
-        "service_tier 'flex'.", code="resource_unavailable", type="rate_limit_exceeded",
+        429, f"Flex processing is unavailable right now ({why}); retry later, or send the request with "
+        "service_tier 'default'.", code="resource_unavailable", type="rate_limit_exceeded",
         headers={"retry-after": "30"},
     )  # fmt: skip

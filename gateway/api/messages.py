@@ -169,6 +169,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
+    if body.get("service_tier") == "standard_only":  # Anthropic's opt-out of any other tier
+        chat["service_tier"] = "default"
     return chat
 
 

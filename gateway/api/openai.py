@@ -26,7 +26,7 @@ from gateway.api.http import BATCH_IDENTITY, JSON, ClientLeft, Request, encode_h
 from gateway.api.messages import MessagesAnswer
 from gateway.api.parts import Parts
 from gateway.api.responses import ResponsesAnswer
-from gateway.api.validate import check_chat, check_completion, check_embedding, parse_json_object
+from gateway.api.validate import SERVICE_TIERS, check_chat, check_completion, check_embedding, parse_json_object
 from gateway.context import RequestContext, request_id
 from gateway.errors import GatewayError
 from gateway.policy.deferral import served_tier
@@ -49,6 +49,12 @@ def header_safe(text: str) -> str:
     """Header values are latin-1: spell out the few symbols our messages use, drop the rest."""
     text = text.replace("₂", "2").replace("≥", ">=").replace("≤", "<=").replace("→", "->").replace("—", "-")
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
+
+
+def _asked_tier(body: dict[str, Any]) -> str:
+    """The service tier the client named (checked for chat and completions; embeddings take none)."""
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier in SERVICE_TIERS else "auto"
 
 
 class _Unshaped:
@@ -224,7 +230,7 @@ class OpenAIEndpoints:
                 key_name=ident.key_name,
                 team=ident.team,
                 trace=trace,
-                service_tier="batch" if BATCH_IDENTITY in request.scope else body.get("service_tier") or "auto",
+                service_tier="batch" if BATCH_IDENTITY in request.scope else _asked_tier(body),
             )
             if trace is not None:
                 trace.started(ctx)
@@ -293,12 +299,16 @@ class OpenAIEndpoints:
         policy = gw.policy
         if policy is not None and ctx.trace is not None:
             ctx.trace.step("admit")
-        plan = await policy.admit(ctx, ident) if policy is not None else None
-        ctx.service_tier = plan.service_tier if plan is not None else served_tier(ctx.service_tier, ctx.endpoint)
+        # a flex request waits for the valleys (api/flex.py) once admitted, before it holds budgets
+        if policy is not None:
+            plan = await policy.admit(ctx, ident, gw.flex.wait)
+            ctx.service_tier = plan.service_tier
+        else:
+            plan, ctx.service_tier = None, served_tier(ctx.service_tier, ctx.endpoint)
+            if ctx.service_tier == "flex":
+                await gw.flex.wait()
         if ctx.service_tier != "default":
             gw.metrics.deferred.labels(ctx.service_tier).inc()
-            if ctx.service_tier == "flex":  # deferrable: wait for the valleys (api/flex.py)
-                await gw.flex.wait()
         requested = plan.model_choice if plan is not None else (ctx.requested_model or "auto")
         route = self._route(ctx, plan, requested)
         unshaped = _Unshaped.of(ctx)

@@ -61,7 +61,7 @@ def _check_common(body: dict[str, Any]) -> None:
         if not isinstance(options, dict):
             raise bad_request("'stream_options' must be an object.", param="stream_options")
     tier = body.get("service_tier")
-    if tier is not None and tier not in SERVICE_TIERS:
+    if tier is not None and (not isinstance(tier, str) or tier not in SERVICE_TIERS):
         raise bad_request(f"'service_tier' must be one of {', '.join(sorted(SERVICE_TIERS))}.", param="service_tier")
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(name)

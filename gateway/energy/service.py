@@ -272,7 +272,8 @@ class EnergyService:
         else:  # finalised before the sampler could: keep the provisional value, labelled as such
             report = self._provisional(entry)
         ctx.energy = report
-        batched = _batched(ctx, tracks, entry.books)
+        answered = self.samplers.get(ctx.backend or "")
+        batched = _batched(ctx, tracks, list(entry.books), answered.book if answered is not None else None)
         # The entry and its tracks point at each other (track.owner); unlink them so the
         # request's objects are freed by reference counting when the book lets go of the
         # tracks, not by a full garbage collection (tens of ms under load; bench/NOTES.md).
@@ -289,7 +290,8 @@ class EnergyService:
     def _observe(self, ctx: RequestContext, report: EnergyReport) -> None:
         m = self.metrics
         model = ctx.model or "-"
-        if ctx.outcome == "ok" and report.source == "measured" and ctx.model:
+        # answered (a stream's outcome is written after its last chunk, maybe after this: its status is not)
+        if ctx.status == 200 and ctx.outcome in ("ok", "pending") and report.source == "measured" and ctx.model:
             self.ratings.observe(ctx.model, report.joules)
         m.c_request_energy(model, ctx.backend or "-", ctx.key_name or "anonymous", report.source).observe(
             report.joules
@@ -313,9 +315,9 @@ class EnergyService:
         deployment (learned from the ones that did reason, ``counterfactual.py``), never more
         than its max_tokens left room for, priced on the model that answered.
         batching: a deferred request (flex, batch; ``batched``: its backend, the mean batch it ran
-        in, the batch interactive requests run in there, ``Book.interactive_batch``): the same
-        tokens priced by the token-cost model at the interactive batch, less at its own, times
-        the backend's measured/modelled ratio; 0 when it ran in no fuller a batch.
+        in, and the batch it would have joined as an interactive request, ``Book.interactive_batch``
+        plus itself): the same tokens priced by the token-cost model at that batch, less at its own,
+        times the backend's measured/modelled ratio; 0 when it ran in no fuller a batch.
         """
         usage = ctx.usage if isinstance(ctx.usage, dict) else None
         if usage is None or not ctx.model:
@@ -370,16 +372,21 @@ def _bf16(model: str) -> float:
     return 16.0
 
 
-def _batched(ctx: RequestContext, tracks: list[Track], books: list[Book]) -> tuple[str, float, float] | None:
-    """For a deferred request: (backend, the mean batch it ran in, the interactive batch there);
-    None for an interactive request, or before the backend saw any interactive traffic."""
-    if ctx.service_tier not in DEFERRED_TIERS or not tracks or ctx.backend is None:
+def _batched(
+    ctx: RequestContext, tracks: list[Track], books: list[Book], answered_on: Book | None
+) -> tuple[str, float, float] | None:
+    """For a deferred request: (backend, the mean batch it ran in, the batch it would have run in as
+    an interactive request there: the interactive batch plus itself), from its attempts on the
+    backend that answered (``answered_on``'s book); None for an interactive request, or before that
+    backend saw any interactive traffic."""
+    if ctx.service_tier not in DEFERRED_TIERS or ctx.backend is None or answered_on is None:
         return None
-    busy = sum(t.busy_s for t in tracks)
-    interactive = books[-1].interactive_batch
+    interactive = answered_on.interactive_batch
+    there = [t for t, b in zip(tracks, books) if b is answered_on]
+    busy = sum(t.busy_s for t in there)
     if busy <= 0 or interactive is None:
         return None
-    return ctx.backend, sum(t.batch_s for t in tracks) / busy, interactive
+    return ctx.backend, sum(t.batch_s for t in there) / busy, interactive + 1.0
 
 
 class _Window:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import RequestContext
@@ -30,9 +31,12 @@ log = logging.getLogger("gateway.policy")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-async def admit(eng: PolicyEngine, ctx: RequestContext, ident: Identity) -> Plan:
+async def admit(
+    eng: PolicyEngine, ctx: RequestContext, ident: Identity, wait_for_room: Callable[[], Awaitable[None]] | None = None
+) -> Plan:
     """The request's plan. ``ident``: the caller, as the api authenticated it from the headers
-    (``KeyRing.caller``) before reading the body."""
+    (``KeyRing.caller``) before reading the body. ``wait_for_room``: where a request on the flex
+    tier waits (``api/flex.py``), once its tier is known and before it holds any budget."""
     pol = eng.store.for_request(ident.key_name, ident.team, ident.section)
     if pol.version != eng.sections_checked:
         _check_sections(eng, pol.version)
@@ -56,6 +60,8 @@ async def admit(eng: PolicyEngine, ctx: RequestContext, ident: Identity) -> Plan
     if ctx.endpoint != "embeddings":
         _decide_reasoning(eng, ctx, plan)
     deferral.admit(eng, ctx, plan)  # before budgets: a deferred request's reservation is discounted
+    if plan.service_tier == "flex" and wait_for_room is not None:
+        await wait_for_room()  # holding no reservation while it waits
     if p.budgets:
         await _admit_budgets(eng, ctx, plan)
     plan.avoid_always_thinking = not plan.reasoning and p.reasoning.always_thinking == "reroute"
@@ -194,7 +200,7 @@ def _check_sections(eng: PolicyEngine, version: str) -> None:
 def _estimate(unit: str, ctx: RequestContext, plan: Plan) -> float:
     """An upper bound of what this request can use, where one is known before it runs."""
     if unit == "requests":
-        return plan.budget_factor
+        return 1.0
     if unit != "tokens":
         return 0.0  # Wh and money: the store uses the largest recent request instead
     body = ctx.body

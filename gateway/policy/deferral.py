@@ -14,12 +14,20 @@ still opts out with ``service_tier: "default"``). OpenAI's other tiers (``scale`
 Two nudges live here, both decided at admission:
 
 * **a discount**: flex and batch usage counts ``1 - budget_discount`` of what it used against
-  budgets (every unit), so deferring work stretches a budget;
+  budgets (every unit), so deferring work stretches a budget. As with OpenAI's flex pricing, the
+  discount is for accepting the wait (and the 429 when no room comes), whether or not the request
+  had to wait: one that finds room goes at once. A refuse budget's token reservation is discounted
+  alike; for Wh and money the budget store reserves the largest recent request, learned from the
+  discounted amounts, so a key sending mostly deferred work reserves a little less for its
+  interactive ones;
 * **a suggestion**: a key that keeps sending work that looks offline (``suggest_after`` requests
   within ``suggest_window_s`` that do not stream and ask for at least ``suggest_max_tokens``
   tokens, on the default tier) is told that flex or the Batch API would run it in fuller batches.
   Counted per configured key in this process (a key seen by several replicas is counted by
-  each); an anonymous or unconfigured caller leaves no state.
+  each); an anonymous or unconfigured caller leaves no state. Anthropic's Messages API gets no
+  suggestion: it has neither flex nor these batches.
+
+A flex request waits for room after its tier is decided and before it holds any budget.
 """
 
 from __future__ import annotations
@@ -79,7 +87,8 @@ def admit(eng: PolicyEngine, ctx: RequestContext, plan: Plan) -> None:
         if ctx.service_tier == "auto":
             eng.count("deferral", "default_flex")
         return
-    if not d.suggest or ctx.stream or ctx.endpoint not in _DEFERRABLE_ENDPOINTS:
+    if not d.suggest or ctx.stream or ctx.endpoint not in _DEFERRABLE_ENDPOINTS or ctx.api == "messages":
+        # (Anthropic's Messages API has no flex tier or batches of this kind to suggest)
         return
     asked = ctx.body.get("max_completion_tokens") or ctx.body.get("max_tokens")
     key = plan.identity.key_name  # a configured key: a caller the operator knows

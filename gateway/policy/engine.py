@@ -23,6 +23,7 @@ types they pass along in ``plan.py``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.context import Nudge, RequestContext
@@ -62,10 +63,13 @@ class PolicyEngine:
         self._counters: dict[tuple[str, str], Any] = {}
         self.sections_checked: str | None = None  # the policy version whose sections admit checked the keys against
 
-    async def admit(self, ctx: RequestContext, ident: Identity) -> Plan:
+    async def admit(
+        self, ctx: RequestContext, ident: Identity, wait_for_room: Callable[[], Awaitable[None]] | None = None
+    ) -> Plan:
         """The request's plan. ``ident``: the caller, as the api authenticated it from the headers
-        (``KeyRing.caller``) before reading the body."""
-        return await _admit.admit(self, ctx, ident)
+        (``KeyRing.caller``) before reading the body; ``wait_for_room``: where a flex request waits,
+        before it holds any budget."""
+        return await _admit.admit(self, ctx, ident, wait_for_room)
 
     def shape(self, ctx: RequestContext, plan: Plan, route: Route | RouteFacts) -> None:
         _shape.shape(self, ctx, plan, route)

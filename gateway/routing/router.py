@@ -385,9 +385,9 @@ class Router:
         return model, rs.adequacy[tiers.index(model.tier)], "no healthy backend"
 
     def _pick(self, models: list[ModelInfo], reasoning: bool) -> ModelInfo:
-        """Within a tier: the reasoning fit (``_reasoning_fits``), then of its most able models
-        the cheapest per token as measured here (a quantized deployment of the same model, unless
-        the config gives it less ability); ties keep the catalog's order."""
+        """Within a tier: the reasoning fit (``_reasoning_fits``), then of its most able models that
+        are not saturated the cheapest per token as measured here (a quantized deployment of the
+        same model, unless the config gives it less ability); ties keep the catalog's order."""
         if len(models) == 1:
             return models[0]
         fit = _reasoning_fits(models, reasoning)
@@ -395,6 +395,7 @@ class Router:
             return fit[0]
         top = max(m.ability_b or 0.0 for m in fit)
         able = [m for m in fit if (m.ability_b or 0.0) >= top * 0.999]
+        able = [m for m in able if not self._saturated(m)] or able  # a saturated one only if all are
         prices = {m.name: self.token_price(m.name) for m in able}
         return min(able, key=lambda m: (prices[m.name] is None, prices[m.name] or 0.0))
 

@@ -250,8 +250,9 @@ def test_a_team_defaulting_to_flex_runs_its_requests_deferred_and_the_ledger_say
         opted_out = chat(gw, model=SMALL, headers=ops, service_tier="default")
         other = chat(gw, model=SMALL, headers=ann)
         assert [r.status_code for r in (deferred, opted_out, other)] == [200, 200, 200]
-        bad = chat(gw, model=SMALL, headers=ann, service_tier="turbo")
-        assert bad.status_code == 400 and bad.json()["error"]["param"] == "service_tier"
+        for wrong in ("turbo", ["flex"], {"tier": "flex"}):
+            bad = chat(gw, model=SMALL, headers=ann, service_tier=wrong)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "service_tier", wrong
         metrics = httpx.get(f"{gw.url}/metrics", headers=ann).text
         assert 'gateway_deferred_requests_total{tier="flex"} 1.0' in metrics
     with sqlite3.connect(tmp_path / "usage.db") as conn:

@@ -367,9 +367,9 @@ def test_energy_saved_by_batching_prices_a_deferred_requests_tokens_at_the_inter
     book = svc.samplers["b"].book
     assert book.interactive_batch == pytest.approx(2.0, rel=0.25)  # the batch line's intervals left out
     costs = svc.costs("b")
-    at_interactive = costs.request(10, 60, book.interactive_batch)
+    at_interactive = costs.request(10, 60, book.interactive_batch + 1)  # it would have joined that batch
     saved = value(metrics, "gateway_energy_saved_joules_total", model_name="Qwen/Qwen3-8B", lever="batching")
-    # the line's tokens at the interactive batch, less at its own (~16): one request's credit, and
-    # the interactive request earns none
+    # the line's tokens at the interactive batch it would have joined, less at its own (~16): one
+    # request's credit, and the interactive request earns none
     assert saved == pytest.approx(book.k * (at_interactive - costs.request(10, 60, 16.0)), rel=0.15)
     assert saved > 0.5 * book.k * at_interactive

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.api.messages import to_chat
+from gateway.errors import GatewayError
 from gateway.policy.deferral import DeferrableLoad, served_tier
 from tests.policy.test_policy_engine import ALICE, BOB, QWEN_SMALL, admit, env, finish, make_ctx, nudged, rewrite  # noqa: F401
 
@@ -99,3 +101,34 @@ async def test_keys_sending_offline_looking_work_are_told_flex_and_batch_exist(e
     assert await send(stream=True) == [] and await send(max_tokens=200) == []
     assert await send(BOB) == []  # physics defaults to flex: already deferred
     assert len(env.engine.deferrable._seen) == 1
+
+
+async def test_a_flex_request_waits_for_room_holding_no_budget(env):
+    rewrite(env, """version: 1
+default:
+  budgets: [{scope: key, period: day, unit: requests, limit: 1, on_exceed: refuse}]
+sections:
+  physics: {deferral: {default_tier: flex}}
+""")
+    assert await env.store.poll() == "ok"
+    seen = []
+
+    async def room():  # while bob's flex request waits, his one request a day is still free to take
+        other = make_ctx(BOB)
+        other.service_tier = "default"
+        await admit(env.engine, other)
+        seen.append(other.policy_plan.holds[0].reservation is not None)
+
+    ctx = make_ctx(BOB)
+    with pytest.raises(GatewayError) as refused:
+        await env.engine.admit(ctx, env.engine.keys.caller(ctx.headers), room)
+    assert seen == [True] and refused.value.status == 429  # its own reservation comes after the wait
+    alice = make_ctx(ALICE)
+    await env.engine.admit(alice, env.engine.keys.caller(alice.headers), room)
+    assert seen == [True]  # an interactive request does not wait
+
+
+def test_anthropic_clients_opt_out_of_a_flex_default_with_standard_only():
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    assert to_chat({**body, "service_tier": "standard_only"})["service_tier"] == "default"
+    assert "service_tier" not in to_chat({**body, "service_tier": "auto"})  # auto: the policy's default

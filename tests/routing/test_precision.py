@@ -83,6 +83,12 @@ def test_the_router_prefers_the_cheaper_deployment_of_equal_ability_as_priced_he
     # measured here the FP8 deployment costs more (ML.ENERGY saw that for MoE models): the other goes
     prices[LARGE_FP8] = 0.45
     assert ask(router, PROOF).model.name == LARGE
+    # a saturated deployment gives way to its idle twin before the tier spills up
+    prices[LARGE_FP8] = 0.1
+    fp8_backend = next(b for b in pool.backends if LARGE_FP8 in b.models)
+    fp8_backend.waiting = 100
+    assert ask(router, PROOF).model.name == LARGE
+    fp8_backend.waiting = 0
     # and a deployment that is down is not picked, however cheap
     prices[LARGE_FP8] = 0.1
     next(b for b in pool.backends if LARGE_FP8 in b.models).healthy = False

@@ -71,7 +71,8 @@ def row_from_context(ctx: RequestContext, final: bool = True) -> dict[str, Any]:
         "adequacy": ctx.adequacy,
         "policy_version": ctx.policy_version,
         "energy_final": int(final),
-        # the tier it was served on; a request refused before admission was never deferred
+        # the tier it was served on (or asked for, if refused before the policy placed it); OpenAI's
+        # other tiers are served as default
         "service_tier": ctx.service_tier if ctx.service_tier in _TIERS else "default",
     }
 
