@@ -231,6 +231,8 @@ class Metrics:
             ["tier"],
             registry=r,
         )
+        for tier in ("flex", "batch"):  # exported from the start, at 0
+            self.deferred.labels(tier)
         self.energy_saved = Counter(
             "gateway_energy_saved_joules",
             "Estimated counterfactual energy saved: by routing (the same tokens on the model asked for, or the top "

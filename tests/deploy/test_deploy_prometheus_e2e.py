@@ -207,6 +207,8 @@ def generate_load(url: str, sims: dict) -> None:
     for _ in range(4):
         jobs.append(dict(model="auto", stream=False, team=None))  # no key: the anonymous caller
     jobs.append(dict(model=SMALL, stream=False, team="team-b", endpoint="completions"))
+    for i in range(4):  # deferred work, after the interactive traffic above: the batching panels
+        jobs.append(dict(model=(SMALL, LARGE)[i % 2], stream=False, team="team-a", flex=True))
 
     def one(job: dict) -> str | None:
         headers = {}
@@ -222,6 +224,8 @@ def generate_load(url: str, sims: dict) -> None:
             if job.get("reasoning"):
                 body["reasoning_effort"] = "high"
                 headers["x-gateway-reasoning"] = "on"
+            if job.get("flex"):
+                body["service_tier"] = "flex"
         if job["stream"]:
             body.update(stream=True, stream_options={"include_usage": True})
             with httpx.stream("POST", url + path, json=body, headers=headers, timeout=60) as r:
