@@ -253,6 +253,11 @@ class BatchConfig(Strict):
     max_file_bytes: int = Field(
         64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="the largest file a client may upload"
     )
+    max_owner_bytes: int = Field(
+        8 * 1024**3, gt=0,
+        description="what one key's uploads that have not expired may hold in all; an upload past it is a 413 "
+        "(uploads arriving at the same moment may pass it by one file each)",
+    )  # fmt: skip
     max_lines: int = Field(50_000, gt=0, description="requests one batch may hold (OpenAI's limit)")
     max_inflight: int = Field(
         16,

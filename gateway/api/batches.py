@@ -34,7 +34,7 @@ from gateway.config import BatchConfig, ServerConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.policy.keys import Identity, KeyRing
 from gateway.telemetry.ledger import LedgerUnavailable
-from gateway.telemetry.ledger.jobs import JobStore
+from gateway.telemetry.ledger.jobs import RESULT_PAGE, JobStore
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 WINDOWS = {"24h": 86400.0}
@@ -228,6 +228,11 @@ class BatchEndpoints:
                 raise GatewayError(413, f"Files may be at most {self.config.max_file_bytes:,} bytes.",
                                    code="file_too_large", param="file")  # fmt: skip
             now = time.time()
+            held = await self._db(self.jobs.owner_bytes, ident.key_hash, now)
+            if held + len(data) > self.config.max_owner_bytes:
+                raise GatewayError(413, f"This key's files hold {held:,} bytes; with this one they would pass its "
+                                   f"limit of {self.config.max_owner_bytes:,}. Delete files it no longer needs.",
+                                   code="storage_limit_exceeded", param="file")  # fmt: skip
             row = {"id": new_id("file-"), "purpose": purpose, "filename": filename[:256], "bytes": len(data),
                    "created_at": now, "expires_at": now + self.config.file_ttl_days * 86400.0,
                    "owner": ident.key_hash, "team": ident.team, "kind": "upload"}  # fmt: skip
@@ -272,12 +277,24 @@ class BatchEndpoints:
             row = await self._own_file(request)
             if row["kind"] == "upload":
                 data = await self._db(self.jobs.file_data, row["id"])
-            else:  # a batch's output or error file: its answered lines
-                data = await self._db(self.jobs.result_file, row["batch_id"], row["kind"] == "batch_output")
+            else:  # a batch's output or error file: its answered lines, sent a page at a time
+                ok = row["kind"] == "batch_output"
+                lines, after = await self._db(self.jobs.result_page, row["batch_id"], ok, -1, RESULT_PAGE)
         except GatewayError as err:
             await request.error(err)
             return
-        await request.respond(200, data or b"", b"application/octet-stream")
+        if row["kind"] == "upload":
+            await request.respond(200, data or b"", b"application/octet-stream")
+            return
+        # no content-length: the server sends it chunked; a store that fails midway ends the
+        # response early, which the client sees as a broken download rather than a short file
+        await request.start(200, [(b"content-type", b"application/octet-stream")])
+        while True:
+            await request.send({"type": "http.response.body", "body": b"".join(lines), "more_body": True})
+            if len(lines) < RESULT_PAGE:
+                break
+            lines, after = await self._db(self.jobs.result_page, row["batch_id"], ok, after, RESULT_PAGE)
+        await request.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ------------------------------------------------------------------ batches
 

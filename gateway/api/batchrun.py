@@ -281,10 +281,8 @@ class BatchRunner:
         if stop_reason is not None:
             code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(stop_reason, stop_reason)
             message = _STOPPED[stop_reason]
-            for index, line in enumerate(lines):
-                if index not in done:
-                    await asyncio.to_thread(jobs.add_result, batch_id, index, line["custom_id"], None, None, None,
-                                            {"code": code, "message": message})  # fmt: skip
+            unsent = [(index, line["custom_id"]) for index, line in enumerate(lines) if index not in done]
+            await asyncio.to_thread(jobs.add_errors, batch_id, unsent, {"code": code, "message": message})
         now = time.time()
         if not await asyncio.to_thread(jobs.update_batch, batch_id, {"status": "finalizing", "finalizing_at": now},
                                        ("in_progress", "cancelling", "finalizing"), self.replica):  # fmt: skip
@@ -295,7 +293,7 @@ class BatchRunner:
                                     ("batch_error", failed, "error_file_id")):  # fmt: skip
             if count == 0:
                 continue
-            size = len(await asyncio.to_thread(jobs.result_file, batch_id, kind == "batch_output"))
+            size = await asyncio.to_thread(jobs.result_size, batch_id, kind == "batch_output")
             # one id per batch and kind: a runner that resumes a finalizing batch makes the same file
             file_id = f"file-{batch_id.removeprefix('batch_')}-{kind.split('_')[1]}"
             await asyncio.to_thread(jobs.put_file, {

@@ -110,11 +110,16 @@ def test_batch_requests_wait_while_a_backend_has_interactive_work_waiting(jobs):
     batch = jobs.batch(batch_id)
     assert batch["status"] == "completed" and batch["lease_owner"] is None
     assert jobs.counts(batch_id) == (11, 1)  # line 3: the gateway failed on it, recorded as its error
-    failed = [orjson.loads(line) for line in jobs.result_lines(batch_id, ok=False)]
+    failed = [orjson.loads(line) for line in b"".join(jobs.result_chunks(batch_id, ok=False)).splitlines()]
     assert [(f["custom_id"], f["error"]["code"]) for f in failed] == [("c3", "internal_error")]
-    answers = [orjson.loads(line) for line in jobs.result_lines(batch_id, ok=True)]
+    answers = [orjson.loads(line) for line in b"".join(jobs.result_chunks(batch_id, ok=True)).splitlines()]
     assert [a["custom_id"] for a in answers] == [f"c{i}" for i in range(12) if i != 3]  # in input order
     assert answers[0]["response"]["body"]["echo"] == "0"
+    # read a page at a time, the file is the same, and sized without holding it whole
+    pages = list(jobs.result_chunks(batch_id, ok=True, page=4))
+    assert [len(p.splitlines()) for p in pages] == [4, 4, 3] and b"".join(pages) == b"".join(
+        jobs.result_chunks(batch_id, ok=True))
+    assert jobs.result_size(batch_id, ok=True) == len(b"".join(pages))
 
 
 def test_a_claim_is_one_replicas_until_it_lapses_and_a_line_is_recorded_once(jobs):
@@ -206,3 +211,12 @@ def test_a_batch_of_a_removed_key_fails_without_sending_and_a_cancel_stops_a_bat
     assert revoked["status"] == "failed" and revoked["errors"]["data"][0]["code"] == "key_revoked"
     assert cancelled["status"] == "cancelled" and app.calls == 0
     assert jobs.counts(cancelled["id"]) == (0, 3)
+
+
+def test_a_stopped_batchs_unsent_lines_are_recorded_a_few_hundred_a_statement(jobs):
+    assert jobs.add_result("batch_x", 1, "c1", 200, "r1", {"ok": True}, None)
+    unsent = [(i, f"c{i}") for i in range(1201)]  # line 1 has its answer: kept, not overwritten
+    assert jobs.add_errors("batch_x", unsent, {"code": "batch_cancelled", "message": "cancelled"}) == 1200
+    assert jobs.counts("batch_x") == (1, 1200)
+    errors = [orjson.loads(line) for line in b"".join(jobs.result_chunks("batch_x", ok=False)).splitlines()]
+    assert len(errors) == 1200 and errors[-1]["custom_id"] == "c1200" and errors[0]["error"]["code"] == "batch_cancelled"

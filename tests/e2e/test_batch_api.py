@@ -53,7 +53,10 @@ def finished(c: OpenAI, batch_id: str, timeout: float = 60.0):
                       what=f"batch {batch_id} to end")  # fmt: skip
 
 
-def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw):
+def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw, monkeypatch):
+    from gateway.api import batches
+
+    monkeypatch.setattr(batches, "RESULT_PAGE", 4)  # the output file goes out in pages of 4 lines
     c = client(gw)
     upload = c.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(i) for i in range(6)]))), purpose="batch")
     assert upload.object == "file" and upload.purpose == "batch" and upload.bytes > 0
@@ -65,7 +68,9 @@ def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw):
     done = finished(c, batch.id)
     assert done.status == "completed" and done.request_counts.completed == 6 and done.request_counts.failed == 0
     assert done.output_file_id and done.error_file_id is None and done.completed_at >= done.created_at
-    lines = [orjson.loads(line) for line in c.files.content(done.output_file_id).text.splitlines()]
+    content = c.files.content(done.output_file_id).content
+    assert len(content) == c.files.retrieve(done.output_file_id).bytes  # two pages, sized when it was made
+    lines = [orjson.loads(line) for line in content.splitlines()]
     assert sorted(line["custom_id"] for line in lines) == [f"req-{i}" for i in range(6)]
     for line in lines:
         assert line["error"] is None and line["response"]["status_code"] == 200
@@ -169,3 +174,23 @@ def test_anonymous_callers_get_no_batch_api_once_keys_exist_even_where_generatio
     assert refused.value.status == 401  # else every anonymous caller would share one owner's files
     alice = Request({"type": "http", "headers": [(b"authorization", f"Bearer {ALICE}".encode())]}, None, None)  # type: ignore[arg-type]
     assert endpoints._who(alice)[0].key_name == "alice"
+
+
+def test_a_keys_uploads_are_bounded_in_all(sims, tmp_path):
+    from gateway.config import load_config
+
+    keys = [{"name": "alice", "team": "nlp", "hash": hash_key(ALICE)}, {"name": "bob", "team": "nlp", "hash": hash_key(BOB)}]
+    config = base_config(tmp_path, [backend_entry("medium", sims[MEDIUM])], keys={"required": True, "keys": keys},
+                         batch={"max_owner_bytes": 1200})  # fmt: skip
+    data = jsonl([chat_line(i) for i in range(3)])  # ~ 500 bytes: two fit in 1,200, not three
+    assert 400 < len(data) < 600
+    with InProcessGateway(load_config(write_config(tmp_path, config))) as gateway:
+        c = client(gateway)
+        first = c.files.create(file=("a.jsonl", io.BytesIO(data)), purpose="batch")
+        c.files.create(file=("b.jsonl", io.BytesIO(data)), purpose="batch")
+        with pytest.raises(openai.APIStatusError) as full:
+            c.files.create(file=("c.jsonl", io.BytesIO(data)), purpose="batch")
+        assert full.value.status_code == 413 and full.value.body["code"] == "storage_limit_exceeded"
+        client(gateway, BOB).files.create(file=("b.jsonl", io.BytesIO(data)), purpose="batch")  # another key's own room
+        c.files.delete(first.id)
+        c.files.create(file=("c.jsonl", io.BytesIO(data)), purpose="batch")  # room again

@@ -34,6 +34,8 @@ BATCH_COLUMNS = (
 FILE_COLUMNS = ("id", "purpose", "filename", "bytes", "created_at", "expires_at", "owner", "team", "batch_id", "kind")
 RUNNABLE = ("in_progress", "cancelling", "finalizing")  # a runner has work to do on these
 ENDED = ("completed", "failed", "expired", "cancelled")
+RESULT_PAGE = 500  # answered lines read at once when an output or error file is sent or sized
+_ROWS_PER_INSERT = 500  # 7 parameters a row: far below SQLite's 32,766
 
 
 class JobStore:
@@ -100,6 +102,15 @@ class JobStore:
             f"SELECT id FROM batches WHERE input_file_id = {p} AND status NOT IN ({', '.join([p] * len(ENDED))}) "
             f"LIMIT 1", [file_id, *ENDED],
         ))  # fmt: skip
+
+    def owner_bytes(self, owner: str | None, now: float) -> int:
+        """What ``owner``'s uploads that have not expired hold, in bytes (the files_owner index)."""
+        p, same = self.p, self.store.same_as
+        row = self._fetch(
+            f"SELECT COALESCE(SUM(bytes), 0) AS held FROM files WHERE owner {same} {p} AND kind = 'upload' "
+            f"AND (expires_at IS NULL OR expires_at >= {p})", [owner, now],
+        )  # fmt: skip
+        return int(row[0]["held"])
 
     def delete_file(self, file_id: str) -> bool:
         return self._execute(f"DELETE FROM files WHERE id = {self.p}", [file_id]) > 0
@@ -209,6 +220,20 @@ class JobStore:
             [batch_id, line, custom_id, status_code, request_id, _json(body), _json(error)],
         ) > 0
 
+    def add_errors(self, batch_id: str, lines: list[tuple[int, str]], error: Any) -> int:
+        """Record the same ``error`` for many (line, custom_id) without an answer, a few hundred rows a
+        statement (a cancelled batch's unsent lines); how many were recorded."""
+        recorded, text = 0, _json(error)
+        for start in range(0, len(lines), _ROWS_PER_INSERT):
+            chunk = lines[start : start + _ROWS_PER_INSERT]
+            values = ", ".join([f"({', '.join([self.p] * 7)})"] * len(chunk))
+            args = [v for line, custom_id in chunk for v in (batch_id, line, custom_id, None, None, None, text)]
+            recorded += self._execute(
+                "INSERT INTO batch_results (batch_id, line, custom_id, status_code, request_id, body, error) "
+                f"VALUES {values} ON CONFLICT (batch_id, line) DO NOTHING", args,
+            )  # fmt: skip
+        return recorded
+
     def done_lines(self, batch_id: str) -> set[int]:
         return {r["line"] for r in self._fetch(f"SELECT line FROM batch_results WHERE batch_id = {self.p}", [batch_id])}
 
@@ -234,27 +259,41 @@ class JobStore:
         )[0]
         return {k: row[k] for k in ("rows", "prompt", "completion", "joules", "provisional", "estimated")}
 
-    def result_file(self, batch_id: str, ok: bool) -> bytes:
-        """The content of the batch's output (``ok``) or error file."""
-        return b"".join(self.result_lines(batch_id, ok))
+    def result_size(self, batch_id: str, ok: bool) -> int:
+        """The size in bytes of the batch's output (``ok``) or error file, read a page at a time."""
+        return sum(len(chunk) for chunk in self.result_chunks(batch_id, ok))
 
-    def result_lines(self, batch_id: str, ok: bool) -> Iterator[bytes]:
-        """The batch's output (``ok``) or error file, a JSON line per answered input line, in input order."""
+    def result_chunks(self, batch_id: str, ok: bool, page: int = RESULT_PAGE) -> Iterator[bytes]:
+        """The batch's output (``ok``) or error file in pieces of up to ``page`` lines, each piece
+        read from the store when it is needed: what a download holds in memory is one page."""
+        after = -1
+        while True:
+            lines, after = self.result_page(batch_id, ok, after, page)
+            if lines:
+                yield b"".join(lines)
+            if len(lines) < page:
+                return
+
+    def result_page(self, batch_id: str, ok: bool, after: int, limit: int) -> tuple[list[bytes], int]:
+        """Up to ``limit`` JSON lines of the output (``ok``) or error file, for the input lines after
+        ``after`` in input order; with the last input line they answer."""
         test = "BETWEEN 200 AND 299" if ok else "IS NULL OR status_code NOT BETWEEN 200 AND 299"
         rows = self._fetch(
             "SELECT line, custom_id, status_code, request_id, body, error FROM batch_results "
-            f"WHERE batch_id = {self.p} AND (status_code {test}) ORDER BY line",
-            [batch_id],
+            f"WHERE batch_id = {self.p} AND line > {self.p} AND (status_code {test}) ORDER BY line LIMIT {self.p}",
+            [batch_id, after, limit],
         )
+        out = []
         for r in rows:
             response = None
             if r["status_code"] is not None:
                 response = {"status_code": r["status_code"], "request_id": r["request_id"],
                             "body": orjson.loads(r["body"]) if r["body"] else None}  # fmt: skip
-            yield orjson.dumps({
+            out.append(orjson.dumps({
                 "id": f"batch_req_{batch_id.removeprefix('batch_')}_{r['line']}", "custom_id": r["custom_id"],
                 "response": response, "error": orjson.loads(r["error"]) if r["error"] else None,
-            }) + b"\n"  # fmt: skip
+            }) + b"\n")  # fmt: skip
+        return out, rows[-1]["line"] if rows else after
 
 
 _JSON_COLUMNS = ("errors", "metadata")
