@@ -34,7 +34,7 @@ from gateway.config import BatchConfig, ServerConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.policy.keys import Identity, KeyRing
 from gateway.telemetry.ledger import LedgerUnavailable
-from gateway.telemetry.ledger.jobs import RESULT_PAGE, JobStore
+from gateway.telemetry.ledger.jobs import JobStore
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 WINDOWS = {"24h": 86400.0}
@@ -277,9 +277,9 @@ class BatchEndpoints:
             row = await self._own_file(request)
             if row["kind"] == "upload":
                 data = await self._db(self.jobs.file_data, row["id"])
-            else:  # a batch's output or error file: its answered lines, sent a page at a time
-                ok = row["kind"] == "batch_output"
-                lines, after = await self._db(self.jobs.result_page, row["batch_id"], ok, -1, RESULT_PAGE)
+            else:  # a batch's output or error file: its answered lines, read a page at a time
+                pages = self.jobs.result_chunks(row["batch_id"], row["kind"] == "batch_output")
+                page = await self._db(next, pages, b"")
         except GatewayError as err:
             await request.error(err)
             return
@@ -289,11 +289,9 @@ class BatchEndpoints:
         # no content-length: the server sends it chunked; a store that fails midway ends the
         # response early, which the client sees as a broken download rather than a short file
         await request.start(200, [(b"content-type", b"application/octet-stream")])
-        while True:
-            await request.send({"type": "http.response.body", "body": b"".join(lines), "more_body": True})
-            if len(lines) < RESULT_PAGE:
-                break
-            lines, after = await self._db(self.jobs.result_page, row["batch_id"], ok, after, RESULT_PAGE)
+        while page:
+            await request.send({"type": "http.response.body", "body": page, "more_body": True})
+            page = await self._db(next, pages, b"")
         await request.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # ------------------------------------------------------------------ batches

@@ -155,13 +155,21 @@ class EnergyService:
 
     def counterfactual_joules(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """What these tokens would have cost on ``model`` (priced on a backend serving it if any)."""
-        for name, backend in self.backends.items():
-            sampler = self.samplers[name]
-            if model in backend.models or model in sampler.models or self._last_model.get(name) == model:
+        for name, sampler in self.samplers.items():
+            if self._serves(name, model):
                 book = sampler.book
                 return book.k * self.costs(name, model).request(prompt_tokens, completion_tokens, book.batch_now)
-        costs = TokenCosts(self.params_b(model), weight_bits=self.weight_bits(model))
-        return costs.request(prompt_tokens, completion_tokens, DEFAULT_BATCH)
+        return self._unplaced(model).request(prompt_tokens, completion_tokens, DEFAULT_BATCH)
+
+    def _serves(self, name: str, model: str) -> bool:
+        """Whether backend ``name`` serves ``model`` (configured, discovered, or last seen answering)."""
+        return model in self.backends[name].models or model in self.samplers[name].models or (
+            self._last_model.get(name) == model
+        )
+
+    def _unplaced(self, model: str | None) -> TokenCosts:
+        """Token costs of ``model`` on no backend we know (a single H200, the defaults)."""
+        return TokenCosts(self.params_b(model) if model else None, weight_bits=self._bits(model))
 
     def backend_power_watts(self, name: str) -> float | None:
         """The GPUs' power now, as measured (None with the estimate or no recent reading)."""
@@ -198,7 +206,7 @@ class EnergyService:
         prices = [
             sampler.book.k * self.costs(name, model).decode(DEFAULT_BATCH)
             for name, sampler in self.samplers.items()
-            if model in self.backends[name].models or model in sampler.models or self._last_model.get(name) == model
+            if self._serves(name, model)
         ]
         return min(prices) if prices else None
 
@@ -228,9 +236,7 @@ class EnergyService:
                 joules = book.k * costs.request(prompt, gen, book.batch_now)
                 estimated = not (book.measured_now and sampler.meter.measured)
             else:
-                model = ctx.model or None
-                costs = TokenCosts(self.params_b(model) if model else None, weight_bits=self._bits(model))
-                joules = costs.request(prompt, gen)
+                joules = self._unplaced(ctx.model or None).request(prompt, gen)
                 estimated = True
         backend = self.backends.get(ctx.backend or "")
         if not gpu_s:

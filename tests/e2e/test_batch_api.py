@@ -54,9 +54,9 @@ def finished(c: OpenAI, batch_id: str, timeout: float = 60.0):
 
 
 def test_the_sdk_round_trip_answers_every_line_with_its_energy(gw, monkeypatch):
-    from gateway.api import batches
+    from gateway.telemetry.ledger import jobs
 
-    monkeypatch.setattr(batches, "RESULT_PAGE", 4)  # the output file goes out in pages of 4 lines
+    monkeypatch.setattr(jobs, "RESULT_PAGE", 4)  # the output file goes out in pages of 4 lines
     c = client(gw)
     upload = c.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(i) for i in range(6)]))), purpose="batch")
     assert upload.object == "file" and upload.purpose == "batch" and upload.bytes > 0

@@ -135,11 +135,12 @@ class Book:
         batch = max(1.0, iv.batch)
         self.timeline.place_counted_prompts(iv, self.tracks, costs)
         dt = iv.t1 - iv.t0
+        busy = iv.batch > 0 and dt > 0
         deferred = False
         for track in self.tracks:
             if track.drained or track.final:
                 continue
-            if iv.batch > 0 and dt > 0:
+            if busy:
                 track.batch_s += iv.batch * dt
                 track.busy_s += dt
             deferred = deferred or track.ctx.service_tier in DEFERRED_TIERS
@@ -151,7 +152,7 @@ class Book:
                 log.warning("request %s never ended; closing its energy account", track.ctx.request_id)
                 self.end(track, iv.t1, None)
                 track.drained = True
-        if iv.batch > 0 and dt > 0 and not deferred:  # a time-weighted mean that forgets over ~TAU
+        if busy and not deferred:  # a time-weighted mean that forgets over ~TAU
             decay = math.exp(-dt / INTERACTIVE_TAU_S)
             self._interactive = (self._interactive[0] * decay + iv.batch * dt, self._interactive[1] * decay + dt)
         for closing in self.timeline.closing(until=iv.t1 - self.horizon_s):

@@ -263,18 +263,20 @@ class JobStore:
         """The size in bytes of the batch's output (``ok``) or error file, read a page at a time."""
         return sum(len(chunk) for chunk in self.result_chunks(batch_id, ok))
 
-    def result_chunks(self, batch_id: str, ok: bool, page: int = RESULT_PAGE) -> Iterator[bytes]:
-        """The batch's output (``ok``) or error file in pieces of up to ``page`` lines, each piece
-        read from the store when it is needed: what a download holds in memory is one page."""
+    def result_chunks(self, batch_id: str, ok: bool, page: int | None = None) -> Iterator[bytes]:
+        """The batch's output (``ok``) or error file in pieces of up to ``page`` (``RESULT_PAGE``)
+        lines, each piece read from the store when it is needed: what a download holds in memory
+        is one page."""
+        page = page or RESULT_PAGE
         after = -1
         while True:
-            lines, after = self.result_page(batch_id, ok, after, page)
+            lines, after = self._result_page(batch_id, ok, after, page)
             if lines:
                 yield b"".join(lines)
             if len(lines) < page:
                 return
 
-    def result_page(self, batch_id: str, ok: bool, after: int, limit: int) -> tuple[list[bytes], int]:
+    def _result_page(self, batch_id: str, ok: bool, after: int, limit: int) -> tuple[list[bytes], int]:
         """Up to ``limit`` JSON lines of the output (``ok``) or error file, for the input lines after
         ``after`` in input order; with the last input line they answer."""
         test = "BETWEEN 200 AND 299" if ok else "IS NULL OR status_code NOT BETWEEN 200 AND 299"
