@@ -40,6 +40,7 @@ class Backend:
     running: int = 0
     kv_usage: float = 0.0  # share of the KV cache in use (vllm:kv_cache_usage_perc), 0-1
     inflight: int = 0  # requests this gateway has open on it now
+    deferred: int = 0  # of those, deferrable ones (service tier flex or batch)
     last_error: str | None = None
     checked_at: float = 0.0
 
@@ -53,6 +54,14 @@ class Backend:
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    def opened(self, deferred: bool) -> None:
+        self.inflight += 1
+        self.deferred += deferred
+
+    def closed(self, deferred: bool) -> None:
+        self.inflight -= 1
+        self.deferred -= deferred
 
     def mark_down(self, reason: str) -> None:
         if self.healthy:
@@ -125,11 +134,22 @@ class BackendPool:
         if self._session is not None:
             await self._session.close()
 
-    def serving(self, model: str) -> list[Backend]:
-        """Healthy backends serving ``model``, least busy first."""
+    def serving(self, model: str, deferred: bool = False) -> list[Backend]:
+        """Healthy backends serving ``model``, in the order to try them.
+
+        Interactive requests go to the least busy (requests waiting and open), counting all the
+        deferrable work a replica runs as one request: its GPU then steps without pause, and an
+        arriving request waits for the step in progress whatever the batch's size. Deferrable
+        work (``deferred``) packs onto the replicas already running it, so that its batches fill
+        and the other replicas stay idle for interactive requests; a replica with requests
+        waiting last.
+        """
         found = [b for b in self.backends if b.healthy and model in b.models]
         if len(found) > 1:
-            found.sort(key=lambda b: (b.waiting + b.inflight, b.running))
+            if deferred:
+                found.sort(key=lambda b: (b.waiting, -b.deferred, b.inflight, b.running))
+            else:
+                found.sort(key=lambda b: (b.waiting + b.inflight - b.deferred + (b.deferred > 0), b.running))
         return found
 
     def has_room(self, kv_limit: float) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from gateway.context import RequestContext
+from gateway.context import DEFERRED_TIERS, RequestContext
 from gateway.errors import GatewayError, normalise
 from gateway.proxy import sse
 from gateway.proxy.backends import Backend
@@ -45,11 +45,12 @@ class Upstream:
     abort the request; a finished one keeps its connection for the next request.
     """
 
-    __slots__ = ("response", "backend", "status", "first", "body", "closed")
+    __slots__ = ("response", "backend", "deferred", "status", "first", "body", "closed")
 
-    def __init__(self, response: Response, backend: Backend):
+    def __init__(self, response: Response, backend: Backend, deferred: bool = False):
         self.response = response
         self.backend = backend
+        self.deferred = deferred  # a deferrable request's (counted in Backend.deferred)
         self.status = response.status
         self.first = b""  # a stream's first bytes, read before committing to this backend
         self.body: bytes | None = None  # a unary answer, read whole before committing to it
@@ -59,7 +60,7 @@ class Upstream:
         if not self.closed:
             self.closed = True
             self.response.release()
-            self.backend.inflight -= 1
+            self.backend.closed(self.deferred)
 
     async def answer(self, ctx: RequestContext) -> dict[str, Any]:
         """The unary answer as a JSON object (``ctx.usage`` and the reasoning text noted), or
@@ -163,6 +164,7 @@ class Proxy:
                 headers={"retry-after": "2"},
             )
         last: GatewayError | None = None
+        deferred = ctx.service_tier in DEFERRED_TIERS
         for backend in backends:
             ctx.attempts += 1
             ctx.backend = backend.name
@@ -173,7 +175,7 @@ class Proxy:
             ctx.sent = time.monotonic()
             if self.hooks is not None:
                 self.hooks.sent(ctx)
-            backend.inflight += 1
+            backend.opened(deferred)
             try:
                 response = await client.pool(backend.url).request(_POST, path, headers, body, self.request_timeout_s)
                 first = b""
@@ -186,7 +188,7 @@ class Proxy:
                 elif response.status == 200:
                     whole = await response.read()  # a backend dying mid-body can still be replaced
             except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-                backend.inflight -= 1
+                backend.closed(deferred)
                 if self.hooks is not None:
                     self.hooks.failed(ctx)
                 if not isinstance(exc, asyncio.TimeoutError):
@@ -202,9 +204,9 @@ class Proxy:
                 )
                 continue
             except BaseException:
-                backend.inflight -= 1
+                backend.closed(deferred)
                 raise
-            upstream = Upstream(response, backend)
+            upstream = Upstream(response, backend, deferred)
             upstream.first = first
             upstream.body = whole
             if response.status >= 500:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from gateway.config import RoutingConfig
-from gateway.context import RequestContext
+from gateway.context import DEFERRED_TIERS, RequestContext
 from gateway.errors import GatewayError
 from gateway.proxy.backends import Backend, BackendPool
 from gateway.routing.adequacy import AdequacyModel, RouteScores, Tier
@@ -235,7 +235,7 @@ class Router:
                 kind, name, requested, unreachable, fits, (model, p, reason, counterfactual), (recommended, rec_p)
             )
             reason = f"{', '.join(unreachable)} unreachable; {reason}"
-        route = Route(model, self._backends(model), reason, p, recommended, rec_p, counterfactual, friction)
+        route = Route(model, self._backends(model, ctx), reason, p, recommended, rec_p, counterfactual, friction)
         return _decided(ctx, route)
 
     def _fallback(
@@ -314,7 +314,7 @@ class Router:
             raise GatewayError(400, "Embeddings need a model name in 'model'.", param="model")
         model = self.catalog.get(name)
         assert model is not None
-        return _decided(ctx, Route(model, self._backends(model), "model asked for by name", counterfactual=model))
+        return _decided(ctx, Route(model, self._backends(model, ctx), "model asked for by name", counterfactual=model))
 
     def scores(self, body: dict, reasoning: bool = False) -> RouteScores | None:
         """What the model says of each tier for ``body``, among every model that can hold it
@@ -402,8 +402,8 @@ class Router:
     def _saturated(self, model: ModelInfo) -> bool:
         return all(b.waiting >= self.config.saturated_waiting for b in self.pool.serving(model.name))
 
-    def _backends(self, model: ModelInfo) -> list[Backend]:
-        return self.pool.serving(model.name)
+    def _backends(self, model: ModelInfo, ctx: RequestContext) -> list[Backend]:
+        return self.pool.serving(model.name, deferred=ctx.service_tier in DEFERRED_TIERS)
 
 
 def _fits(model: ModelInfo, prompt_tokens: int, need: int) -> bool:

@@ -4,6 +4,7 @@ and overtaken by an interactive request that arrives after it while the backend 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import httpx
@@ -60,3 +61,48 @@ def test_a_flex_request_with_room_is_answered_at_once(sims, tmp_path):
         assert r.status_code == 200 and r.json()["usage"]["energy"]["joules"] >= 0
         metrics = httpx.get(f"{gw.url}/metrics").text
         assert "gateway_flex_waiting 0.0" in metrics and "gateway_batch_requests_inflight 0.0" in metrics
+
+
+def test_flex_work_packs_onto_one_replica_and_interactive_requests_take_the_other(tmp_path):
+    """Two replicas of one model: the deferred requests fill one replica's batch, so an interactive
+    request arriving meanwhile finds the other idle (it would otherwise wait for a batch step)."""
+    one, two = (start_sim(["--model", MEDIUM, "--params-b", "8", "--speed", "2", "--seed", str(s)]) for s in (1, 2))
+    try:
+        config = base_config(tmp_path, [backend_entry("a", one), backend_entry("b", two)])
+        with InProcessGateway(load_config(write_config(tmp_path, config))) as gw:
+            wait_until(lambda: httpx.get(f"{gw.url}/readyz").status_code == 200, 10, what="backends discovered")
+
+            def body(tokens: int, **extra) -> dict:
+                return {"model": MEDIUM, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": tokens,
+                        "min_tokens": tokens, **extra}  # fmt: skip
+
+            async def scenario() -> None:
+                async with httpx.AsyncClient(timeout=120) as client:
+                    async def interactive() -> None:
+                        await asyncio.sleep(0.3)  # the flex requests are running by now
+                        for _ in range(4):
+                            r = await client.post(f"{gw.url}/v1/chat/completions", json=body(4))
+                            assert r.status_code == 200, r.text
+
+                    flex = [client.post(f"{gw.url}/v1/chat/completions", json=body(256, service_tier="flex"))
+                            for _ in range(6)]  # fmt: skip
+                    *answers, _ = await asyncio.gather(*flex, interactive())
+                    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+
+            asyncio.run(scenario())
+            wait_until(lambda: _rows(tmp_path) >= 10, 10, what="ledger rows")
+            assert [(b.inflight, b.deferred) for b in gw.gateway.pool.backends] == [(0, 0), (0, 0)]
+        with sqlite3.connect(tmp_path / "usage.db") as conn:
+            rows = conn.execute("SELECT service_tier, backend FROM requests").fetchall()
+        flex_on = {backend for tier, backend in rows if tier == "flex"}
+        interactive_on = {backend for tier, backend in rows if tier != "flex"}
+        assert len(flex_on) == 1, rows  # packed: one batch of 6, not two of 3
+        assert interactive_on and not interactive_on & flex_on, rows
+    finally:
+        one.stop()
+        two.stop()
+
+
+def _rows(tmp_path) -> int:
+    with sqlite3.connect(tmp_path / "usage.db") as conn:
+        return conn.execute("SELECT count(*) FROM requests").fetchone()[0]

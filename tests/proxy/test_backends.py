@@ -1,0 +1,58 @@
+"""The order in which BackendPool.serving offers a model's replicas: interactive requests to the
+least busy (deferrable work counting as one request), deferrable work packed onto the replicas
+already running it."""
+
+from __future__ import annotations
+
+from gateway.config import BackendConfig
+from gateway.proxy.backends import Backend, BackendPool, ServedModel
+
+MODEL = "m"
+
+
+def _pool(*loads: tuple[int, int, int]) -> BackendPool:
+    """Replicas r0, r1, ... with (requests open, of them deferrable, waiting in vLLM)."""
+    pool = BackendPool([BackendConfig(name=f"r{i}", url=f"http://127.0.0.1:{9000 + i}") for i in range(len(loads))],
+                       session_factory=lambda: None)  # type: ignore[arg-type,return-value]  # fmt: skip
+    for backend, (open_, deferred, waiting) in zip(pool.backends, loads):
+        backend.healthy = True
+        backend.models = {MODEL: ServedModel(MODEL)}
+        backend.inflight, backend.deferred, backend.waiting = open_, deferred, waiting
+    return pool
+
+
+def _order(pool: BackendPool, deferred: bool) -> list[str]:
+    return [b.name for b in pool.serving(MODEL, deferred=deferred)]
+
+
+def test_interactive_requests_avoid_a_replica_busy_with_deferrable_work():
+    pool = _pool((6, 6, 0), (0, 0, 0))
+    assert _order(pool, deferred=False) == ["r1", "r0"]
+    # the whole batch counts as one request: with two interactive requests open on r1, r0 is less busy
+    pool = _pool((6, 6, 0), (2, 0, 0))
+    assert _order(pool, deferred=False) == ["r0", "r1"]
+
+
+def test_deferrable_work_packs_onto_the_replica_already_running_it():
+    pool = _pool((1, 0, 0), (5, 5, 0), (0, 0, 0))
+    assert _order(pool, deferred=True) == ["r1", "r2", "r0"]
+    # ...unless requests wait there
+    pool = _pool((1, 0, 0), (5, 5, 2), (0, 0, 0))
+    assert _order(pool, deferred=True) == ["r2", "r0", "r1"]
+
+
+def test_the_counts_follow_each_request():
+    backend = Backend(BackendConfig(name="r", url="http://127.0.0.1:9000"))
+    backend.opened(deferred=True)
+    backend.opened(deferred=False)
+    assert (backend.inflight, backend.deferred) == (2, 1)
+    backend.closed(deferred=True)
+    backend.closed(deferred=False)
+    assert (backend.inflight, backend.deferred) == (0, 0)
+
+
+def test_unhealthy_or_other_models_replicas_are_not_offered():
+    pool = _pool((0, 0, 0), (0, 0, 0))
+    pool.backends[0].healthy = False
+    pool.backends[1].models = {}
+    assert _order(pool, deferred=False) == [] and _order(pool, deferred=True) == []
