@@ -127,29 +127,37 @@ async def _arm(kind: str, url: str, n: int, tokens: int, rate: float, speed: flo
         return list(await asyncio.gather(*tasks))
 
 
-@contextlib.contextmanager
-def served(name: str, speed: float, inflight: int | None, tmp: Path):
-    """A fresh simulator (Llama-3.1-8B, one H200) and a gateway in front of it, with
-    ``batch.max_inflight`` when given: (the simulator's URL, the gateway's)."""
-    import yaml
-
+def _sim(speed: float, seed: int = 7):
+    """A fresh simulated vLLM: Llama-3.1-8B on one H200."""
     from gateway.sim.process import start_sim
 
-    sim = start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(speed), "--seed", "7"])
-    gw = None
+    return start_sim(["--model", MODEL, "--params-b", "8", "--speed", str(speed), "--seed", str(seed)])
+
+
+@contextlib.contextmanager
+def served(name: str, speed: float, inflight: int | None, tmp: Path, replicas: int = 1):
+    """Fresh simulators (``replicas`` of them, one model) and a gateway in front of them, with
+    ``batch.max_inflight`` when given: (the first simulator's URL, the gateway's)."""
+    import yaml
+
+    sims, gw = [], None
     try:
-        backend = {"name": "sim", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
-        config = {"backends": [backend], "ledger": {"path": str(tmp / f"{name}.db")}}
+        for i in range(replicas):
+            sims.append(_sim(speed, seed=7 + i))
+        backends = [{"name": f"sim{i}", "url": sim.url, "meter": {"type": "dcgm", "url": f"{sim.url}/dcgm/metrics"}}
+                    for i, sim in enumerate(sims)]  # fmt: skip
+        config = {"backends": backends, "ledger": {"path": str(tmp / f"{name}.db")}}
         if inflight:
             config["batch"] = {"max_inflight": inflight}
         (tmp / f"gateway-{name}.yaml").write_text(yaml.safe_dump(config))
         gw, url = start_gateway(tmp / f"gateway-{name}.yaml", tmp / f"gateway-{name}.log", ROOT, core="0-1")
         time.sleep(1.0)
-        yield sim.url, url
+        yield sims[0].url, url
     finally:
         if gw is not None:
             stop_all([gw])
-        sim.stop()
+        for sim in sims:
+            sim.stop()
 
 
 def saved_by_batching(url: str) -> float:
@@ -212,16 +220,23 @@ async def _ttfts(url: str, n: int, rate: float, speed: float, seed: int) -> list
         return list(await asyncio.gather(*tasks))
 
 
-def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...], rate: float) -> dict:
-    """Interactive time to first token, arriving at ``rate`` per simulated second, alone and with a
-    batch running at each ``batch.max_inflight`` of ``settings``, each on a fresh simulator."""
+def _percentiles(ttfts: list[float]) -> dict:
     import statistics
 
+    ttfts = sorted(ttfts)
+    return {"p50_s": round(statistics.median(ttfts), 4),
+            "p95_s": round(ttfts[max(0, math.ceil(0.95 * len(ttfts)) - 1)], 4)}  # fmt: skip
+
+
+def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...], rate: float, replicas: int = 1) -> dict:
+    """Interactive time to first token, arriving at ``rate`` per simulated second, alone and with a
+    batch running at each ``batch.max_inflight`` of ``settings``, each on fresh simulators
+    (``replicas`` of the model)."""
     out: dict = {"speed": args.ttft_speed, "requests": args.ttft_requests, "rate": rate,
-                 "batch_lines": args.ttft_batch}  # fmt: skip
+                 "batch_lines": args.ttft_batch, "replicas": replicas}  # fmt: skip
     for arm in ("alone", *(f"with_batch_{n}" for n in settings)):
         inflight = int(arm.rsplit("_", 1)[1]) if arm != "alone" else None
-        with served(f"ttft-{rate:g}-{arm}", args.ttft_speed, inflight, tmp) as (_, url):
+        with served(f"ttft-{rate:g}-{replicas}-{arm}", args.ttft_speed, inflight, tmp, replicas) as (_, url):
             batch_id = None
             if inflight is not None:
                 async def submit() -> str:
@@ -241,13 +256,45 @@ def ttft_runs(args: argparse.Namespace, tmp: Path, settings: tuple[int, ...], ra
                 if batch["status"] != "in_progress":  # then some requests were timed without it
                     raise RuntimeError(f"the batch ended before the last interactive request: raise --ttft-batch "
                                        f"({batch['request_counts']})")  # fmt: skip
-        ttfts.sort()
-        out[arm] = {"p50_s": round(statistics.median(ttfts), 4),
-                    "p95_s": round(ttfts[max(0, math.ceil(0.95 * len(ttfts)) - 1)], 4)}  # fmt: skip
-        print(f"interactive TTFT at {rate:g}/s {arm:10s}: p50 {out[arm]['p50_s'] * 1000:.1f} ms, "
-              f"p95 {out[arm]['p95_s'] * 1000:.1f} ms (simulated)", flush=True)  # fmt: skip
+        out[arm] = _percentiles(ttfts)
+        print(f"interactive TTFT at {rate:g}/s, {replicas} replica(s), {arm:10s}: p50 {out[arm]['p50_s'] * 1000:.1f} "
+              f"ms, p95 {out[arm]['p95_s'] * 1000:.1f} ms (simulated)", flush=True)  # fmt: skip
     for n in settings:
         out[f"with_batch_{n}"]["p95_ratio"] = round(out[f"with_batch_{n}"]["p95_s"] / out["alone"]["p95_s"], 3)
+    return out
+
+
+def floor_runs(args: argparse.Namespace, rate: float) -> dict:
+    """The same interactive streams straight to a simulator, no gateway: alone, and while
+    ``SHIPPED_INFLIGHT`` batch-sized requests run without pause (each replaced as it ends). What a
+    running batch costs interactive requests on one replica whatever schedules it."""
+    out: dict = {"speed": args.ttft_speed, "requests": args.ttft_requests, "rate": rate}
+
+    async def timed(url: str, running: int) -> list[float]:
+        stop = asyncio.Event()
+
+        async def keep_one_running(client: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                (await client.post(f"{url}/v1/chat/completions", json=_body(args.tokens))).raise_for_status()
+
+        async with httpx.AsyncClient(timeout=600) as client:
+            batch = [asyncio.create_task(keep_one_running(client)) for _ in range(running)]
+            await asyncio.sleep(1.0 / args.ttft_speed if running else 0)  # the batch is decoding by then
+            ttfts = await _ttfts(url, args.ttft_requests, rate, args.ttft_speed, seed=5)
+            stop.set()
+            await asyncio.gather(*batch)
+        return ttfts
+
+    for arm, running in (("alone", 0), (f"with_batch_{SHIPPED_INFLIGHT}", SHIPPED_INFLIGHT)):
+        sim = _sim(args.ttft_speed)
+        try:
+            out[arm] = _percentiles(asyncio.run(timed(sim.url, running)))
+        finally:
+            sim.stop()
+        print(f"interactive TTFT at {rate:g}/s straight to vLLM, {arm:10s}: p50 {out[arm]['p50_s'] * 1000:.1f} ms, "
+              f"p95 {out[arm]['p95_s'] * 1000:.1f} ms (simulated)", flush=True)  # fmt: skip
+    with_batch = out[f"with_batch_{SHIPPED_INFLIGHT}"]
+    with_batch["p95_ratio"] = round(with_batch["p95_s"] / out["alone"]["p95_s"], 3)
     return out
 
 
@@ -276,27 +323,39 @@ def write_readme(r: dict) -> None:
         f"{t['alone']['p95_s'] * 1000:.1f} ms at the 95th percentile with no batch):"
     ))  # fmt: skip
     busy = r["ttft_busy"]
-    busy_with = busy[f"with_batch_{SHIPPED_INFLIGHT}"]
     shipped = by[("batch_api", SHIPPED_INFLIGHT)]
     measured = (live["attributed_j_per_token"] - shipped["attributed_j_per_token"]) * shipped["completion_tokens"]
     alone = (seq["attributed_j_per_token"] - shipped["attributed_j_per_token"]) * shipped["completion_tokens"]
     energy_met = [str(n) for n in r["inflight"]
                   if by[("batch_api", n)]["gpu_j_per_token"] <= 0.5 * seq["gpu_j_per_token"]]  # fmt: skip
-    latency_met = [str(n) for n in r["inflight"] if t[f"with_batch_{n}"]["p95_ratio"] <= 1.1]
+    estimate = shipped["estimated_saved_joules"]
     readme_block("batch-energy-saved", (
         f"The gateway's own estimate of what batching saved (`gateway_energy_saved_joules{{lever=\"batching\"}}`), "
         f"at the shipped setting after {r['warmup']} interactive requests showed it the batch interactive work runs "
-        f"in: {shipped['estimated_saved_joules'] / 1000:.1f} kJ. Measured (the batch's tokens times the difference "
+        f"in: {estimate / 1000:.1f} kJ. Measured (the batch's tokens times the difference "
         f"of attributed J/token), the batch saved {measured / 1000:.1f} kJ against the interactive arm and "
-        f"{alone / 1000:.1f} kJ against one at a time: the estimate is {shipped['estimated_saved_joules'] / measured:.2f}x "
-        f"and {shipped['estimated_saved_joules'] / alone:.2f}x of those. Under a busier interactive load "
-        f"({busy['requests']} streams arriving at {busy['rate']:g} per second), the time to first token at the 95th "
-        f"percentile was {busy_with['p95_s'] * 1000:.1f} ms with a batch running at the shipped setting against "
-        f"{busy['alone']['p95_s'] * 1000:.1f} ms without: {busy_with['p95_ratio']:.2f}x. Goals: at most half the "
-        f"energy per token of one at a time, met at `max_inflight` {', '.join(energy_met) or 'none'}; time to first "
-        f"token at the 95th percentile within 10% of no batch, met at {', '.join(latency_met) or 'no setting'} at "
-        f"{t['rate']:g} per second and {'met' if busy_with['p95_ratio'] <= 1.1 else 'not met'} at the shipped "
-        f"setting at {busy['rate']:g} per second."
+        f"{alone / 1000:.1f} kJ against one at a time: the estimate is {estimate / measured:.2f}x "
+        f"and {estimate / alone:.2f}x of those. The goal of at most half the energy per "
+        f"token of one at a time is met at `max_inflight` {', '.join(energy_met) or 'none'}."
+    ))  # fmt: skip
+    floor, two = r["ttft_floor"], r["ttft_two_replicas"]
+    key = f"with_batch_{SHIPPED_INFLIGHT}"
+    ms = lambda arm: f"{arm['p95_s'] * 1000:.1f} ms"  # noqa: E731
+    added = (t[key]["p95_s"] - t["alone"]["p95_s"]) - (floor[key]["p95_s"] - floor["alone"]["p95_s"])
+    one_met = [f"{x['rate']:g}/s" for x in (t, busy) if x[key]["p95_ratio"] <= 1.1]
+    two_met = [f"{x['rate']:g}/s" for x in two.values() if x[key]["p95_ratio"] <= 1.1]
+    pairs = "; ".join(f"at {x['rate']:g}/s {ms(x['alone'])} alone, {ms(x[key])} with the batch "
+                      f"({x[key]['p95_ratio']:.2f}x)" for x in two.values())  # fmt: skip
+    readme_block("batch-energy-latency", (
+        f"Time to first token at the 95th percentile, {t['requests']} interactive streams, batch at the shipped "
+        f"setting. Straight to the simulated vLLM, no gateway, with {SHIPPED_INFLIGHT} batch-sized requests kept "
+        f"running: {ms(floor['alone'])} alone, {ms(floor[key])} with them ({floor[key]['p95_ratio']:.2f}x) at "
+        f"{floor['rate']:g}/s, the cost no scheduler in front of one replica removes. Through the gateway on one "
+        f"replica: {ms(t['alone'])} and {ms(t[key])} ({t[key]['p95_ratio']:.2f}x) at {t['rate']:g}/s, so "
+        f"{added * 1000:+.1f} ms beyond vLLM's own; {ms(busy['alone'])} and {ms(busy[key])} "
+        f"({busy[key]['p95_ratio']:.2f}x) at {busy['rate']:g}/s. With a second replica of the model, the batch "
+        f"packed onto one: {pairs}. The goal of within 10% of no batch: met on one replica at "
+        f"{', '.join(one_met) or 'neither rate'}, on two at {', '.join(two_met) or 'neither rate'}."
     ))  # fmt: skip
     readme_block("batch-energy-table", "\n".join([
         "| `max_inflight` | J/token | vs one at a time | vs interactive | TTFT p95 with a batch | vs no batch |",
@@ -336,13 +395,17 @@ def main() -> int:
     arms += [run_arm("batch_api", args, tmp, n) for n in settings]
     ttft = ttft_runs(args, tmp, settings, args.ttft_rate)
     busy = ttft_runs(args, tmp, (SHIPPED_INFLIGHT,), args.ttft_busy_rate)
+    floor = floor_runs(args, args.ttft_rate)
+    two = {f"{rate:g}": ttft_runs(args, tmp, (SHIPPED_INFLIGHT,), rate, replicas=2)
+           for rate in (args.ttft_rate, args.ttft_busy_rate)}  # fmt: skip
     command = (f"python bench/batch_energy.py --requests {args.requests} --tokens {args.tokens} --rate {args.rate:g} "
                f"--warmup {args.warmup} "
                f"--speed {args.speed:g} --ttft-requests {args.ttft_requests} --ttft-rate {args.ttft_rate:g} "
                f"--ttft-busy-rate {args.ttft_busy_rate:g} --ttft-batch {args.ttft_batch} "
                f"--ttft-speed {args.ttft_speed:g} --inflight {args.inflight}")
     write_readme(write_results(RESULTS, command, requests=args.requests, tokens=args.tokens, rate=args.rate, arms=arms,
-                               inflight=list(settings), ttft=ttft, ttft_busy=busy, warmup=args.warmup))  # fmt: skip
+                               inflight=list(settings), ttft=ttft, ttft_busy=busy, ttft_floor=floor,
+                               ttft_two_replicas=two, warmup=args.warmup))  # fmt: skip
     return 0
 
 
