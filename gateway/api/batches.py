@@ -359,7 +359,10 @@ class BatchEndpoints:
             limit = _limit(query, MAX_LIST)
             after = query["after"][0] if query.get("after") else None
             rows = await self._db(self.jobs.batches, ident.key_hash, everyone, after, limit + 1)
-            data = [await self._batch_object(r) for r in rows[:limit]]
+            ids = [r["id"] for r in rows[:limit]]
+            counts = await self._db(self.jobs.counts_of, ids)
+            usage = await self._db(self.jobs.usage_of, ids)
+            data = [batch_object(r, counts[r["id"]], usage[r["id"]]) for r in rows[:limit]]
             return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}  # fmt: skip
 

@@ -220,3 +220,27 @@ def test_a_stopped_batchs_unsent_lines_are_recorded_a_few_hundred_a_statement(jo
     assert jobs.counts("batch_x") == (1, 1200)
     errors = [orjson.loads(line) for line in b"".join(jobs.result_chunks("batch_x", ok=False)).splitlines()]
     assert len(errors) == 1200 and errors[-1]["custom_id"] == "c1200" and errors[0]["error"]["code"] == "batch_cancelled"
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_a_list_page_reads_its_batches_counts_and_usage_in_one_query_each(where, request, tmp_path):
+    from tests.telemetry.test_ledger import row
+
+    ledger = Ledger(str(tmp_path / "usage.db") if where == "sqlite" else request.getfixturevalue("pg_url"))
+    jobs = JobStore(ledger.store)
+    try:
+        for i in range(3):
+            ledger.write(row(i, energy_j=10.0 * (i + 1), prompt_tokens=5, completion_tokens=7))
+        assert ledger.flush(10)
+        jobs.add_result("b1", 0, "c0", 200, "req-00000", {"ok": True}, None)
+        jobs.add_result("b1", 1, "c1", 500, "req-00001", None, {"code": "x", "message": "failed"})
+        jobs.add_result("b2", 0, "c0", 200, "req-00002", {"ok": True}, None)
+        ids = ["b1", "b2", "b3"]  # b3 has no answer yet
+        assert jobs.counts_of(ids) == {"b1": (1, 1), "b2": (1, 0), "b3": (0, 0)} and jobs.counts_of([]) == {}
+        usage = jobs.usage_of(ids)
+        assert (usage["b1"]["rows"], usage["b1"]["prompt"], usage["b1"]["completion"]) == (2, 10, 14)
+        assert float(usage["b1"]["joules"]) == 30.0 and float(usage["b2"]["joules"]) == 30.0
+        assert usage["b3"] == {"rows": 0, "prompt": 0, "completion": 0, "joules": 0, "provisional": 0, "estimated": 0}
+        assert jobs.usage("b1") == usage["b1"] and jobs.counts("b2") == (1, 0)
+    finally:
+        ledger.close()

@@ -35,6 +35,7 @@ FILE_COLUMNS = ("id", "purpose", "filename", "bytes", "created_at", "expires_at"
 RUNNABLE = ("in_progress", "cancelling", "finalizing")  # a runner has work to do on these
 ENDED = ("completed", "failed", "expired", "cancelled")
 RESULT_PAGE = 500  # answered lines read at once when an output or error file is sent or sized
+_USAGE = ("rows", "prompt", "completion", "joules", "provisional", "estimated")
 _ROWS_PER_INSERT = 500  # 7 parameters a row: far below SQLite's 32,766
 
 
@@ -239,25 +240,39 @@ class JobStore:
 
     def counts(self, batch_id: str) -> tuple[int, int]:
         """(completed, failed): lines answered 2xx, and the others."""
-        row = self._fetch(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END), 0) AS ok "
-            f"FROM batch_results WHERE batch_id = {self.p}",
-            [batch_id],
-        )[0]
-        return int(row["ok"]), int(row["n"]) - int(row["ok"])
+        return self.counts_of([batch_id])[batch_id]
+
+    def counts_of(self, batch_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``counts`` of each batch, in one query."""
+        if not batch_ids:
+            return {}
+        rows = self._fetch(
+            "SELECT batch_id, COUNT(*) AS n, SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END) AS ok "
+            f"FROM batch_results WHERE batch_id IN ({', '.join([self.p] * len(batch_ids))}) GROUP BY batch_id",
+            list(batch_ids),
+        )
+        found = {r["batch_id"]: (int(r["ok"]), int(r["n"]) - int(r["ok"])) for r in rows}
+        return {batch_id: found.get(batch_id, (0, 0)) for batch_id in batch_ids}
 
     def usage(self, batch_id: str) -> dict[str, Any]:
         """Tokens and energy of the batch's answered requests, from the usage ledger's rows."""
-        row = self._fetch(
-            "SELECT COUNT(r.request_id) AS rows, COALESCE(SUM(r.prompt_tokens), 0) AS prompt, "
-            "COALESCE(SUM(r.completion_tokens), 0) AS completion, COALESCE(SUM(r.energy_j), 0) AS joules, "
-            "COALESCE(SUM(CASE WHEN r.energy_final = 1 THEN 0 ELSE 1 END), 0) AS provisional, "
-            "COALESCE(SUM(CASE WHEN r.energy_source = 'estimated' THEN 1 ELSE 0 END), 0) AS estimated "
+        return self.usage_of([batch_id])[batch_id]
+
+    def usage_of(self, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """``usage`` of each batch, in one query."""
+        if not batch_ids:
+            return {}
+        rows = self._fetch(
+            "SELECT b.batch_id, COUNT(r.request_id) AS rows, SUM(r.prompt_tokens) AS prompt, "
+            "SUM(r.completion_tokens) AS completion, SUM(r.energy_j) AS joules, "
+            "SUM(CASE WHEN r.energy_final = 1 THEN 0 ELSE 1 END) AS provisional, "
+            "SUM(CASE WHEN r.energy_source = 'estimated' THEN 1 ELSE 0 END) AS estimated "
             "FROM batch_results b JOIN requests r ON r.request_id = b.request_id "
-            f"WHERE b.batch_id = {self.p}",
-            [batch_id],
-        )[0]
-        return {k: row[k] for k in ("rows", "prompt", "completion", "joules", "provisional", "estimated")}
+            f"WHERE b.batch_id IN ({', '.join([self.p] * len(batch_ids))}) GROUP BY b.batch_id",
+            list(batch_ids),
+        )
+        found = {r["batch_id"]: {k: r[k] or 0 for k in _USAGE} for r in rows}
+        return {batch_id: found.get(batch_id) or dict.fromkeys(_USAGE, 0) for batch_id in batch_ids}
 
     def result_size(self, batch_id: str, ok: bool) -> int:
         """The size in bytes of the batch's output (``ok``) or error file, read a page at a time."""
