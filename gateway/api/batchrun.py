@@ -10,7 +10,9 @@ apply to each as to any request.
 and a new one goes only while every healthy backend has no request waiting and its KV cache
 below ``batch.kv_cache_limit`` (``BackendPool.has_room``, from vLLM's gauges, read every
 ``server.load_interval_s``). Interactive requests therefore never queue behind batch work: as
-soon as one waits, no more batch requests go until the queue is empty again.
+soon as one waits, no more batch requests go until the queue is empty again. Where a model has
+several replicas, batch requests pack onto the one already running deferred work and interactive
+requests prefer the others (``BackendPool.serving``), so they need not wait for a batch's step.
 
 **No request lost, none answered twice.** A line's answer is recorded once, keyed by (batch,
 line), as it arrives; a resumed batch runs only the lines without one. A line that was running
