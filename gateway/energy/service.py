@@ -201,10 +201,12 @@ class EnergyService:
     def expected_j_per_token(self, model: str) -> float | None:
         """What a generated token of ``model`` costs here, as measured: the token-cost model's price
         at the batch ML.ENERGY's smallest runs had, times the measured/modelled ratio of the
-        cheapest backend serving it (what the router compares deployments of equal ability by).
-        None when no backend is known to serve it."""
+        cheapest backend serving it (what the router compares deployments of equal ability by),
+        faded back to the model's price as the measurement ages (``Book.k_now``). None when no
+        backend is known to serve it."""
+        now = time.monotonic()
         prices = [
-            sampler.book.k * self.costs(name, model).decode(DEFAULT_BATCH)
+            sampler.book.k_now(now) * self.costs(name, model).decode(DEFAULT_BATCH)
             for name, sampler in self.samplers.items()
             if self._serves(name, model)
         ]

@@ -3,10 +3,14 @@ prefers it within the tier, by the price measured here; the config can say other
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 
 from gateway.config import BackendConfig, ModelConfig, RoutingConfig
 from gateway.context import RequestContext
+from gateway.energy.attribution.book import PRICE_FADE_S
 from gateway.energy.coefficients import TokenCosts
 from gateway.energy.service import EnergyService
 from gateway.precision import precision_of
@@ -104,6 +108,13 @@ def test_the_price_is_the_models_prior_times_what_the_backends_meter_measured():
     assert fp8 == pytest.approx(TokenCosts(32.0, 1, "h200", 8.0).decode(8)) and fp8 < bf16
     # the FP8 backend's meter says its work costs 3x what the model priced (k = 3)
     split = svc.samplers["q"].book.splitter
-    split._k_num, split._k_den = 3.0, 1.0
-    assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx(3 * fp8) and svc.expected_j_per_token(LARGE_FP8) > bf16
+    split._k_num, split._k_den, split.k_at = 3.0, 1.0, time.monotonic()
+    assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx(3 * fp8, rel=1e-3)
+    assert svc.expected_j_per_token(LARGE_FP8) > bf16
+    # a measurement the router stopped renewing (it sent the traffic elsewhere) fades back to the
+    # model's price, so the deployment is tried and measured again: 1/e of the excess after PRICE_FADE_S
+    split.k_at = time.monotonic() - PRICE_FADE_S
+    assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx((1 + 2 / math.e) * fp8, rel=1e-3)
+    split.k_at = time.monotonic() - 10 * PRICE_FADE_S
+    assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx(fp8, rel=1e-3) and fp8 < bf16
     assert svc.expected_j_per_token("not-served") is None

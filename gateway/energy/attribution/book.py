@@ -24,6 +24,7 @@ from gateway.energy.coefficients import DEFAULT_BATCH, TokenCosts
 log = logging.getLogger("gateway.energy")
 
 INTERACTIVE_TAU_S = 300.0  # the interactive batch is averaged over about this long
+PRICE_FADE_S = 1800.0  # a price measured this long ago counts 1/e (Book.k_now)
 RING_MARGIN_S = 60.0  # closed intervals kept before the oldest request in flight (see _finalise)
 
 
@@ -100,6 +101,17 @@ class Book:
     def k(self) -> float:
         """Measured joules per modelled joule of work in busy intervals (1 before any)."""
         return self.splitter.k
+
+    def k_now(self, now: float) -> float:
+        """``k`` for choosing between deployments at ``now`` (the sampler's clock): it fades back to
+        1, the token-cost model as it is, as the last busy interval it was learnt from ages (1/e
+        after PRICE_FADE_S). A deployment the router stopped choosing on an old measurement comes
+        back to its modelled price and is measured again, rather than keeping that price forever."""
+        learnt = self.splitter.k_at
+        if learnt is None:
+            return 1.0
+        kept = math.exp(-max(0.0, now - learnt) / PRICE_FADE_S)
+        return 1.0 + (self.k - 1.0) * kept
 
     @property
     def total_j(self) -> float:

@@ -61,6 +61,7 @@ class Splitter:
         self._idle_pool = 0.0
         self._k_num = 0.0  # measured / modelled in busy intervals, decayed: prices provisional values, idle edges
         self._k_den = 0.0
+        self.k_at: float | None = None  # when k last learnt from a busy interval (the sampler's clock)
         self._idle_w = 0.0  # the backend's power with nothing running, learnt from idle intervals
 
     @property
@@ -181,6 +182,7 @@ class Splitter:
         if weighed.clean:
             self._k_num = self._k_num * 0.98 + energy
             self._k_den = self._k_den * 0.98 + total
+            self.k_at = iv.t1
         return energy
 
     def _shape(
