@@ -167,6 +167,17 @@ class EnergyService:
             self._last_model.get(name) == model
         )
 
+    def _interactive_batch(self, model: str) -> float | None:
+        """The batch interactive requests for ``model`` run in here: pooled over the backends
+        serving it, weighted by busy time (with several replicas the deferred work packs onto one
+        and interactive requests run on the others); None before any."""
+        batch_s = busy_s = 0.0
+        for name, sampler in self.samplers.items():
+            if self._serves(name, model):
+                b, s = sampler.book.interactive
+                batch_s, busy_s = batch_s + b, busy_s + s
+        return batch_s / busy_s if busy_s > 0 else None
+
     def _unplaced(self, model: str | None) -> TokenCosts:
         """Token costs of ``model`` on no backend we know (a single H200, the defaults)."""
         return TokenCosts(self.params_b(model) if model else None, weight_bits=self._bits(model))
@@ -281,7 +292,8 @@ class EnergyService:
             report = self._provisional(entry)
         ctx.energy = report
         answered = self.samplers.get(ctx.backend or "")
-        batched = _batched(ctx, tracks, list(entry.books), answered.book if answered is not None else None)
+        batched = _batched(ctx, tracks, list(entry.books), answered.book if answered is not None else None,
+                           self._interactive_batch)  # fmt: skip
         # The entry and its tracks point at each other (track.owner); unlink them so the
         # request's objects are freed by reference counting when the book lets go of the
         # tracks, not by a full garbage collection (tens of ms under load; bench/NOTES.md).
@@ -323,7 +335,7 @@ class EnergyService:
         deployment (learned from the ones that did reason, ``counterfactual.py``), never more
         than its max_tokens left room for, priced on the model that answered.
         batching: a deferred request (flex, batch; ``batched``: its backend, the mean batch it ran
-        in, and the batch it would have joined as an interactive request, ``Book.interactive_batch``
+        in, and the batch it would have joined as an interactive request, ``_interactive_batch``
         plus itself): the same tokens priced by the token-cost model at that batch, less at its own,
         times the backend's measured/modelled ratio; 0 when it ran in no fuller a batch.
         """
@@ -381,15 +393,19 @@ def _bf16(model: str) -> float:
 
 
 def _batched(
-    ctx: RequestContext, tracks: list[Track], books: list[Book], answered_on: Book | None
+    ctx: RequestContext,
+    tracks: list[Track],
+    books: list[Book],
+    answered_on: Book | None,
+    interactive_batch: Callable[[str], float | None],
 ) -> tuple[str, float, float] | None:
     """For a deferred request: (backend, the mean batch it ran in, the batch it would have run in as
-    an interactive request there: the interactive batch plus itself), from its attempts on the
-    backend that answered (``answered_on``'s book); None for an interactive request, or before that
-    backend saw any interactive traffic."""
-    if ctx.service_tier not in DEFERRED_TIERS or ctx.backend is None or answered_on is None:
+    an interactive request: the model's interactive batch plus itself), from its attempts on the
+    backend that answered (``answered_on``'s book); None for an interactive request, or before the
+    model's backends saw any interactive traffic."""
+    if ctx.service_tier not in DEFERRED_TIERS or ctx.backend is None or answered_on is None or ctx.model is None:
         return None
-    interactive = answered_on.interactive_batch
+    interactive = interactive_batch(ctx.model)
     there = [t for t, b in zip(tracks, books) if b is answered_on]
     busy = sum(t.busy_s for t in there)
     if busy <= 0 or interactive is None:

@@ -365,11 +365,28 @@ def test_energy_saved_by_batching_prices_a_deferred_requests_tokens_at_the_inter
     finally:
         svc.stop()
     book = svc.samplers["b"].book
-    assert book.interactive_batch == pytest.approx(2.0, rel=0.25)  # the batch line's intervals left out
+    interactive = svc._interactive_batch("Qwen/Qwen3-8B")
+    assert interactive == pytest.approx(2.0, rel=0.25)  # the batch line's intervals left out
     costs = svc.costs("b")
-    at_interactive = costs.request(10, 60, book.interactive_batch + 1)  # it would have joined that batch
+    at_interactive = costs.request(10, 60, interactive + 1)  # it would have joined that batch
     saved = value(metrics, "gateway_energy_saved_joules_total", model_name="Qwen/Qwen3-8B", lever="batching")
     # the line's tokens at the interactive batch it would have joined, less at its own (~16): one
     # request's credit, and the interactive request earns none
     assert saved == pytest.approx(book.k * (at_interactive - costs.request(10, 60, 16.0)), rel=0.15)
     assert saved > 0.5 * book.k * at_interactive
+
+
+def test_the_interactive_batch_is_pooled_over_the_models_replicas():
+    """With the deferred work packed onto one replica, interactive requests run on the other: the
+    batch a deferred request would have joined is the model's, weighted by busy time."""
+    backends = [BackendConfig(name=n, url=f"http://127.0.0.1:{port}", models=["m"]) for n, port in (("a", 1), ("b", 2))]
+    backends.append(BackendConfig(name="c", url="http://127.0.0.1:3", models=["other"]))
+    svc = EnergyService(backends, lambda m: 8.0, Metrics(), lambda ctx: None)
+    assert svc._interactive_batch("m") is None  # before any interactive traffic
+    svc.samplers["a"].book._interactive = (3.0, 1.0)  # the batch replica: 1 s of interactive work at 3
+    svc.samplers["b"].book._interactive = (27.0, 9.0)  # the interactive one: 9 s at 3
+    svc.samplers["c"].book._interactive = (100.0, 1.0)  # another model's: not counted
+    assert svc._interactive_batch("m") == pytest.approx(3.0)
+    svc.samplers["b"].book._interactive = (9.0, 9.0)
+    assert svc._interactive_batch("m") == pytest.approx(1.2)
+    assert svc._interactive_batch("unknown") is None

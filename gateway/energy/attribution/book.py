@@ -51,7 +51,7 @@ class Book:
         self.measured_now = True  # the latest interval was measured
         self.batch_now = DEFAULT_BATCH
         # Sequences x seconds and seconds of the busy intervals in which none of our deferred
-        # (flex, batch) requests ran, both fading over ~INTERACTIVE_TAU_S (interactive_batch).
+        # (flex, batch) requests ran, both fading over ~INTERACTIVE_TAU_S (interactive).
         self._interactive = (0.0, 0.0)
         self._ring: deque[Closed] = deque(maxlen=ring)  # closed intervals, for the claims of requests open
         self.timeline = Timeline()
@@ -88,12 +88,12 @@ class Book:
         return track.joules + track.est_joules + self.k * work, estimated
 
     @property
-    def interactive_batch(self) -> float | None:
-        """The batch interactive requests run in here: the backend's mean batch over the busy
-        intervals without deferred requests of ours, over about the last INTERACTIVE_TAU_S of them
-        (None before any). What batching saves is priced against it (``EnergyService._saved``)."""
-        batch_s, busy_s = self._interactive
-        return batch_s / busy_s if busy_s > 0 else None
+    def interactive(self) -> tuple[float, float]:
+        """The batch interactive requests run in here, as (sequences x seconds, seconds) of the
+        backend's busy intervals without deferred requests of ours, fading over about
+        INTERACTIVE_TAU_S: their ratio is the mean batch. What batching saves is priced against
+        it, pooled over the model's replicas (``EnergyService._interactive_batch``)."""
+        return self._interactive
 
     # ------------------------------------------------------------------ the books
 
