@@ -90,7 +90,8 @@ class Gateway:
             self.tracing = _tracing(config.tracing, span_exporter)  # first: a missing extra starts nothing
         self.metrics = Metrics()
         self.pool = BackendPool(
-            config.backends, _session, server.health_interval_s, server.load_interval_s, metrics=self.metrics
+            config.backends, _session, server.health_interval_s, server.load_interval_s, metrics=self.metrics,
+            kv_limit=config.batch.kv_cache_limit,
         )
         self.catalog = Catalog(config.models, self.pool)
 

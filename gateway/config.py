@@ -262,10 +262,13 @@ class BatchConfig(Strict):
     max_inflight: int = Field(
         16,
         gt=0,
-        description="batch requests one replica runs at once, at most: each backend also gets one only while "
-        "it has no request waiting and its KV cache is below kv_cache_limit (interactive requests go first)",
+        description="batch requests one replica runs at once, at most: one goes only while no backend has a "
+        "request waiting and every model has a replica with its KV cache below kv_cache_limit (interactive "
+        "requests go first)",
     )
-    kv_cache_limit: float = Field(0.8, gt=0, le=1, description="no batch request while a backend's KV cache is fuller")
+    kv_cache_limit: float = Field(
+        0.8, gt=0, le=1, description="deferrable work goes to replicas whose KV cache is below this"
+    )
     max_running_batches: int = Field(4, gt=0, description="batches one replica works on at once (each holds its input)")
     lease_s: float = Field(
         30.0, gt=1, description="a replica that stops renewing its claim on a batch for this long loses it"

@@ -7,12 +7,13 @@ process, as the key that created the batch: policy, routing, failover, energy an
 apply to each as to any request.
 
 **When a request goes.** At most ``batch.max_inflight`` batch requests run at once per replica,
-and a new one goes only while every healthy backend has no request waiting and its KV cache
-below ``batch.kv_cache_limit`` (``BackendPool.has_room``, from vLLM's gauges, read every
-``server.load_interval_s``). Interactive requests therefore never queue behind batch work: as
-soon as one waits, no more batch requests go until the queue is empty again. Where a model has
-several replicas, batch requests pack onto the one already running deferred work and interactive
-requests prefer the others (``BackendPool.serving``), so they need not wait for a batch's step.
+and a new one goes only while no healthy backend has a request waiting and every model has a
+replica whose KV cache is below ``batch.kv_cache_limit`` (``BackendPool.has_room``, from vLLM's
+gauges, read every ``server.load_interval_s``). Interactive requests therefore never queue behind
+batch work: as soon as one waits, no more batch requests go until the queue is empty again. Where
+a model has several replicas, batch requests pack onto the one already running deferred work
+while it has room, and interactive requests prefer the others (``BackendPool.serving``), so they
+need not wait for a batch's step.
 
 **No request lost, none answered twice.** A line's answer is recorded once, keyed by (batch,
 line), as it arrives; a resumed batch runs only the lines without one. A line that was running
@@ -193,7 +194,7 @@ class BatchRunner:
         False, with no slot, if the batch must stop meanwhile (cancelled, expired, taken over)."""
         await self.slots.acquire()
         try:
-            while not self.pool.has_room(self.config.kv_cache_limit):
+            while not self.pool.has_room():
                 if lost.is_set() or await watch.stop_reason() is not None:
                     self.slots.release()
                     return False

@@ -96,8 +96,10 @@ class BackendPool:
         health_interval_s: float = 2.0,
         load_interval_s: float = 1.0,
         metrics=None,
+        kv_limit: float = 0.8,
     ):
         self.backends = [Backend(c) for c in configs]
+        self.kv_limit = kv_limit  # deferrable work goes to a replica whose KV cache is below it (batch.kv_cache_limit)
         self.by_name = {b.name: b for b in self.backends}
         self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
@@ -141,22 +143,32 @@ class BackendPool:
         deferrable work a replica runs as one request: its GPU then steps without pause, and an
         arriving request waits for the step in progress whatever the batch's size. Deferrable
         work (``deferred``) packs onto the replicas already running it, so that its batches fill
-        and the other replicas stay idle for interactive requests; a replica with requests
-        waiting last.
+        and the other replicas stay idle for interactive requests, as long as they have room
+        (``_roomy``); replicas without room last.
         """
         found = [b for b in self.backends if b.healthy and model in b.models]
         if len(found) > 1:
             if deferred:
-                found.sort(key=lambda b: (b.waiting, -b.deferred, b.inflight, b.running))
+                found.sort(key=lambda b: (not self._roomy(b), -b.deferred, b.inflight, b.running))
             else:
                 found.sort(key=lambda b: (b.waiting + b.inflight - b.deferred + (b.deferred > 0), b.running))
         return found
 
-    def has_room(self, kv_limit: float) -> bool:
-        """Every healthy backend has nothing waiting and its KV cache below ``kv_limit``, as last
-        read: deferrable work may go (interactive requests never wait behind it)."""
+    def has_room(self) -> bool:
+        """Deferrable work may go, as last read: no healthy backend has requests waiting (so
+        interactive requests never queue behind it), and every model served has a replica whose
+        KV cache is below ``kv_limit`` (where ``serving`` sends deferrable work)."""
         healthy = [b for b in self.backends if b.healthy]
-        return bool(healthy) and all(b.waiting == 0 and b.kv_usage < kv_limit for b in healthy)
+        if not healthy or any(b.waiting for b in healthy):
+            return False
+        full: set[str] = set()
+        roomy: set[str] = set()
+        for b in healthy:
+            (roomy if self._roomy(b) else full).update(b.models or (b.name,))
+        return full <= roomy
+
+    def _roomy(self, backend: Backend) -> bool:
+        return backend.waiting == 0 and backend.kv_usage < self.kv_limit
 
     def any_healthy(self) -> bool:
         return any(b.healthy for b in self.backends)

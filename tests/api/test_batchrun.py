@@ -28,11 +28,17 @@ class Pool:
         self.backends = [Backend(BackendConfig(name=n, url=f"http://{n}")) for n in ("b", "c")]
         for b in self.backends:
             b.healthy = True
+        self.kv_limit = BatchConfig().kv_cache_limit
 
-    def has_room(self, kv_limit: float) -> bool:
+    def has_room(self) -> bool:
         from gateway.proxy.backends import BackendPool
 
-        return BackendPool.has_room(self, kv_limit)  # type: ignore[arg-type]
+        return BackendPool.has_room(self)  # type: ignore[arg-type]
+
+    def _roomy(self, backend: Backend) -> bool:
+        from gateway.proxy.backends import BackendPool
+
+        return BackendPool._roomy(self, backend)  # type: ignore[arg-type]
 
 
 class App:

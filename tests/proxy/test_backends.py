@@ -56,3 +56,24 @@ def test_unhealthy_or_other_models_replicas_are_not_offered():
     pool.backends[0].healthy = False
     pool.backends[1].models = {}
     assert _order(pool, deferred=False) == [] and _order(pool, deferred=True) == []
+
+
+def test_deferrable_work_leaves_a_full_replica_for_one_with_room():
+    pool = _pool((6, 6, 0), (0, 0, 0))
+    pool.backends[0].kv_usage = 0.9  # past batch.kv_cache_limit (0.8)
+    assert _order(pool, deferred=True) == ["r1", "r0"]
+
+
+def test_room_for_deferrable_work_needs_every_model_to_have_a_replica_with_room():
+    pool = _pool((6, 6, 0), (0, 0, 0))
+    other = pool.backends[1]
+    pool.backends[0].kv_usage = 0.9
+    assert pool.has_room()  # r1 serves the model too and has room
+    other.kv_usage = 0.85
+    assert not pool.has_room()
+    other.kv_usage, other.models = 0.1, {"another": ServedModel("another")}
+    assert not pool.has_room()  # r0's model has no replica with room: its deferrable work would go there
+    other.models, other.waiting = {MODEL: ServedModel(MODEL)}, 1
+    assert not pool.has_room()  # interactive requests waiting anywhere hold deferrable work back
+    other.waiting, other.healthy = 0, False
+    assert not pool.has_room()
