@@ -77,3 +77,76 @@ def test_room_for_deferrable_work_needs_every_model_to_have_a_replica_with_room(
     assert not pool.has_room()  # interactive requests waiting anywhere hold deferrable work back
     other.waiting, other.healthy = 0, False
     assert not pool.has_room()
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def read(self) -> bytes:
+        return b'{"error": {"message": "no", "type": "x"}}' if self.status >= 400 else b'{"choices": []}'
+
+    async def readany(self) -> bytes:
+        return await self.read()
+
+    def release(self) -> None:
+        pass
+
+    close = release
+
+
+class _Client:
+    """Each backend URL answers as told: a status, or an exception raised."""
+
+    def __init__(self, answers: dict[str, int | BaseException]) -> None:
+        self.answers = answers
+
+    def pool(self, url: str):
+        answer = self.answers[url]
+
+        class _Pool:
+            async def request(self, *args):
+                if isinstance(answer, BaseException):
+                    raise answer
+                return _Response(answer)
+
+        return _Pool()
+
+
+def test_every_attempts_counts_are_given_back_whatever_became_of_it():
+    import asyncio
+
+    import aiohttp
+
+    from gateway.context import RequestContext
+    from gateway.errors import GatewayError
+    from gateway.proxy.forward import Proxy
+
+    def attempt(answers: list[int | BaseException], tier: str | None = "flex"):
+        pool = _pool(*[(0, 0, 0)] * len(answers))
+        proxy = Proxy(lambda: None, 1.0, 5.0)  # type: ignore[arg-type,return-value]
+        proxy.client = _Client({b.url: a for b, a in zip(pool.backends, answers)})  # type: ignore[assignment]
+        ctx = RequestContext(request_id="r", endpoint="chat", body={}, stream=False)
+        ctx.service_tier, ctx.model = tier, MODEL
+
+        async def run():
+            try:
+                upstream = await proxy.open(ctx, pool.backends, "/v1/chat/completions", b"{}")
+            except (GatewayError, asyncio.CancelledError) as exc:
+                return exc, None
+            held = [(b.inflight, b.deferred) for b in pool.backends]
+            upstream.close()
+            return None, held
+
+        failure, held = asyncio.run(run())
+        assert [(b.inflight, b.deferred) for b in pool.backends] == [(0, 0)] * len(answers)
+        return failure, held
+
+    # refused, then a 5xx, then answered: only the one that answered holds the request until closed
+    failure, held = attempt([aiohttp.ClientConnectionError("refused"), 500, 200])
+    assert failure is None and held == [(0, 0), (0, 0), (1, 1)]
+    failure, held = attempt([aiohttp.ClientConnectionError("refused"), 500, 200], tier="default")
+    assert held == [(0, 0), (0, 0), (1, 0)]  # an interactive request is not deferred work
+    assert isinstance(attempt([400, 200])[0], GatewayError)  # refused as such: no failover, nothing held
+    assert isinstance(attempt([503, 502])[0], GatewayError)  # every backend failed
+    assert isinstance(attempt([asyncio.CancelledError()])[0], asyncio.CancelledError)  # the client left
