@@ -1,11 +1,13 @@
 """A batch survives its runner: a gateway SIGKILLed mid-batch and started again resumes it (SQLite),
 and with two replicas on one PostgreSQL the other replica takes it over once the dead one's claim
-lapses. Either way every line is answered exactly once in the output."""
+lapses. Either way every line is answered exactly once in the output, and the backends were sent
+no line again but those in flight at the kill (the usage ledger has a row for each request sent)."""
 
 from __future__ import annotations
 
 import io
 import signal
+import sqlite3
 
 import orjson
 from openai import OpenAI
@@ -13,6 +15,7 @@ from openai import OpenAI
 from tests.support import MEDIUM, GatewayProcess, backend_entry, base_config, wait_until, write_config
 
 LINES = 60
+INFLIGHT = 4  # batch.max_inflight: the lines a kill can catch in flight, which run again
 
 
 def _batch_file() -> io.BytesIO:
@@ -39,12 +42,19 @@ def _check_output(c: OpenAI, batch_id: str) -> None:
 
 def _partly_done(c: OpenAI, batch_id: str) -> bool:
     counts = c.batches.retrieve(batch_id).request_counts
-    return 5 <= counts.completed < LINES - 10
+    return 20 <= counts.completed < LINES - 10  # re-running the lines done would show: 20 > INFLIGHT
+
+
+def _sent_once(rows: int) -> None:
+    """The ledger's rows of batch requests (each request sent has one): every line, and none again
+    but the few in flight at the kill (their answers never arrived). The output could not show a
+    line run twice: it keeps one answer per line."""
+    assert rows <= LINES + INFLIGHT, f"{rows} batch requests for {LINES} lines: lines already answered ran again"
 
 
 def test_a_gateway_killed_mid_batch_resumes_it_after_a_restart(sims, tmp_path):
     config = base_config(tmp_path, [backend_entry("medium", sims[MEDIUM])],
-                         batch={"poll_interval_s": 0.2, "lease_s": 2, "max_inflight": 4})  # fmt: skip
+                         batch={"poll_interval_s": 0.2, "lease_s": 2, "max_inflight": INFLIGHT})  # fmt: skip
     path = write_config(tmp_path, config)
     with GatewayProcess(path) as first:
         c, batch_id = _start_batch(first.url)
@@ -53,11 +63,13 @@ def test_a_gateway_killed_mid_batch_resumes_it_after_a_restart(sims, tmp_path):
     with GatewayProcess(path) as second:  # same ledger file: the claim lapses, the batch resumes
         c = OpenAI(base_url=f"{second.url}/v1", api_key="none", max_retries=0)
         _check_output(c, batch_id)
+    with sqlite3.connect(tmp_path / "usage.db") as conn:  # the second gateway has stopped: all written
+        _sent_once(conn.execute("SELECT count(*) FROM requests WHERE service_tier = 'batch'").fetchone()[0])
 
 
 def test_another_replica_takes_over_the_batch_of_a_killed_one(sims, tmp_path, pg_url):
     config = base_config(tmp_path, [backend_entry("medium", sims[MEDIUM])], ledger={"url": pg_url},
-                         batch={"poll_interval_s": 0.2, "lease_s": 2, "max_inflight": 4})  # fmt: skip
+                         batch={"poll_interval_s": 0.2, "lease_s": 2, "max_inflight": INFLIGHT})  # fmt: skip
     path = write_config(tmp_path, config)
     with GatewayProcess(path) as a, GatewayProcess(path) as b:
         c, batch_id = _start_batch(a.url)
@@ -70,6 +82,10 @@ def test_another_replica_takes_over_the_batch_of_a_killed_one(sims, tmp_path, pg
         c = OpenAI(base_url=f"{survivor.url}/v1", api_key="none", max_retries=0)
         _check_output(c, batch_id)
         assert _holder(pg_url, batch_id) in ("", None) or _holder(pg_url, batch_id).endswith(f":{survivor.proc.pid}")
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        _sent_once(conn.execute("SELECT count(*) FROM requests WHERE service_tier = 'batch'").fetchone()[0])
 
 
 def _holder(pg_url: str, batch_id: str) -> str:
