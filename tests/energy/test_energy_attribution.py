@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -378,3 +379,21 @@ def test_closed_intervals_are_kept_for_the_oldest_request_in_flight_not_for_the_
     conserved(b)
     b.push(interval(t + 0.1, t + RING_MARGIN_S + 1, 1.0, running=0))
     assert len(b._ring) <= 3  # and let go of them once it was final
+
+
+def test_the_interactive_batch_fades_with_time_not_with_busy_intervals():
+    """(sequences x s, s): busy intervals with no deferred request add to it; every interval, idle
+    or deferred, fades it, so a replica that stopped serving interactive requests weighs less and
+    less when the model's replicas are pooled (EnergyService._interactive_batch)."""
+    from gateway.energy.attribution.book import INTERACTIVE_TAU_S
+
+    b = book()
+    for i in range(10):  # 1 s at a batch of 4
+        b.push(interval(i * 0.1, (i + 1) * 0.1, 20.0, gen=40, running=4))
+    batch_s, busy_s = b.interactive
+    assert batch_s / busy_s == pytest.approx(4.0) and busy_s == pytest.approx(1.0, rel=0.01)
+    for i in range(10, 10 + 3000):  # 300 s idle
+        b.push(interval(i * 0.1, (i + 1) * 0.1, 8.0))
+    faded_batch, faded_busy = b.interactive
+    assert faded_batch / faded_busy == pytest.approx(4.0)  # the mean is the same...
+    assert faded_busy == pytest.approx(busy_s * math.exp(-300.0 / INTERACTIVE_TAU_S), rel=0.02)  # ...its weight not

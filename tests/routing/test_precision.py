@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import BackendConfig, ModelConfig, RoutingConfig
 from gateway.context import RequestContext
-from gateway.energy.attribution.book import PRICE_FADE_S
+from gateway.energy.attribution.split import PRICE_FADE_S
 from gateway.energy.coefficients import TokenCosts
 from gateway.energy.service import EnergyService
 from gateway.precision import precision_of
@@ -117,4 +117,11 @@ def test_the_price_is_the_models_prior_times_what_the_backends_meter_measured():
     assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx((1 + 2 / math.e) * fp8, rel=1e-3)
     split.k_at = time.monotonic() - 10 * PRICE_FADE_S
     assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx(fp8, rel=1e-3) and fp8 < bf16
+    # tried again, its first clean interval outweighs the faded measurement: now 1.5x the model
+    split.learn_k(1.5, 1.0, time.monotonic())
+    assert split.k == pytest.approx(1.5, rel=1e-3)
+    assert svc.expected_j_per_token(LARGE_FP8) == pytest.approx(1.5 * fp8, rel=1e-3)
+    # while measurements keep coming, each keeps 0.98 of those before it
+    split.learn_k(3.0, 1.0, time.monotonic())
+    assert split.k == pytest.approx((1.5 * 0.98 + 3.0) / (0.98 + 1.0), rel=1e-3)
     assert svc.expected_j_per_token("not-served") is None

@@ -17,14 +17,13 @@ from gateway.context import DEFERRED_TIERS, RequestContext
 from gateway.energy.attribution.books import Books
 from gateway.energy.attribution.records import Closed, Interval, OpenInterval, Tally, Track
 from gateway.energy.attribution.settle import Settler
-from gateway.energy.attribution.split import Splitter
+from gateway.energy.attribution.split import PRICE_FADE_S, Splitter
 from gateway.energy.attribution.timeline import Timeline
 from gateway.energy.coefficients import DEFAULT_BATCH, TokenCosts
 
 log = logging.getLogger("gateway.energy")
 
 INTERACTIVE_TAU_S = 300.0  # the interactive batch is averaged over about this long
-PRICE_FADE_S = 1800.0  # a price measured this long ago counts 1/e (Book.k_now)
 RING_MARGIN_S = 60.0  # closed intervals kept before the oldest request in flight (see _finalise)
 
 
@@ -91,7 +90,7 @@ class Book:
     def interactive(self) -> tuple[float, float]:
         """The batch interactive requests run in here, as (sequences x seconds, seconds) of the
         backend's busy intervals without deferred requests of ours, fading over about
-        INTERACTIVE_TAU_S: their ratio is the mean batch. What batching saves is priced against
+        INTERACTIVE_TAU_S of wall time: their ratio is the mean batch. What batching saves is priced against
         it, pooled over the model's replicas (``EnergyService._interactive_batch``)."""
         return self._interactive
 
@@ -164,9 +163,12 @@ class Book:
                 log.warning("request %s never ended; closing its energy account", track.ctx.request_id)
                 self.end(track, iv.t1, None)
                 track.drained = True
-        if busy and not deferred:  # a time-weighted mean that forgets over ~TAU
+        if dt > 0:  # a time-weighted mean that forgets over ~TAU of wall time, busy or not: pooled
+            # over replicas (EnergyService._interactive_batch), one that stopped serving interactive
+            # requests fades out rather than weighing in with its old batch
             decay = math.exp(-dt / INTERACTIVE_TAU_S)
-            self._interactive = (self._interactive[0] * decay + iv.batch * dt, self._interactive[1] * decay + dt)
+            add = dt if busy and not deferred else 0.0
+            self._interactive = (self._interactive[0] * decay + iv.batch * add, self._interactive[1] * decay + add)
         for closing in self.timeline.closing(until=iv.t1 - self.horizon_s):
             self._close(closing)
         return self._finalise(force=False)

@@ -8,6 +8,7 @@ split in proportion. An interval with nothing counted is idle, or carries its en
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ class _Weighed:
     total: float  # ours and the others'
     quiet: float  # sequences running at the quieter end of the interval
     clean: bool  # measured, busy throughout, nothing carried into it: a data point
+
+PRICE_FADE_S = 1800.0  # a price measured this long ago counts 1/e (Book.k_now, Splitter.learn_k)
 
 
 class Splitter:
@@ -180,10 +183,19 @@ class Splitter:
         rec.others_work = weighed.others_work
         rec.joules = energy
         if weighed.clean:
-            self._k_num = self._k_num * 0.98 + energy
-            self._k_den = self._k_den * 0.98 + total
-            self.k_at = iv.t1
+            self.learn_k(energy, total, iv.t1)
         return energy
+
+    def learn_k(self, energy: float, total: float, t: float) -> None:
+        """A clean interval ending at ``t``: ``energy`` measured for ``total`` modelled. Each one
+        keeps 0.98 of what came before, less what faded since the last (as ``Book.k_now``), so that
+        after a long gap the new measurements outweigh the old at once."""
+        keep = 0.98
+        if self.k_at is not None:
+            keep *= math.exp(-max(0.0, t - self.k_at) / PRICE_FADE_S)
+        self._k_num = self._k_num * keep + energy
+        self._k_den = self._k_den * keep + total
+        self.k_at = t
 
     def _shape(
         self, op: OpenInterval, rec: Closed, others_prompt: float, others_gen: float, tracks: list[Track]
