@@ -157,15 +157,16 @@ class BackendPool:
     def has_room(self) -> bool:
         """Deferrable work may go, as last read: no healthy backend has requests waiting (so
         interactive requests never queue behind it), and every model served has a replica whose
-        KV cache is below ``kv_limit`` (where ``serving`` sends deferrable work)."""
+        KV cache is below ``kv_limit`` (where ``serving`` sends deferrable work; a backend whose
+        models are not known yet is sent nothing)."""
         healthy = [b for b in self.backends if b.healthy]
         if not healthy or any(b.waiting for b in healthy):
             return False
         full: set[str] = set()
         roomy: set[str] = set()
         for b in healthy:
-            (roomy if self._roomy(b) else full).update(b.models or (b.name,))
-        return full <= roomy
+            (roomy if self._roomy(b) else full).update(b.models)
+        return bool(roomy) and full <= roomy
 
     def _roomy(self, backend: Backend) -> bool:
         return backend.waiting == 0 and backend.kv_usage < self.kv_limit

@@ -14,7 +14,7 @@ import pytest
 from gateway.api.batchrun import BatchRunner
 from gateway.config import BatchConfig, KeysConfig
 from gateway.policy.keys import KeyRing, hash_key
-from gateway.proxy.backends import Backend
+from gateway.proxy.backends import Backend, ServedModel
 from gateway.telemetry.ledger import Ledger
 from gateway.telemetry.ledger.jobs import JobStore
 
@@ -28,6 +28,7 @@ class Pool:
         self.backends = [Backend(BackendConfig(name=n, url=f"http://{n}")) for n in ("b", "c")]
         for b in self.backends:
             b.healthy = True
+            b.models = {"m": ServedModel("m")}  # both serve one model
         self.kv_limit = BatchConfig().kv_cache_limit
 
     def has_room(self) -> bool:
@@ -100,10 +101,11 @@ def test_batch_requests_wait_while_a_backend_has_interactive_work_waiting(jobs):
         await asyncio.sleep(0.5)
         assert app.calls == 0  # nothing sent while the queue is not empty
         pool.backends[1].waiting = 0
-        pool.backends[0].kv_usage = 0.95  # a KV cache nearly full holds batch work back too
+        for b in pool.backends:  # KV caches nearly full on every replica of the model hold it back too
+            b.kv_usage = 0.95
         await asyncio.sleep(0.3)
         assert app.calls == 0
-        pool.backends[0].kv_usage = 0.1
+        pool.backends[0].kv_usage = 0.1  # one replica with room is enough: batch work goes there
         for _ in range(200):
             if jobs.batch(batch_id)["status"] == "completed":
                 break

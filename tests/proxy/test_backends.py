@@ -77,6 +77,11 @@ def test_room_for_deferrable_work_needs_every_model_to_have_a_replica_with_room(
     assert not pool.has_room()  # interactive requests waiting anywhere hold deferrable work back
     other.waiting, other.healthy = 0, False
     assert not pool.has_room()
+    # a backend whose models are not discovered yet is sent nothing: its KV cache does not count
+    other.healthy, other.models, other.kv_usage, pool.backends[0].kv_usage = True, {}, 0.95, 0.1
+    assert pool.has_room()
+    pool.backends[0].healthy = False
+    assert not pool.has_room()  # nothing known to send deferrable work to
 
 
 class _Response:
