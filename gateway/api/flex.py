@@ -3,8 +3,8 @@
 As OpenAI's flex processing: the request is answered like any other, but only when the backends
 have room for deferrable work (``BackendPool.has_room``: nothing waiting anywhere, a replica of
 every model with its KV cache below ``batch.kv_cache_limit``, the same gate as the Batch API's);
-until then it waits here, in a bounded queue (``batch.max_flex_waiting``). A full queue, or no room within
-``batch.flex_max_wait_s``, is a 429 ``resource_unavailable`` with ``retry-after``: the client may
+until then it waits here, in a bounded queue (``batch.max_flex_waiting``). A full queue, or no
+room within ``batch.flex_max_wait_s``, is a 429 ``resource_unavailable`` with ``retry-after``: the client may
 retry later or send it without ``flex``. The request waits after its admission (a stranger never
 holds a place) and before routing. ``service_tier`` is not forwarded to vLLM.
 """

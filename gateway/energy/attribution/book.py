@@ -17,7 +17,7 @@ from gateway.context import DEFERRED_TIERS, RequestContext
 from gateway.energy.attribution.books import Books
 from gateway.energy.attribution.records import Closed, Interval, OpenInterval, Tally, Track
 from gateway.energy.attribution.settle import Settler
-from gateway.energy.attribution.split import PRICE_FADE_S, Splitter
+from gateway.energy.attribution.split import Splitter
 from gateway.energy.attribution.timeline import Timeline
 from gateway.energy.coefficients import DEFAULT_BATCH, TokenCosts
 
@@ -90,8 +90,8 @@ class Book:
     def interactive(self) -> tuple[float, float]:
         """The batch interactive requests run in here, as (sequences x seconds, seconds) of the
         backend's busy intervals without deferred requests of ours, fading over about
-        INTERACTIVE_TAU_S of wall time: their ratio is the mean batch. What batching saves is priced against
-        it, pooled over the model's replicas (``EnergyService._interactive_batch``)."""
+        INTERACTIVE_TAU_S of wall time: their ratio is the mean batch. What batching saves is
+        priced against it, pooled over the model's replicas (``EnergyService._interactive_batch``)."""
         return self._interactive
 
     # ------------------------------------------------------------------ the books
@@ -102,15 +102,9 @@ class Book:
         return self.splitter.k
 
     def k_now(self, now: float) -> float:
-        """``k`` for choosing between deployments at ``now`` (the sampler's clock): it fades back to
-        1, the token-cost model as it is, as the last busy interval it was learnt from ages (1/e
-        after PRICE_FADE_S). A deployment the router stopped choosing on an old measurement comes
-        back to its modelled price and is measured again, rather than keeping that price forever."""
-        learnt = self.splitter.k_at
-        if learnt is None:
-            return 1.0
-        kept = math.exp(-max(0.0, now - learnt) / PRICE_FADE_S)
-        return 1.0 + (self.k - 1.0) * kept
+        """``k`` faded back to 1 as its measurements age (``Splitter.k_now``): what the router
+        compares deployments by."""
+        return self.splitter.k_now(now)
 
     @property
     def total_j(self) -> float:

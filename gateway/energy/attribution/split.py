@@ -17,6 +17,8 @@ from gateway.energy.attribution.records import Closed, Interval, OpenInterval, T
 from gateway.energy.coefficients import DEFAULT_CONTEXT, TokenCosts
 from gateway.energy.estimators import Balance, Calibration
 
+PRICE_FADE_S = 1800.0  # a price measured this long ago counts 1/e (Splitter.k_now, Splitter.learn_k)
+
 
 @dataclass(slots=True)
 class _Weighed:
@@ -28,8 +30,6 @@ class _Weighed:
     total: float  # ours and the others'
     quiet: float  # sequences running at the quieter end of the interval
     clean: bool  # measured, busy throughout, nothing carried into it: a data point
-
-PRICE_FADE_S = 1800.0  # a price measured this long ago counts 1/e (Book.k_now, Splitter.learn_k)
 
 
 class Splitter:
@@ -70,6 +70,17 @@ class Splitter:
     @property
     def k(self) -> float:
         return self._k_num / self._k_den if self._k_den > 0 else 1.0
+
+    def k_now(self, now: float) -> float:
+        """``k`` for choosing between deployments at ``now`` (the sampler's clock): it fades back to
+        1, the token-cost model as it is, as the last busy interval it was learnt from ages (1/e
+        after PRICE_FADE_S). A deployment the router stopped choosing on an old measurement comes
+        back to its modelled price and is measured again, rather than keeping that price forever."""
+        return 1.0 + (self.k - 1.0) * self._kept(now) if self.k_at is not None else 1.0
+
+    def _kept(self, t: float) -> float:
+        """What is left at ``t`` of the measurements up to ``k_at`` (1 with none yet)."""
+        return math.exp(-max(0.0, t - self.k_at) / PRICE_FADE_S) if self.k_at is not None else 1.0
 
     @property
     def carried_j(self) -> float:
@@ -188,11 +199,9 @@ class Splitter:
 
     def learn_k(self, energy: float, total: float, t: float) -> None:
         """A clean interval ending at ``t``: ``energy`` measured for ``total`` modelled. Each one
-        keeps 0.98 of what came before, less what faded since the last (as ``Book.k_now``), so that
+        keeps 0.98 of what came before, less what faded since the last (as ``k_now``), so that
         after a long gap the new measurements outweigh the old at once."""
-        keep = 0.98
-        if self.k_at is not None:
-            keep *= math.exp(-max(0.0, t - self.k_at) / PRICE_FADE_S)
+        keep = 0.98 * self._kept(t)
         self._k_num = self._k_num * keep + energy
         self._k_den = self._k_den * keep + total
         self.k_at = t
